@@ -1,0 +1,375 @@
+//! The WebSocket client protocol (PROTOCOL.md section 2).
+//!
+//! A request frame is `{"id": u64, "op": "...", ...args}`; [`decode_request`]
+//! turns it into a typed [`Request`]. Replies are `{"id", "ok": true, ...}`
+//! or `{"id", "ok": false, "error": {...}}`. The backend produces a reply
+//! *body* without the id ([`reply_ok`], [`reply_error`]) and the gateway,
+//! which alone knows the id, splices it in with [`with_id`], so a reply is
+//! never parsed on its way through the gateway.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Error codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    NotMember,
+    Muted,
+    TooLarge,
+    RateLimited,
+    Locked,
+    LockRequired,
+    LockLost,
+    VersionConflict,
+    Unavailable,
+    Internal,
+    // HTTP-only codes of section 1.
+    UsernameTaken,
+    BadCredentials,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code on the HTTP API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthenticated | ErrorCode::BadCredentials => 401,
+            ErrorCode::Forbidden | ErrorCode::NotMember | ErrorCode::Muted => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::UsernameTaken
+            | ErrorCode::Locked
+            | ErrorCode::LockRequired
+            | ErrorCode::LockLost
+            | ErrorCode::VersionConflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// `{"code", "message", ...details}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Extra fields some codes carry (for example `holder` with `locked`).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+            details: serde_json::Map::new(),
+        }
+    }
+}
+
+/// WebSocket close codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode;
+
+impl CloseCode {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const SERVICE_RESTART: u16 = 1012;
+    pub const NO_AUTH_IN_TIME: u16 = 4000;
+    pub const UNAUTHENTICATED: u16 = 4001;
+    pub const RATE_LIMITED_OR_SLOW: u16 = 4008;
+}
+
+/// One client request: its id and what it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub op: Op,
+}
+
+/// The operations a client can ask for, with their arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op")]
+pub enum Op {
+    #[serde(rename = "auth")]
+    Auth { token: String },
+    #[serde(rename = "dm.open")]
+    DmOpen { user_id: String },
+    #[serde(rename = "group.create")]
+    GroupCreate { name: String, members: Vec<String> },
+    #[serde(rename = "send")]
+    Send {
+        conv: String,
+        client_msg_id: String,
+        body: String,
+    },
+    #[serde(rename = "sync")]
+    Sync {
+        convs: BTreeMap<String, u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    #[serde(rename = "ping")]
+    Ping {},
+}
+
+impl Op {
+    /// The op's name on the wire, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Auth { .. } => "auth",
+            Op::DmOpen { .. } => "dm.open",
+            Op::GroupCreate { .. } => "group.create",
+            Op::Send { .. } => "send",
+            Op::Sync { .. } => "sync",
+            Op::Ping {} => "ping",
+        }
+    }
+}
+
+/// A frame that is not a valid request. `id` is the request's id when the
+/// frame had a readable one, so the client can match the error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("bad request: {message}")]
+pub struct RequestError {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Decodes one request frame.
+pub fn decode_request(frame: &[u8]) -> Result<Request, RequestError> {
+    #[derive(Deserialize)]
+    struct Head {
+        id: Option<u64>,
+    }
+    let head: Head = serde_json::from_slice(frame).map_err(|e| RequestError {
+        id: None,
+        message: format!("not a request object: {e}"),
+    })?;
+    let Some(id) = head.id else {
+        return Err(RequestError {
+            id: None,
+            message: "missing \"id\"".into(),
+        });
+    };
+    let op: Op = serde_json::from_slice(frame).map_err(|e| RequestError {
+        id: Some(id),
+        message: e.to_string(),
+    })?;
+    Ok(Request { id, op })
+}
+
+/// Encodes a request frame (the client side of [`decode_request`]).
+pub fn encode_request(id: u64, op: &Op) -> Vec<u8> {
+    with_id(Some(id), &to_json(op))
+}
+
+/// `{"ok": true, ...result}` without an id. `result` must serialize to a
+/// JSON object (use `()` or [`Empty`] for none).
+pub fn reply_ok<T: Serialize>(result: &T) -> Vec<u8> {
+    let fields = to_json(result);
+    let mut out = Vec::with_capacity(fields.len() + 10);
+    out.extend_from_slice(b"{\"ok\":true");
+    append_fields(&mut out, &fields);
+    out
+}
+
+/// `{"ok": false, "error": {...}}` without an id.
+pub fn reply_error(error: &ErrorBody) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        ok: bool,
+        error: &'a ErrorBody,
+    }
+    to_json(&Failed { ok: false, error })
+}
+
+/// Puts `"id": id` (or `null`) first into a reply body made by
+/// [`reply_ok`] or [`reply_error`].
+pub fn with_id(id: Option<u64>, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 24);
+    out.extend_from_slice(b"{\"id\":");
+    match id {
+        Some(id) => out.extend_from_slice(id.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    append_fields(&mut out, body);
+    out
+}
+
+/// A complete error reply frame.
+pub fn error_frame(id: Option<u64>, error: &ErrorBody) -> Vec<u8> {
+    with_id(id, &reply_error(error))
+}
+
+/// An empty result: the reply is just `{"id", "ok": true}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// Appends the fields of the JSON object `object` (with its leading `,`)
+/// and closes the object being built in `out`.
+fn append_fields(out: &mut Vec<u8>, object: &[u8]) {
+    debug_assert!(object.first() == Some(&b'{') && object.last() == Some(&b'}'));
+    let inner = &object[1..object.len() - 1];
+    if !inner.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(inner);
+    }
+    out.push(b'}');
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("protocol types always serialize")
+}
+
+/// Result of `auth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthResult {
+    pub user_id: String,
+    pub session_id: String,
+    pub gateway_id: String,
+    pub heartbeat_s: u64,
+}
+
+/// Result of `dm.open`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DmOpenResult {
+    pub conv: String,
+}
+
+/// Result of `group.create`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupCreateResult {
+    pub group_id: String,
+    pub conv: String,
+}
+
+/// Result of `send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendResult {
+    pub conv: String,
+    pub seq: u64,
+    pub msg_id: String,
+    pub ts: u64,
+}
+
+/// Result of `sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncResult {
+    /// Oldest first, conv by conv.
+    pub messages: Vec<Message>,
+    pub has_more: BTreeMap<String, bool>,
+}
+
+/// A stored message: the fields of the `msg` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub conv: String,
+    pub seq: u64,
+    pub msg_id: String,
+    pub from: String,
+    pub ts: u64,
+    pub body: String,
+    pub client_msg_id: String,
+}
+
+/// Server-to-client events (no `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev")]
+pub enum Event {
+    #[serde(rename = "msg")]
+    Msg(Message),
+}
+
+/// Encodes an event frame.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    to_json(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_send() {
+        let req =
+            decode_request(br#"{"id":7,"op":"send","conv":"g:1","client_msg_id":"c1","body":"hi"}"#)
+                .unwrap();
+        assert_eq!(req.id, 7);
+        assert_eq!(
+            req.op,
+            Op::Send {
+                conv: "g:1".into(),
+                client_msg_id: "c1".into(),
+                body: "hi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_ping_with_extra_fields() {
+        let req = decode_request(br#"{"op":"ping","id":1,"extra":true}"#).unwrap();
+        assert_eq!(req.op, Op::Ping {});
+    }
+
+    #[test]
+    fn malformed_frames_keep_the_id_when_readable() {
+        let err = decode_request(b"not json").unwrap_err();
+        assert_eq!(err.id, None);
+        let err = decode_request(br#"{"op":"ping"}"#).unwrap_err();
+        assert_eq!(err.id, None);
+        let err = decode_request(br#"{"id":3,"op":"nope"}"#).unwrap_err();
+        assert_eq!(err.id, Some(3));
+        let err = decode_request(br#"{"id":4,"op":"send","conv":"x"}"#).unwrap_err();
+        assert_eq!(err.id, Some(4));
+        let err = decode_request(br#"{"id":"5","op":"ping"}"#).unwrap_err();
+        assert_eq!(err.id, None);
+    }
+
+    #[test]
+    fn replies_carry_the_id_first() {
+        let body = reply_ok(&DmOpenResult { conv: "dm:a:b".into() });
+        assert_eq!(with_id(Some(9), &body), br#"{"id":9,"ok":true,"conv":"dm:a:b"}"#);
+        assert_eq!(with_id(Some(1), &reply_ok(&Empty {})), br#"{"id":1,"ok":true}"#);
+        let err = error_frame(None, &ErrorBody::new(ErrorCode::NotMember, "no"));
+        assert_eq!(
+            err,
+            br#"{"id":null,"ok":false,"error":{"code":"not_member","message":"no"}}"#
+        );
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let op = Op::Sync {
+            convs: [("dm:a:b".to_string(), 3)].into(),
+            limit: Some(10),
+        };
+        let frame = encode_request(5, &op);
+        assert_eq!(decode_request(&frame).unwrap(), Request { id: 5, op });
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let ev = Event::Msg(Message {
+            conv: "g:1".into(),
+            seq: 1,
+            msg_id: "m".into(),
+            from: "u".into(),
+            ts: 2,
+            body: "b".into(),
+            client_msg_id: "c".into(),
+        });
+        let json = encode_event(&ev);
+        assert!(json.starts_with(br#"{"ev":"msg","conv":"g:1""#));
+        assert_eq!(serde_json::from_slice::<Event>(&json).unwrap(), ev);
+    }
+}

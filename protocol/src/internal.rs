@@ -1,0 +1,167 @@
+//! What the gateway and the backend say to each other, and the Redis keys
+//! they both touch.
+//!
+//! - A gateway forwards each client request (other than `ping`) as an
+//!   [`RpcRequest`] to [`subjects::RPC`], a NATS request served by the
+//!   backends' queue group [`subjects::RPC_QUEUE`]. The reply payload is the
+//!   client reply body without its id (see [`crate::client::reply_ok`]).
+//! - The backend tells a gateway what to do with a [`GatewayCommand`] on
+//!   [`subjects::gateway`] (one gateway) or [`subjects::ALL_GATEWAYS`].
+//!   Deliveries carry the event frame pre-encoded, so a gateway never
+//!   re-encodes it per recipient.
+//! - Routes: on `auth` a gateway adds one field per connection to the hash
+//!   [`keys::routes`] of the user, and removes it when the connection
+//!   closes. A gateway that dies cannot remove its fields, so each gateway
+//!   also keeps [`keys::gateway_alive`] alive with a TTL its heartbeat
+//!   renews; readers ignore (and clean up) fields of gateways whose key has
+//!   expired. A crashed gateway's routes thus expire by themselves with one
+//!   key per gateway to renew, not one per connection.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Op;
+
+/// NATS subjects.
+pub mod subjects {
+    /// Client requests forwarded by gateways.
+    pub const RPC: &str = "oc.rpc";
+    /// The queue group the backends serve [`RPC`] in.
+    pub const RPC_QUEUE: &str = "oc-backend";
+    /// Commands for every gateway.
+    pub const ALL_GATEWAYS: &str = "oc.gw.all";
+
+    /// Commands for one gateway.
+    pub fn gateway(gateway_id: &str) -> String {
+        format!("oc.gw.{gateway_id}")
+    }
+}
+
+/// Redis keys shared by the gateway and the backend.
+pub mod keys {
+    /// Hash: route field (see [`route_field`]) -> gateway id.
+    pub fn routes(user_id: &str) -> String {
+        format!("oc:routes:{user_id}")
+    }
+
+    /// One field of [`routes`]: a single connection.
+    pub fn route_field(gateway_id: &str, session_id: &str, conn_id: u64) -> String {
+        format!("{gateway_id}|{session_id}|{conn_id}")
+    }
+
+    /// The gateway id inside a route field.
+    pub fn gateway_of_route_field(field: &str) -> &str {
+        field.split('|').next().unwrap_or(field)
+    }
+
+    /// String with a TTL: present while the gateway is alive.
+    pub fn gateway_alive(gateway_id: &str) -> String {
+        format!("oc:gw:{gateway_id}")
+    }
+
+    /// String with a TTL: the session of a login token, keyed by the hex
+    /// SHA-256 of the token so that a Redis dump holds no usable token.
+    pub fn session(token_sha256_hex: &str) -> String {
+        format!("oc:session:{token_sha256_hex}")
+    }
+}
+
+/// Who is asking: the connection a request came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcContext {
+    pub gateway_id: String,
+    pub conn_id: u64,
+    /// Set once the connection is authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// A client request forwarded to the backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcRequest {
+    pub ctx: RpcContext,
+    pub op: Op,
+}
+
+/// The backend's answer to `auth`: who the token belongs to. The gateway
+/// adds `gateway_id` and `heartbeat_s` before replying to the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub user_id: String,
+    pub session_id: String,
+}
+
+/// What the backend asks of a gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum GatewayCommand {
+    /// Write the attached event frame to every local connection of these
+    /// users.
+    Deliver { users: Vec<String> },
+    /// Close every local connection of this login session with `code`.
+    CloseSession { session_id: String, code: u16 },
+}
+
+/// Encodes a command and its attached frame as one NATS payload: the
+/// command's JSON, a newline, then the frame bytes untouched. Compact JSON
+/// never holds a raw newline, so the first one is the separator.
+pub fn encode_gateway_message(command: &GatewayCommand, frame: &[u8]) -> Bytes {
+    let header = serde_json::to_vec(command).expect("commands always serialize");
+    let mut out = BytesMut::with_capacity(header.len() + 1 + frame.len());
+    out.put_slice(&header);
+    out.put_u8(b'\n');
+    out.put_slice(frame);
+    out.freeze()
+}
+
+/// Splits a payload made by [`encode_gateway_message`]. The frame is a
+/// zero-copy slice of `payload`.
+pub fn decode_gateway_message(
+    payload: &Bytes,
+) -> Result<(GatewayCommand, Bytes), serde_json::Error> {
+    let split = payload
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(payload.len());
+    let command = serde_json::from_slice(&payload[..split])?;
+    let frame = payload.slice((split + 1).min(payload.len())..);
+    Ok((command, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_message_round_trip() {
+        let cmd = GatewayCommand::Deliver {
+            users: vec!["u1".into(), "u2".into()],
+        };
+        let frame = br#"{"ev":"msg","body":"a\nb"}"#;
+        let payload = encode_gateway_message(&cmd, frame);
+        let (back, body) = decode_gateway_message(&payload).unwrap();
+        assert_eq!(back, cmd);
+        assert_eq!(&body[..], frame);
+    }
+
+    #[test]
+    fn command_without_frame() {
+        let cmd = GatewayCommand::CloseSession {
+            session_id: "s".into(),
+            code: 4001,
+        };
+        let payload = encode_gateway_message(&cmd, b"");
+        let (back, body) = decode_gateway_message(&payload).unwrap();
+        assert_eq!(back, cmd);
+        assert!(body.is_empty());
+        assert!(decode_gateway_message(&Bytes::from_static(b"junk")).is_err());
+    }
+
+    #[test]
+    fn route_fields_name_their_gateway() {
+        let f = keys::route_field("gw-1", "s1", 42);
+        assert_eq!(keys::gateway_of_route_field(&f), "gw-1");
+    }
+}
