@@ -1,1 +1,26 @@
-//! placeholder
+//! OceanChat's client side of `PROTOCOL.md`: the one implementation the
+//! end-to-end tests and the load generator share.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use oceanchat_client::{Connection, HttpApi};
+//! let api = HttpApi::new("http://127.0.0.1:8080");
+//! api.register("alice", "correct horse", None).await?;
+//! let login = api.login("alice", "correct horse").await?;
+//! let conn = Connection::connect("ws://127.0.0.1:9000/ws").await?;
+//! conn.auth(&login.token).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`http`]: [`HttpApi`], the HTTP API (register, login, logout, health).
+//! - [`ws`]: [`Connection`], one WebSocket connection: requests matched to
+//!   replies by id, an event queue, the close code when it ends.
+//! - [`frame`]: sorting server frames into replies and events, without I/O.
+
+pub mod frame;
+pub mod http;
+pub mod ws;
+
+pub use http::{ApiError, HttpApi, RawResponse};
+pub use ws::{ClientError, CloseInfo, Connection};
