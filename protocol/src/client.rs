@@ -301,9 +301,10 @@ mod tests {
 
     #[test]
     fn decodes_a_send() {
-        let req =
-            decode_request(br#"{"id":7,"op":"send","conv":"g:1","client_msg_id":"c1","body":"hi"}"#)
-                .unwrap();
+        let req = decode_request(
+            br#"{"id":7,"op":"send","conv":"g:1","client_msg_id":"c1","body":"hi"}"#,
+        )
+        .unwrap();
         assert_eq!(req.id, 7);
         assert_eq!(
             req.op,
@@ -337,9 +338,17 @@ mod tests {
 
     #[test]
     fn replies_carry_the_id_first() {
-        let body = reply_ok(&DmOpenResult { conv: "dm:a:b".into() });
-        assert_eq!(with_id(Some(9), &body), br#"{"id":9,"ok":true,"conv":"dm:a:b"}"#);
-        assert_eq!(with_id(Some(1), &reply_ok(&Empty {})), br#"{"id":1,"ok":true}"#);
+        let body = reply_ok(&DmOpenResult {
+            conv: "dm:a:b".into(),
+        });
+        assert_eq!(
+            with_id(Some(9), &body),
+            br#"{"id":9,"ok":true,"conv":"dm:a:b"}"#
+        );
+        assert_eq!(
+            with_id(Some(1), &reply_ok(&Empty {})),
+            br#"{"id":1,"ok":true}"#
+        );
         let err = error_frame(None, &ErrorBody::new(ErrorCode::NotMember, "no"));
         assert_eq!(
             err,

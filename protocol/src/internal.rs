@@ -12,10 +12,12 @@
 //! - Routes: on `auth` a gateway adds one field per connection to the hash
 //!   [`keys::routes`] of the user, and removes it when the connection
 //!   closes. A gateway that dies cannot remove its fields, so each gateway
-//!   also keeps [`keys::gateway_alive`] alive with a TTL its heartbeat
-//!   renews; readers ignore (and clean up) fields of gateways whose key has
-//!   expired. A crashed gateway's routes thus expire by themselves with one
-//!   key per gateway to renew, not one per connection.
+//!   run also keeps [`keys::gateway_alive`] set to its instance id (random
+//!   per process start) with a TTL its heartbeat renews. A route field is
+//!   live only while that key holds the instance id the field names;
+//!   readers ignore (and clean up) the others. A crashed gateway's routes
+//!   thus expire by themselves, also when it restarts under the same id,
+//!   with one key per gateway to renew, not one per connection.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -44,17 +46,33 @@ pub mod keys {
         format!("oc:routes:{user_id}")
     }
 
-    /// One field of [`routes`]: a single connection.
-    pub fn route_field(gateway_id: &str, session_id: &str, conn_id: u64) -> String {
-        format!("{gateway_id}|{session_id}|{conn_id}")
+    /// One field of [`routes`]: a single connection of one gateway run.
+    pub fn route_field(gateway_id: &str, instance: &str, session_id: &str, conn_id: u64) -> String {
+        format!("{gateway_id}|{instance}|{session_id}|{conn_id}")
     }
 
-    /// The gateway id inside a route field.
-    pub fn gateway_of_route_field(field: &str) -> &str {
-        field.split('|').next().unwrap_or(field)
+    /// The parts of a route field.
+    pub fn parse_route_field(field: &str) -> Option<RouteField<'_>> {
+        let mut parts = field.splitn(4, '|');
+        Some(RouteField {
+            gateway_id: parts.next()?,
+            instance: parts.next()?,
+            session_id: parts.next()?,
+            conn_id: parts.next()?.parse().ok()?,
+        })
     }
 
-    /// String with a TTL: present while the gateway is alive.
+    /// A parsed [`route_field`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RouteField<'a> {
+        pub gateway_id: &'a str,
+        pub instance: &'a str,
+        pub session_id: &'a str,
+        pub conn_id: u64,
+    }
+
+    /// String with a TTL, holding the instance id of the gateway run that
+    /// is alive under this gateway id.
     pub fn gateway_alive(gateway_id: &str) -> String {
         format!("oc:gw:{gateway_id}")
     }
@@ -160,8 +178,13 @@ mod tests {
     }
 
     #[test]
-    fn route_fields_name_their_gateway() {
-        let f = keys::route_field("gw-1", "s1", 42);
-        assert_eq!(keys::gateway_of_route_field(&f), "gw-1");
+    fn route_fields_round_trip() {
+        let f = keys::route_field("gw-1", "i9", "s1", 42);
+        let parsed = keys::parse_route_field(&f).unwrap();
+        assert_eq!(parsed.gateway_id, "gw-1");
+        assert_eq!(parsed.instance, "i9");
+        assert_eq!(parsed.session_id, "s1");
+        assert_eq!(parsed.conn_id, 42);
+        assert!(keys::parse_route_field("gw|x").is_none());
     }
 }
