@@ -1,1 +1,53 @@
-//! placeholder
+//! Real servers for tests: Redis, NATS with JetStream and SecantusDB (the
+//! MongoDB wire-compatible server), each on a free port of 127.0.0.1 in its
+//! own temporary folder, plus OceanChat's own backend and gateway binaries.
+//!
+//! Everything is synchronous and needs no async runtime, so it works in
+//! plain `#[test]`s and in `#[tokio::test]`s alike. Starting blocks until
+//! the server is ready; dropping stops it and removes its folder. A blocking
+//! call inside a single-threaded tokio test also blocks that test's tasks:
+//! use `flavor = "multi_thread"` or `spawn_blocking` where a restart must
+//! overlap with client activity.
+//!
+//! ```no_run
+//! use oceanchat_testkit::{Backend, Gateway, Stack};
+//!
+//! let stack = Stack::start();
+//! let backend = Backend::start(&stack, &[]);
+//! let gateway = Gateway::start(&stack, "gw-1", &[]);
+//! // talk to backend.http_url() and gateway.ws_url() ...
+//! ```
+//!
+//! When a test fails, the folders of everything it started are kept and
+//! their paths printed with the last lines of each process's log.
+//!
+//! # Layout
+//! - `process`: child processes with a log file, temp folders, signals.
+//! - `net`: free ports and blocking readiness probes.
+//! - `server`: start with retries, stop, restart on the same port, drop.
+//! - `redis`, `nats`, `mongo`: the three stores; `stack`: all three.
+//! - `bins`: finding and running `oceanchat-backend` and `oceanchat-gateway`.
+
+mod bins;
+mod mongo;
+mod nats;
+mod net;
+mod process;
+mod redis;
+mod server;
+mod stack;
+
+use std::path::{Path, PathBuf};
+
+pub use bins::{bin_path, Backend, Gateway};
+pub use mongo::Mongo;
+pub use nats::Nats;
+pub use net::free_port;
+pub use redis::Redis;
+pub use stack::Stack;
+
+/// The root of the cargo workspace (the folder above this crate's).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}

@@ -1,0 +1,341 @@
+//! OceanChat's own binaries, started the way the end-to-end tests need them.
+//!
+//! Tests in the `tests` crate do not make cargo build the binaries of other
+//! packages, so they must be built first (`cargo build --workspace --bins`,
+//! which `scripts/test` does); [`bin_path`] says so when they are missing.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::net::{http_get_status, port_accepts};
+use crate::server::{Server, Spec};
+use crate::stack::Stack;
+use crate::workspace_root;
+
+/// Where the binary `name` of this workspace was built.
+///
+/// Looks, in order, in `$OC_BIN_DIR` (to test other builds), in the profile
+/// folder this test binary was built in (`target/<profile>/deps/<test>` gives
+/// `target/<profile>`), then in `debug` and `release` of `$CARGO_TARGET_DIR`
+/// or `<workspace>/target`. Panics when none has it.
+pub fn bin_path(name: &str) -> PathBuf {
+    let candidates = bin_candidates(name);
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return found.clone();
+    }
+    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    panic!(
+        "testkit: binary {name} not found; build it first: cargo build --workspace --bins \
+         (looked at: {})",
+        looked.join(", ")
+    );
+}
+
+fn bin_candidates(name: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = env::var_os("OC_BIN_DIR") {
+        dirs.push(dir.into());
+    }
+    if let Some(dir) = env::current_exe().ok().as_deref().and_then(profile_dir_of) {
+        dirs.push(dir);
+    }
+    let target = match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    };
+    dirs.push(target.join("debug"));
+    dirs.push(target.join("release"));
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if !candidates.contains(&candidate) {
+            candidates.push(candidate);
+        }
+    }
+    candidates
+}
+
+/// `target/<profile>` for a test binary at `target/<profile>/deps/<test>`.
+fn profile_dir_of(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir.parent().map(Path::to_path_buf)
+    } else {
+        Some(dir.to_path_buf())
+    }
+}
+
+/// A command line: our default flags, each left out when `extra_args` sets
+/// it too (as `--flag value` or `--flag=value`), then `extra_args`.
+fn command_line(program: &Path, defaults: &[(&str, String)], extra_args: &[String]) -> Command {
+    let overridden = |flag: &str| {
+        extra_args
+            .iter()
+            .any(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
+    };
+    let mut cmd = Command::new(program);
+    for (flag, value) in defaults {
+        if !overridden(flag) {
+            cmd.arg(flag).arg(value);
+        }
+    }
+    cmd.args(extra_args);
+    cmd
+}
+
+/// A running `oceanchat-backend` connected to a [`Stack`].
+///
+/// Its flags are `--http-listen 127.0.0.1:<free port> --redis-url ..
+/// --nats-url .. --mongo-url .. --mongo-db <stack.mongo_db>`, then
+/// `extra_args`; a flag given in `extra_args` replaces the default one.
+/// Drop sends SIGTERM, waits up to 5 s, then kills it.
+pub struct Backend {
+    server: Server,
+}
+
+impl Backend {
+    /// Starts it and returns once `GET /healthz` answers 200.
+    pub fn start(stack: &Stack, extra_args: &[&str]) -> Backend {
+        let program = bin_path("oceanchat-backend");
+        let stores = [
+            ("--redis-url", stack.redis.url()),
+            ("--nats-url", stack.nats.url()),
+            ("--mongo-url", stack.mongo.url()),
+            ("--mongo-db", stack.mongo_db.clone()),
+        ];
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let server = Server::start(Spec {
+            name: "backend",
+            command: Box::new(move |port, _dir| {
+                let mut defaults = vec![("--http-listen", format!("127.0.0.1:{port}"))];
+                defaults.extend(stores.iter().cloned());
+                command_line(&program, &defaults, &extra)
+            }),
+            ready: |_, port| matches!(http_get_status(port, "/healthz"), Ok(200)),
+            start_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            kill_on_drop: false,
+        });
+        Backend { server }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// The process id; panics after [`Backend::stop`].
+    pub fn pid(&self) -> u32 {
+        process_of(&self.server, "backend")
+    }
+
+    /// SIGKILL, and wait until it is gone (a crash).
+    pub fn kill(&mut self) {
+        kill(&mut self.server);
+    }
+
+    /// SIGTERM without waiting; see [`Backend::wait_exit`].
+    pub fn terminate(&mut self) {
+        terminate(&mut self.server);
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.server, timeout)
+    }
+
+    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Stops it (if running) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.server.dir().join("backend.log")
+    }
+}
+
+/// A running `oceanchat-gateway` connected to a [`Stack`].
+///
+/// Its flags are `--listen 127.0.0.1:<free port> --gateway-id <id>
+/// --redis-url .. --nats-url ..`, then `extra_args`; a flag given in
+/// `extra_args` replaces the default one. Drop sends SIGTERM, waits up to
+/// 5 s, then kills it.
+pub struct Gateway {
+    server: Server,
+    gateway_id: String,
+}
+
+impl Gateway {
+    /// Starts it and returns once its port accepts TCP connections.
+    pub fn start(stack: &Stack, gateway_id: &str, extra_args: &[&str]) -> Gateway {
+        let program = bin_path("oceanchat-gateway");
+        let fixed = [
+            ("--gateway-id", gateway_id.to_owned()),
+            ("--redis-url", stack.redis.url()),
+            ("--nats-url", stack.nats.url()),
+        ];
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let server = Server::start(Spec {
+            name: "gateway",
+            command: Box::new(move |port, _dir| {
+                let mut defaults = vec![("--listen", format!("127.0.0.1:{port}"))];
+                defaults.extend(fixed.iter().cloned());
+                command_line(&program, &defaults, &extra)
+            }),
+            ready: |_, port| port_accepts(port),
+            start_timeout: Duration::from_secs(20),
+            stop_grace: Duration::from_secs(5),
+            kill_on_drop: false,
+        });
+        Gateway {
+            server,
+            gateway_id: gateway_id.to_owned(),
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    /// The process id; panics after [`Gateway::stop`].
+    pub fn pid(&self) -> u32 {
+        process_of(&self.server, "gateway")
+    }
+
+    /// SIGKILL, and wait until it is gone: a crash, for tests of route
+    /// expiry and reconnects.
+    pub fn kill(&mut self) {
+        kill(&mut self.server);
+    }
+
+    /// SIGTERM without waiting (a graceful shutdown that the test can
+    /// watch from its clients); see [`Gateway::wait_exit`].
+    pub fn terminate(&mut self) {
+        terminate(&mut self.server);
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.server, timeout)
+    }
+
+    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Stops it (if running) and starts it again on the same port and id.
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.server.dir().join("gateway.log")
+    }
+}
+
+fn process_of(server: &Server, name: &str) -> u32 {
+    match server.child() {
+        Some(child) => child.pid(),
+        None => panic!("testkit: {name} was stopped, it has no pid"),
+    }
+}
+
+fn kill(server: &mut Server) {
+    if let Some(child) = server.child_mut() {
+        child.kill();
+    }
+}
+
+fn terminate(server: &mut Server) {
+    if let Some(child) = server.child_mut() {
+        child.terminate();
+    }
+}
+
+fn wait_exit(server: &mut Server, timeout: Duration) -> Option<ExitStatus> {
+    match server.child_mut() {
+        Some(child) => child.wait_timeout(timeout),
+        None => panic!("testkit: the process was stopped already"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_dir_is_derived_from_a_test_binary_path() {
+        assert_eq!(
+            profile_dir_of(Path::new("/w/target/debug/deps/e2e-0123abcd")),
+            Some(PathBuf::from("/w/target/debug"))
+        );
+        assert_eq!(
+            profile_dir_of(Path::new("/w/target/release/oceanchat-backend")),
+            Some(PathBuf::from("/w/target/release"))
+        );
+    }
+
+    #[test]
+    fn the_own_profile_folder_is_searched_first_after_oc_bin_dir() {
+        let exe = env::current_exe().unwrap();
+        let own = profile_dir_of(&exe).unwrap().join("some-binary");
+        let candidates = bin_candidates("some-binary");
+        let expected_index = usize::from(env::var_os("OC_BIN_DIR").is_some());
+        assert_eq!(candidates[expected_index], own);
+    }
+
+    #[test]
+    #[should_panic(expected = "build it first: cargo build --workspace --bins")]
+    fn a_missing_binary_panics_with_the_build_command() {
+        bin_path("oceanchat-no-such-binary");
+    }
+
+    #[test]
+    fn extra_args_replace_default_flags() {
+        let defaults = [
+            ("--listen", "127.0.0.1:1".to_owned()),
+            ("--gateway-id", "gw-a".to_owned()),
+            ("--cores", "2".to_owned()),
+        ];
+        let extra = [
+            "--cores=1".to_owned(),
+            "--gateway-id".to_owned(),
+            "gw-b".to_owned(),
+        ];
+        let cmd = command_line(Path::new("/bin/true"), &defaults, &extra);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--listen",
+                "127.0.0.1:1",
+                "--cores=1",
+                "--gateway-id",
+                "gw-b"
+            ]
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! Free ports and blocking readiness probes (no async runtime needed).
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long one probe may block on connect or read.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A port on 127.0.0.1 that was free a moment ago.
+///
+/// The port is found by binding port 0 and releasing it, so another process
+/// can take it before the server that is meant to use it binds it. The
+/// window is small, and the server starters retry on "address already in
+/// use"; the port is also never handed out twice by this process, so
+/// parallel tests in one test binary cannot collide with each other.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("testkit: cannot bind 127.0.0.1:0: {e}"));
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("testkit: no new free port after 100 tries");
+}
+
+pub(crate) fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn connect(port: u16) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&local(port), PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn port_accepts(port: u16) -> bool {
+    connect(port).is_ok()
+}
+
+/// True when a Redis server on `port` answers PING with PONG.
+pub(crate) fn redis_ping(port: u16) -> bool {
+    let probe = || -> io::Result<bool> {
+        let mut stream = connect(port)?;
+        stream.write_all(b"PING\r\n")?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        Ok(line.starts_with("+PONG"))
+    };
+    probe().unwrap_or(false)
+}
+
+/// True when a NATS server on `port` greets with its INFO line.
+pub(crate) fn nats_info(port: u16) -> bool {
+    let probe = || -> io::Result<bool> {
+        let mut line = String::new();
+        BufReader::new(connect(port)?).read_line(&mut line)?;
+        Ok(line.starts_with("INFO "))
+    };
+    probe().unwrap_or(false)
+}
+
+/// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one
+/// request per connection).
+pub(crate) fn http_get_status(port: u16, path: &str) -> io::Result<u16> {
+    let mut stream = connect(port)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    // The status line is all we need: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() && !head[..len].contains(&b'\n') {
+        match stream.read(&mut head[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let status_line = String::from_utf8_lossy(&head[..len]);
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not an HTTP status line: {status_line:?}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn free_ports_are_bindable_and_never_repeat() {
+        let a = free_port();
+        let b = free_port();
+        assert_ne!(a, b);
+        TcpListener::bind(local(a)).expect("free port should be bindable");
+    }
+
+    #[test]
+    fn http_status_is_read_from_the_status_line() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = conn.read(&mut request).unwrap();
+            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            request
+        });
+        assert_eq!(http_get_status(port, "/healthz").unwrap(), 503);
+        assert!(server
+            .join()
+            .unwrap()
+            .starts_with("GET /healthz HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn probes_fail_on_a_closed_port() {
+        let port = free_port();
+        assert!(!port_accepts(port));
+        assert!(!redis_ping(port));
+        assert!(!nats_info(port));
+        assert!(http_get_status(port, "/").is_err());
+    }
+}
