@@ -1,1 +1,175 @@
-//! placeholder
+//! Set-up shared by the end-to-end tests in `tests/`.
+//!
+//! A [`World`] is one test's own OceanChat: a fresh [`Stack`] (Redis, NATS,
+//! the MongoDB-compatible server), one or more backends and gateways, all
+//! real processes, all stopped when the `World` is dropped. [`World::user`]
+//! registers and logs in a user with a unique name; [`User::connect`] opens
+//! an authenticated WebSocket on a chosen gateway.
+//!
+//! The services are the binaries that `cargo build --workspace --bins`
+//! builds; testkit finds them in the target directory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oceanchat_client::{Connection, HttpApi};
+use oceanchat_protocol::client::ErrorCode;
+use oceanchat_testkit::{Backend, Gateway, Stack};
+
+pub use oceanchat_client::{ClientError, CloseInfo, RawResponse};
+
+/// How long a test waits for anything the server should do promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How long a test waits to be sure something does *not* happen.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// The password every test user gets.
+pub const PASSWORD: &str = "correct-horse-battery";
+
+/// One test's own services.
+pub struct World {
+    /// The gateways, named `gw-a`, `gw-b`, ...
+    pub gateways: Vec<Gateway>,
+    pub backends: Vec<Backend>,
+    /// Talks to the first backend.
+    pub api: HttpApi,
+    // Declared last: dropped after the services that use it.
+    pub stack: Stack,
+}
+
+impl World {
+    /// A stack, one backend and two gateways: what most tests need.
+    pub fn start() -> World {
+        World::with(1, 2)
+    }
+
+    /// A stack with `backends` backends and `gateways` gateways.
+    pub fn with(backends: usize, gateways: usize) -> World {
+        World::with_gateway_args(backends, gateways, &[])
+    }
+
+    /// Like [`World::with`], passing `gateway_args` to every gateway.
+    pub fn with_gateway_args(backends: usize, gateways: usize, gateway_args: &[&str]) -> World {
+        assert!(backends >= 1, "the HTTP API needs a backend");
+        let stack = Stack::start();
+        let backends: Vec<Backend> = (0..backends).map(|_| Backend::start(&stack, &[])).collect();
+        let gateways = (0..gateways)
+            .map(|i| {
+                let id = format!("gw-{}", char::from(b'a' + i as u8));
+                Gateway::start(&stack, &id, gateway_args)
+            })
+            .collect();
+        let api = HttpApi::new(&backends[0].http_url());
+        World {
+            gateways,
+            backends,
+            api,
+            stack,
+        }
+    }
+
+    /// The WebSocket URL of gateway `i`.
+    pub fn ws_url(&self, i: usize) -> String {
+        self.gateways[i].ws_url()
+    }
+
+    /// Registers a user with a unique name that starts with `prefix`, and
+    /// logs it in.
+    pub async fn user(&self, prefix: &str) -> User {
+        let username = unique_username(prefix);
+        let registered = self
+            .api
+            .register(&username, PASSWORD, Some(prefix))
+            .await
+            .unwrap_or_else(|e| panic!("register {username}: {e}"));
+        let login = self
+            .api
+            .login(&username, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("login {username}: {e}"));
+        assert_eq!(login.user_id, registered.user_id);
+        User {
+            username,
+            user_id: login.user_id,
+            session_id: login.session_id,
+            token: login.token,
+        }
+    }
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    pub user_id: String,
+    pub session_id: String,
+    pub token: String,
+}
+
+impl User {
+    /// Opens a WebSocket on gateway `gateway` of `world` and authenticates
+    /// it with this user's token.
+    pub async fn connect(&self, world: &World, gateway: usize) -> Connection {
+        let url = world.ws_url(gateway);
+        let conn = Connection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.username));
+        let auth = conn
+            .auth(&self.token)
+            .await
+            .unwrap_or_else(|e| panic!("auth {} on {url}: {e}", self.username));
+        assert_eq!(auth.user_id, self.user_id);
+        assert_eq!(auth.session_id, self.session_id);
+        conn
+    }
+}
+
+/// `<prefix>_<n>`: unique within this test process, and each test has its
+/// own database, so unique where it matters. Valid per PROTOCOL.md
+/// (3 to 32 of `[a-z0-9_.-]`) for a short lower-case prefix.
+pub fn unique_username(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let name = format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    assert!(
+        oceanchat_protocol::limits::valid_username(&name),
+        "test username {name:?} is invalid; use a short lower-case prefix"
+    );
+    name
+}
+
+/// The server error code of a failed request; panics if it succeeded or
+/// failed for another reason (timeout, closed connection).
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Server { error, .. }) => error.code,
+        other => panic!("expected a server refusal, got {other:?}"),
+    }
+}
+
+/// Asserts that `raw` is an HTTP error with `status` whose body has
+/// exactly PROTOCOL.md's shape `{"error": {"code", "message"}}` and the
+/// given code.
+pub fn assert_error_body(raw: &RawResponse, status: u16, code: &str) {
+    assert_eq!(raw.status, status, "status of {raw:?}");
+    let json = raw
+        .json()
+        .unwrap_or_else(|| panic!("error body is not JSON: {raw:?}"));
+    let outer = json
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not an object: {json}"));
+    assert_eq!(outer.len(), 1, "error body has only `error`: {json}");
+    let error = outer["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("`error` is not an object: {json}"));
+    assert_eq!(
+        error.get("code").and_then(|c| c.as_str()),
+        Some(code),
+        "{json}"
+    );
+    let message = error.get("message").and_then(|m| m.as_str());
+    assert!(
+        message.is_some_and(|m| !m.is_empty()),
+        "`error.message` is a non-empty string: {json}"
+    );
+}

@@ -1,0 +1,62 @@
+//! Only members may send to or sync a conv.
+
+use oceanchat_protocol::client::ErrorCode;
+use oceanchat_tests::{refusal, World};
+
+#[tokio::test]
+async fn a_non_member_gets_not_member_for_send_and_sync_of_a_dm() {
+    let world = World::with(1, 1);
+    let alice = world.user("alice").await;
+    let bob = world.user("bob").await;
+    let eve = world.user("eve").await;
+    let a = alice.connect(&world, 0).await;
+    let e = eve.connect(&world, 0).await;
+    let conv = a.dm_open(&bob.user_id).await.unwrap();
+    a.send(&conv, "a-1", "private").await.unwrap();
+
+    assert_eq!(
+        refusal(e.send(&conv, "e-1", "let me in").await),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        refusal(e.sync(&[(&conv, 0)], None).await),
+        ErrorCode::NotMember
+    );
+
+    // A sync naming one foreign conv fails as a whole, even with an own one.
+    let own = e.dm_open(&alice.user_id).await.unwrap();
+    e.send(&own, "e-2", "hi alice").await.unwrap();
+    assert_eq!(
+        refusal(e.sync(&[(&own, 0), (&conv, 0)], None).await),
+        ErrorCode::NotMember
+    );
+
+    // The refused send stored nothing.
+    let synced = a.sync(&[(&conv, 0)], None).await.unwrap();
+    assert_eq!(synced.messages.len(), 1);
+    assert_eq!(synced.messages[0].body, "private");
+}
+
+#[tokio::test]
+async fn a_non_member_gets_not_member_for_send_and_sync_of_a_group() {
+    let world = World::with(1, 1);
+    let owner = world.user("owner").await;
+    let member = world.user("member").await;
+    let eve = world.user("eve").await;
+    let o = owner.connect(&world, 0).await;
+    let e = eve.connect(&world, 0).await;
+    let group = o.group_create("club", &[&member.user_id]).await.unwrap();
+    o.send(&group.conv, "o-1", "members only").await.unwrap();
+
+    assert_eq!(
+        refusal(e.send(&group.conv, "e-1", "let me in").await),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        refusal(e.sync(&[(&group.conv, 0)], None).await),
+        ErrorCode::NotMember
+    );
+
+    let synced = o.sync(&[(&group.conv, 0)], None).await.unwrap();
+    assert_eq!(synced.messages.len(), 1);
+}
