@@ -1,1 +1,106 @@
-//! placeholder
+//! OceanChat's backend: the stateless services behind the gateways.
+//!
+//! One process serves the HTTP API of PROTOCOL.md section 1 (register,
+//! login, logout, health) and the requests the gateways forward over NATS
+//! (`oc.rpc`, queue group `oc-backend`). It keeps no state of its own that
+//! another instance needs: users, groups and messages live in MongoDB,
+//! sessions and routes in Redis, so any instance serves any user.
+//! docs/internals.md is the contract it implements.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables.
+//! - [`state`]: the store clients every handler shares.
+//! - [`http`]: the HTTP routes ([`app`]).
+//! - [`rpc`]: the NATS request service and its dispatch by op.
+//! - [`convs`]: `dm.open`, `group.create`, membership checks.
+//! - [`messages`]: `send` (gap-free seq, idempotent) and `sync`.
+//! - [`delivery`]: routing an event to the gateways holding its recipients.
+//! - [`sessions`]: login sessions in Redis.
+//! - [`store`]: MongoDB collections, indexes and documents.
+//! - [`error`]: [`ServiceError`], the one error type of the service edge.
+
+pub mod config;
+pub mod convs;
+pub mod delivery;
+pub mod error;
+pub mod http;
+pub mod messages;
+pub mod rpc;
+pub mod sessions;
+pub mod state;
+pub mod store;
+
+use std::future::{Future, IntoFuture as _};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use oceanchat_protocol::internal::subjects;
+
+pub use config::Config;
+pub use error::{BackendError, ServiceError};
+pub use http::app;
+pub use state::AppState;
+
+/// Connects to the stores, listens on `config.http_listen` and serves HTTP
+/// and NATS requests until `shutdown` completes; then stops both
+/// gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BackendError> {
+    let addr = config.http_listen;
+    let state = AppState::connect(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BackendError::Bind { addr, source })?;
+    serve(state, listener, shutdown).await
+}
+
+/// Serves HTTP on `listener` and NATS requests with `state` until
+/// `shutdown` completes. Tests use it to pick the listener themselves.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackendError> {
+    let subscriber = state
+        .nats
+        .queue_subscribe(subjects::RPC, subjects::RPC_QUEUE.to_string())
+        .await
+        .map_err(BackendError::Subscribe)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(http = %addr, "backend serving");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http = tokio::spawn(
+        axum::serve(listener, app(state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let mut rpc = tokio::spawn(rpc::serve(state, subscriber, stopped(stop_rx)));
+
+    // Run until asked to stop, or until a service ends by itself (which
+    // only a failure does); then stop the other one too.
+    let mut http_result = None;
+    let mut rpc_done = false;
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        result = &mut http => http_result = Some(result),
+        result = &mut rpc => { result?; rpc_done = true; }
+    }
+    let _ = stop_tx.send(true);
+    if !rpc_done {
+        rpc.await?;
+    }
+    let http_result = match http_result {
+        Some(result) => result,
+        None => http.await,
+    };
+    http_result?.map_err(BackendError::Http)?;
+    tracing::info!("backend stopped");
+    Ok(())
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stop| stop).await;
+}

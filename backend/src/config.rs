@@ -1,0 +1,155 @@
+//! The backend's settings: one struct, read from flags and environment
+//! variables (docs/internals.md lists them).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_MONGO_URL: &str = "mongodb://127.0.0.1:27017/?directConnection=true";
+pub const DEFAULT_MONGO_DB: &str = "oceanchat";
+pub const DEFAULT_SESSION_TTL_S: u64 = 7 * 24 * 3600;
+pub const DEFAULT_MAX_BODY_BYTES: usize = oceanchat_protocol::limits::DEFAULT_MAX_BODY_BYTES;
+
+/// Settings of `oceanchat-backend`. Every default works on one machine
+/// with every store on its standard local port.
+#[derive(Clone, Parser)]
+#[command(name = "oceanchat-backend", version, about)]
+pub struct Config {
+    /// Address the HTTP API listens on. Default `127.0.0.1:8080`: loopback,
+    /// because nginx in front is what the outside world reaches.
+    #[arg(long, env = "OC_HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
+    pub http_listen: SocketAddr,
+
+    /// Redis (sessions and routes). Default `redis://127.0.0.1:6379`, the
+    /// standard local port. May carry a password; it is hidden from logs.
+    #[arg(long, env = "OC_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+
+    /// NATS (requests from gateways, commands to them). Default
+    /// `nats://127.0.0.1:4222`, the standard local port.
+    #[arg(long, env = "OC_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
+
+    /// MongoDB (users, groups, members, messages). Default
+    /// `mongodb://127.0.0.1:27017/?directConnection=true`: a direct
+    /// connection, because a one-node replica set may advertise a host name
+    /// that differs from the one used to reach it.
+    #[arg(long, env = "OC_MONGO_URL", default_value = DEFAULT_MONGO_URL)]
+    pub mongo_url: String,
+
+    /// MongoDB database name. Default `oceanchat`; tests give each run its
+    /// own name or server.
+    #[arg(long, env = "OC_MONGO_DB", default_value = DEFAULT_MONGO_DB)]
+    pub mongo_db: String,
+
+    /// Lifetime of a login session in seconds. Default 604800 (7 days): a
+    /// week between logins is what users of chat apps expect.
+    #[arg(long, env = "OC_SESSION_TTL_S", default_value_t = DEFAULT_SESSION_TTL_S)]
+    pub session_ttl_s: u64,
+
+    /// Largest message body in bytes of UTF-8. Default 16384, the limit
+    /// PROTOCOL.md names as the default.
+    #[arg(long, env = "OC_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    /// The documented defaults, without reading flags or the environment.
+    fn default() -> Self {
+        Config {
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            nats_url: DEFAULT_NATS_URL.into(),
+            mongo_url: DEFAULT_MONGO_URL.into(),
+            mongo_db: DEFAULT_MONGO_DB.into(),
+            session_ttl_s: DEFAULT_SESSION_TTL_S,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Store URLs may hold passwords, so `Debug` shows them with the password
+/// replaced.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http_listen", &self.http_listen)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("mongo_url", &redact_url(&self.mongo_url))
+            .field("mongo_db", &self.mongo_db)
+            .field("session_ttl_s", &self.session_ttl_s)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/...` becomes `scheme://user:***@host/...`.
+/// A URL without a password is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end],
+        &userinfo[..colon],
+        &rest[at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("mongodb://app:p%40ss@db1,db2/?replicaSet=rs"),
+            "mongodb://app:***@db1,db2/?replicaSet=rs"
+        );
+        assert_eq!(redact_url("nats://user@host:4222"), "nats://user@host:4222");
+        assert_eq!(redact_url(DEFAULT_MONGO_URL), DEFAULT_MONGO_URL);
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let config = Config {
+            redis_url: "redis://:topsecret@localhost".into(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(shown.contains("localhost"));
+    }
+
+    #[test]
+    fn flags_default_to_the_documented_values() {
+        let parsed = Config::try_parse_from(["oceanchat-backend"]).unwrap();
+        let defaults = Config::default();
+        // The environment of the test run may set OC_* variables; only
+        // compare what no test environment sets.
+        assert_eq!(parsed.session_ttl_s, defaults.session_ttl_s);
+        assert_eq!(parsed.max_body_bytes, 16384);
+        assert_eq!(defaults.session_ttl_s, 604_800);
+    }
+}

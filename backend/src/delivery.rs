@@ -1,0 +1,189 @@
+//! Delivering an event to every online connection of a set of users.
+//!
+//! Routes live in Redis (`oc:routes:<user>`, one field per connection that
+//! names its gateway). The frame is encoded once; each gateway that holds
+//! at least one recipient gets one NATS message listing its users, never
+//! one message per member. A field counts only while `oc:gw:<gateway>`
+//! names the gateway run (instance) the field was written by; the others
+//! are deleted on the way, so a crashed gateway's routes go away.
+//!
+//! Today the recipients of a message are read from MongoDB for every conv;
+//! group subjects (one publish per group message) will replace the group
+//! path.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use mongodb::bson::doc;
+use serde::Deserialize;
+
+use oceanchat_protocol::client::{encode_event, Event, Message};
+use oceanchat_protocol::internal::{encode_gateway_message, keys, subjects, GatewayCommand};
+
+use crate::error::ServiceError;
+use crate::state::AppState;
+
+/// Sends a stored message to every online connection of every member of
+/// its conv, the sender's own included.
+pub async fn deliver_message(state: &AppState, message: Message) -> Result<(), ServiceError> {
+    #[derive(Deserialize)]
+    struct UserOnly {
+        user_id: String,
+    }
+    let members: Vec<String> = state
+        .store
+        .members
+        .clone_with_type::<UserOnly>()
+        .find(doc! {"conv": &message.conv})
+        .projection(doc! {"user_id": 1, "_id": 0})
+        .await?
+        .map_ok(|m| m.user_id)
+        .try_collect()
+        .await?;
+    let frame = Bytes::from(encode_event(&Event::Msg(message)));
+    deliver_to_users(state, &members, &frame).await
+}
+
+/// Sends `frame` to every online connection of `users`.
+pub async fn deliver_to_users(
+    state: &AppState,
+    users: &[String],
+    frame: &[u8],
+) -> Result<(), ServiceError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut redis = state.redis.clone();
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.hgetall(keys::routes(user));
+    }
+    let routes: Vec<HashMap<String, String>> = pipe.query_async(&mut redis).await?;
+    let Routes {
+        by_gateway,
+        mut stale,
+    } = group_by_gateway(users.iter().zip(routes));
+
+    if !by_gateway.is_empty() {
+        // The run alive under each gateway id; a field of any other run
+        // (crashed, or restarted since) is stale.
+        let gateways: Vec<&String> = by_gateway.keys().collect();
+        let alive: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(
+                gateways
+                    .iter()
+                    .map(|g| keys::gateway_alive(g))
+                    .collect::<Vec<_>>(),
+            )
+            .query_async(&mut redis)
+            .await?;
+        for (gateway, alive) in gateways.into_iter().zip(alive) {
+            let runs = &by_gateway[gateway];
+            let mut recipients = BTreeSet::new();
+            for (instance, conns) in runs {
+                if alive.as_deref() == Some(instance.as_str()) {
+                    recipients.extend(conns.iter().map(|(user, _)| user.clone()));
+                } else {
+                    stale.extend(conns.iter().cloned());
+                }
+            }
+            if recipients.is_empty() {
+                continue;
+            }
+            let command = GatewayCommand::Deliver {
+                users: recipients.into_iter().collect(),
+            };
+            state
+                .nats
+                .publish(
+                    subjects::gateway(gateway),
+                    encode_gateway_message(&command, frame),
+                )
+                .await?;
+        }
+    }
+
+    if !stale.is_empty() {
+        tracing::debug!(fields = stale.len(), "deleting stale routes");
+        let mut pipe = redis::pipe();
+        for (user, field) in &stale {
+            pipe.hdel(keys::routes(user), field).ignore();
+        }
+        // Best effort: a field left behind is removed by the next reader.
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            tracing::warn!(error = %e, "could not delete stale routes");
+        }
+    }
+    Ok(())
+}
+
+/// One connection's route: its user and its field in the user's hash.
+type Conn = (String, String);
+
+/// Route fields sorted out: per gateway id, per gateway run (instance),
+/// the connections; and the fields that name no gateway at all.
+#[derive(Debug, Default)]
+struct Routes {
+    by_gateway: BTreeMap<String, BTreeMap<String, Vec<Conn>>>,
+    stale: Vec<Conn>,
+}
+
+fn group_by_gateway<'a>(
+    routes: impl Iterator<Item = (&'a String, HashMap<String, String>)>,
+) -> Routes {
+    let mut out = Routes::default();
+    for (user, fields) in routes {
+        for field in fields.into_keys() {
+            let Some(parsed) = keys::parse_route_field(&field) else {
+                out.stale.push((user.clone(), field));
+                continue;
+            };
+            let (gateway, instance) = (parsed.gateway_id.to_string(), parsed.instance.to_string());
+            out.by_gateway
+                .entry(gateway)
+                .or_default()
+                .entry(instance)
+                .or_default()
+                .push((user.clone(), field));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(fields: &[&str]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|f| (f.to_string(), "unused".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn routes_are_grouped_by_gateway_and_run() {
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        let input = vec![
+            (
+                &a,
+                routes(&["gw-1|i1|s1|1", "gw-1|i1|s2|2", "gw-2|i2|s3|3", "junk"]),
+            ),
+            (&b, routes(&["gw-2|i2|s4|4", "gw-2|old|s5|5"])),
+            (&c, routes(&[])),
+        ];
+        let grouped = group_by_gateway(input.into_iter());
+        assert_eq!(grouped.stale, vec![("a".to_string(), "junk".to_string())]);
+        assert_eq!(grouped.by_gateway.len(), 2);
+        let gw1 = &grouped.by_gateway["gw-1"];
+        assert_eq!(gw1.len(), 1);
+        assert_eq!(gw1["i1"].len(), 2);
+        let gw2 = &grouped.by_gateway["gw-2"];
+        assert_eq!(gw2["i2"].len(), 2);
+        assert_eq!(
+            gw2["old"],
+            vec![("b".to_string(), "gw-2|old|s5|5".to_string())]
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! The request service behind the gateways: `oc.rpc` in the queue group
+//! `oc-backend`, one [`RpcRequest`] per NATS request.
+//!
+//! Each request runs in its own task, at most [`MAX_IN_FLIGHT`] at a time;
+//! beyond that the subscription is read no faster than requests finish.
+//! The reply is the client reply body without its id. A new message's
+//! delivery starts only after the sender's reply has gone out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use oceanchat_protocol::client::{reply_error, reply_ok, Empty, Message, Op};
+use oceanchat_protocol::internal::{RpcRequest, SessionInfo};
+
+use crate::error::ServiceError;
+use crate::messages::Sent;
+use crate::state::AppState;
+use crate::{convs, delivery, messages, sessions};
+
+/// Requests handled at the same time by one instance.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// After shutdown starts, how long requests already received may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves requests from `subscriber` until `shutdown` completes, then
+/// unsubscribes, finishes the requests already received and returns.
+pub async fn serve(
+    state: AppState,
+    mut subscriber: async_nats::Subscriber,
+    shutdown: impl Future<Output = ()>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            message = subscriber.next() => message,
+            () = &mut shutdown => break,
+        };
+        let Some(message) = message else {
+            tracing::warn!("request subscription ended");
+            return;
+        };
+        spawn_handler(&state, &in_flight, message).await;
+    }
+
+    // Drain: stop new requests, answer the ones already delivered to us.
+    tracing::info!("request service draining");
+    if let Err(e) = subscriber.drain().await {
+        tracing::warn!(error = %e, "could not drain the request subscription");
+    }
+    let finish = async {
+        while let Some(message) = subscriber.next().await {
+            spawn_handler(&state, &in_flight, message).await;
+        }
+        let _all = in_flight
+            .acquire_many(MAX_IN_FLIGHT as u32)
+            .await
+            .expect("semaphore never closed");
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
+        tracing::warn!("requests still running at shutdown");
+    }
+    if let Err(e) = state.nats.flush().await {
+        tracing::warn!(error = %e, "could not flush replies at shutdown");
+    }
+}
+
+async fn spawn_handler(state: &AppState, in_flight: &Arc<Semaphore>, message: async_nats::Message) {
+    let permit = in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
+    let state = state.clone();
+    tokio::spawn(async move {
+        handle(state, message).await;
+        drop(permit);
+    });
+}
+
+/// Answers one request, then delivers what it produced.
+async fn handle(state: AppState, message: async_nats::Message) {
+    let Some(reply_to) = message.reply else {
+        tracing::debug!("request without a reply subject ignored");
+        return;
+    };
+    let request: RpcRequest = match serde_json::from_slice(&message.payload) {
+        Ok(request) => request,
+        Err(e) => {
+            let error = ServiceError::bad_request(format!("undecodable request: {e}"));
+            error.log("rpc");
+            publish(&state, reply_to, reply_error(&error.body())).await;
+            return;
+        }
+    };
+    let span = tracing::debug_span!(
+        "rpc",
+        op = request.op.name(),
+        gateway = %request.ctx.gateway_id,
+        conn_id = request.ctx.conn_id,
+        user_id = request.ctx.user_id.as_deref().unwrap_or(""),
+    );
+    async move {
+        let op = request.op.name();
+        let (body, to_deliver) = match dispatch(&state, request).await {
+            Ok(done) => (done.body, done.deliver),
+            Err(error) => {
+                error.log(op);
+                (reply_error(&error.body()), None)
+            }
+        };
+        publish(&state, reply_to, body).await;
+        if let Some(message) = to_deliver {
+            if let Err(error) = delivery::deliver_message(&state, message).await {
+                error.log("delivery");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn publish(state: &AppState, subject: async_nats::Subject, body: Vec<u8>) {
+    if let Err(e) = state.nats.publish(subject, Bytes::from(body)).await {
+        tracing::warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// A reply body, and the message to deliver once it has been sent.
+struct Done {
+    body: Vec<u8>,
+    deliver: Option<Message>,
+}
+
+impl Done {
+    fn reply<T: serde::Serialize>(result: &T) -> Done {
+        Done {
+            body: reply_ok(result),
+            deliver: None,
+        }
+    }
+}
+
+async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, ServiceError> {
+    // Every op but `auth` needs an authenticated connection.
+    let user = request.ctx.user_id.as_deref();
+    let user = || user.ok_or_else(ServiceError::unauthenticated);
+    match &request.op {
+        Op::Auth { token } => {
+            let mut redis = state.redis.clone();
+            let session = sessions::lookup(&mut redis, token)
+                .await?
+                .ok_or_else(ServiceError::unauthenticated)?;
+            Ok(Done::reply(&SessionInfo {
+                user_id: session.user_id,
+                session_id: session.session_id,
+            }))
+        }
+        Op::Ping {} => {
+            user()?;
+            Ok(Done::reply(&Empty {}))
+        }
+        Op::DmOpen { user_id } => Ok(Done::reply(&convs::dm_open(state, user()?, user_id).await?)),
+        Op::GroupCreate { name, members } => Ok(Done::reply(
+            &convs::group_create(state, user()?, name, members).await?,
+        )),
+        Op::Send {
+            conv,
+            client_msg_id,
+            body,
+        } => {
+            let sent = messages::send(state, user()?, conv, client_msg_id, body).await?;
+            let body = reply_ok(&sent.result());
+            Ok(Done {
+                body,
+                deliver: match sent {
+                    Sent::New(message) => Some(message),
+                    Sent::Repeat(_) => None,
+                },
+            })
+        }
+        Op::Sync { convs, limit } => Ok(Done::reply(
+            &messages::sync(state, user()?, convs, *limit).await?,
+        )),
+    }
+}

@@ -1,0 +1,78 @@
+//! What every handler shares: the configuration and the store clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{redact_url, Config};
+use crate::error::BackendError;
+use crate::messages::ConvLocks;
+use crate::store::Store;
+
+/// A Redis command that takes longer than this fails, so a hung Redis
+/// turns into `unavailable` rather than a request that never ends.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub redis: ConnectionManager,
+    pub nats: async_nats::Client,
+    pub(crate) conv_locks: Arc<ConvLocks>,
+}
+
+impl AppState {
+    /// Connects to Redis, NATS and MongoDB and makes sure the MongoDB
+    /// indexes exist. Fails if any of them cannot be reached now; once
+    /// running, each client reconnects by itself.
+    pub async fn connect(config: Config) -> Result<AppState, BackendError> {
+        let redis_client =
+            redis::Client::open(config.redis_url.as_str()).map_err(|e| BackendError::Connect {
+                store: "redis",
+                detail: format!("{}: {e}", redact_url(&config.redis_url)),
+            })?;
+        let redis = ConnectionManager::new_with_config(
+            redis_client,
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+                .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| BackendError::Connect {
+            store: "redis",
+            detail: format!("{}: {e}", redact_url(&config.redis_url)),
+        })?;
+
+        let nats = async_nats::ConnectOptions::new()
+            .name("oceanchat-backend")
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| BackendError::Connect {
+                store: "nats",
+                detail: format!("{}: {e}", redact_url(&config.nats_url)),
+            })?;
+
+        let store = Store::connect(&config.mongo_url, &config.mongo_db)
+            .await
+            .map_err(|e| BackendError::Connect {
+                store: "mongodb",
+                detail: format!("{}: {e}", redact_url(&config.mongo_url)),
+            })?;
+        store
+            .ensure_indexes()
+            .await
+            .map_err(BackendError::Indexes)?;
+
+        Ok(AppState {
+            config: Arc::new(config),
+            store,
+            redis,
+            nats,
+            conv_locks: Arc::new(ConvLocks::default()),
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! MongoDB: the collections of docs/internals.md, their indexes and the
+//! typed documents stored in them.
+//!
+//! Numbers are stored as `i64` (BSON has no unsigned integers); the wire
+//! types use `u64` and convert at the edge.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, DateTime};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use oceanchat_protocol::client::Message;
+use serde::{Deserialize, Serialize};
+
+/// How long an operation waits for a usable server before failing. The
+/// driver's 30 s default would outlive the gateway's request timeout; a
+/// short wait turns "MongoDB is down" into a prompt `unavailable`.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The duplicate-key error code of a unique index.
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub created_at: DateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub announcement: String,
+    pub join_policy: String,
+    pub owner: String,
+    pub version: i64,
+    pub created_at: DateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberDoc {
+    pub conv: String,
+    pub user_id: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub muted: bool,
+    pub read_seq: i64,
+    pub joined_at: DateTime,
+}
+
+impl MemberDoc {
+    pub fn new(conv: &str, user_id: &str, role: &str) -> Self {
+        MemberDoc {
+            conv: conv.to_string(),
+            user_id: user_id.to_string(),
+            role: role.to_string(),
+            muted: false,
+            read_seq: 0,
+            joined_at: DateTime::now(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageDoc {
+    pub conv: String,
+    pub seq: i64,
+    pub msg_id: String,
+    pub from: String,
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+    pub body: String,
+    pub client_msg_id: String,
+}
+
+impl From<MessageDoc> for Message {
+    fn from(m: MessageDoc) -> Self {
+        Message {
+            conv: m.conv,
+            seq: m.seq as u64,
+            msg_id: m.msg_id,
+            from: m.from,
+            ts: m.ts as u64,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+        }
+    }
+}
+
+/// A new opaque id (user, group, session, message): an ObjectId in hex,
+/// unique without coordination and roughly ordered by time.
+pub fn new_id() -> String {
+    ObjectId::new().to_hex()
+}
+
+/// Handles on the database and its collections; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Database,
+    pub users: Collection<UserDoc>,
+    pub groups: Collection<GroupDoc>,
+    pub members: Collection<MemberDoc>,
+    pub messages: Collection<MessageDoc>,
+}
+
+impl Store {
+    /// Connects lazily: the driver opens connections on first use, so this
+    /// fails only on a malformed URL.
+    pub async fn connect(url: &str, db_name: &str) -> Result<Store, mongodb::error::Error> {
+        let mut options = ClientOptions::parse(url).await?;
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        options
+            .app_name
+            .get_or_insert_with(|| "oceanchat-backend".into());
+        let db = Client::with_options(options)?.database(db_name);
+        Ok(Store {
+            users: db.collection("users"),
+            groups: db.collection("groups"),
+            members: db.collection("members"),
+            messages: db.collection("messages"),
+            db,
+        })
+    }
+
+    /// Creates the indexes of docs/internals.md. Creating an index that
+    /// exists with the same keys and options does nothing, so every
+    /// instance runs this at start-up.
+    pub async fn ensure_indexes(&self) -> Result<(), mongodb::error::Error> {
+        let unique = || IndexOptions::builder().unique(true).build();
+        self.users
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"username": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.members
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"conv": 1, "user_id": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.members
+            .create_index(IndexModel::builder().keys(doc! {"user_id": 1}).build())
+            .await?;
+        self.messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"conv": 1, "seq": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"conv": 1, "from": 1, "client_msg_id": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), mongodb::error::Error> {
+        self.db.run_command(doc! {"ping": 1}).await.map(|_| ())
+    }
+}
+
+/// Whether a write failed because a unique index refused it.
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|w| w.code == DUPLICATE_KEY),
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
