@@ -1,1 +1,176 @@
-//! placeholder
+//! OceanChat's gateway: the only stateful service. One monoio runtime per
+//! core, each with its own `SO_REUSEPORT` listener, so a connection lives
+//! and dies on one core and cores share nothing on the hot path. One tokio
+//! thread (the bridge) owns the NATS and Redis clients.
+//!
+//! # Layout
+//! - [`transport`]: WebSockets with no chat in them (accept, upgrade,
+//!   frames, write queues, limits).
+//! - [`chat`]: the OceanChat protocol as a transport handler: auth, local
+//!   tables, forwarding to the backend.
+//! - [`bridge`]: the tokio thread with NATS and Redis, and the queues to
+//!   the cores.
+//! - [`config`]: every setting, with its default.
+//! - this file: start-up (cores, bridge) and shutdown.
+
+pub mod bridge;
+pub mod chat;
+pub mod config;
+pub mod transport;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::bridge::{Bridge, BridgeConfig, CoreCommand};
+use crate::chat::{Chat, ChatConfig};
+use crate::config::{Config, Driver};
+use crate::transport::TransportConfig;
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    // Every core binds with SO_REUSEPORT, which would silently share the
+    // port with another process of the same user. Fail clearly instead.
+    std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+    let gateway_id = config.gateway_id();
+    let instance = instance_id();
+    let cores = config.cores();
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
+        .map(|_| mpsc::channel::<CoreCommand>(bridge::QUEUE_DEPTH))
+        .unzip();
+    let (bridge, _bridge_thread) = bridge::start(
+        BridgeConfig {
+            gateway_id: gateway_id.clone(),
+            instance: instance.clone(),
+            nats_url: config.nats_url.clone(),
+            redis_url: config.redis_url.clone(),
+            route_ttl: Duration::from_secs(config.route_ttl_s.max(1)),
+        },
+        senders,
+    )?;
+    let chat = ChatConfig {
+        gateway_id: gateway_id.clone(),
+        instance,
+        auth_timeout: config.auth_timeout(),
+        heartbeat_s: config.heartbeat_s,
+    };
+    let transport = config.transport();
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+
+    let threads: Vec<_> = inboxes
+        .into_iter()
+        .enumerate()
+        .map(|(index, inbox)| {
+            let core = CoreSetup {
+                index: index as u16,
+                listen: config.listen,
+                transport: transport.clone(),
+                chat: chat.clone(),
+                bridge: bridge.clone(),
+                inbox,
+                grace,
+            };
+            let driver = config.driver;
+            std::thread::Builder::new()
+                .name(format!("core-{index}"))
+                .spawn(move || run_core(driver, core))
+        })
+        .collect::<Result<_, _>>()?;
+    tracing::info!(
+        %gateway_id,
+        listen = %config.listen,
+        cores,
+        driver = ?config.driver,
+        "gateway started"
+    );
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => anyhow::bail!("a core thread panicked"),
+        }
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// What one core thread needs.
+struct CoreSetup {
+    index: u16,
+    listen: std::net::SocketAddr,
+    transport: TransportConfig,
+    chat: ChatConfig,
+    bridge: Bridge,
+    inbox: mpsc::Receiver<CoreCommand>,
+    grace: Duration,
+}
+
+fn run_core(driver: Driver, setup: CoreSetup) -> anyhow::Result<()> {
+    // Each connection is a few io_uring operations; size the rings for
+    // tens of thousands of them per core instead of monoio's 1,024.
+    const RING_ENTRIES: u32 = 16 * 1024;
+    match driver {
+        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .build()
+            .context("io_uring is not available here; use --driver epoll")?
+            .block_on(core_main(setup)),
+        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .context("cannot start the epoll runtime")?
+            .block_on(core_main(setup)),
+    }
+}
+
+async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
+    let listener = transport::bind(setup.listen)
+        .with_context(|| format!("core {} cannot listen on {}", setup.index, setup.listen))?;
+    let chat = Chat::new(setup.chat, setup.bridge);
+    let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
+    monoio::spawn(handle_commands(core.clone(), setup.inbox));
+    transport::serve(listener, core.clone()).await;
+
+    // Draining: give connections the grace period to finish their close.
+    let deadline = Instant::now() + setup.grace;
+    while core.connection_count() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Applies the bridge's commands to this core, a batch at a time.
+async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Receiver<CoreCommand>) {
+    let mut batch = Vec::with_capacity(256);
+    while inbox.recv_many(&mut batch, 256).await > 0 {
+        for command in batch.drain(..) {
+            match command {
+                CoreCommand::Deliver { users, frame } => core.handler.deliver(&users, &frame),
+                CoreCommand::CloseSession { session_id, code } => {
+                    core.handler.close_session(&session_id, code)
+                }
+                CoreCommand::Drain { code } => core.drain(code, "server restart"),
+            }
+        }
+    }
+}
+
+/// A random id for this process run.
+fn instance_id() -> String {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
+}

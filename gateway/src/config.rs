@@ -1,0 +1,127 @@
+//! The gateway's settings: one struct, every field with a default that
+//! works on one machine. `docs/config.md` is the reference for operators.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::transport::{codec::Limits, TransportConfig};
+
+/// Which io driver the cores run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// io_uring (Linux 5.6+).
+    Uring,
+    /// epoll, for kernels or sandboxes without io_uring.
+    Epoll,
+}
+
+/// What the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The OceanChat protocol, with NATS and Redis behind it.
+    Chat,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "oceanchat-gateway",
+    version,
+    about = "OceanChat WebSocket gateway"
+)]
+pub struct Config {
+    /// Address to accept WebSocket connections on (path `/ws`).
+    #[arg(long, env = "OC_GATEWAY_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// This instance's id, unique among gateways; routes in Redis name it.
+    /// Default: `gw-<listen port>`.
+    #[arg(long, env = "OC_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Runtime threads, one per core. Default: every core.
+    #[arg(long, env = "OC_GATEWAY_CORES")]
+    pub cores: Option<usize>,
+
+    /// io_uring or epoll.
+    #[arg(long, env = "OC_GATEWAY_DRIVER", value_enum, default_value = "uring")]
+    pub driver: Driver,
+
+    #[arg(long, value_enum, default_value = "chat")]
+    pub mode: Mode,
+
+    #[arg(long, env = "OC_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    #[arg(long, env = "OC_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Time a new connection has to send `auth` before it is closed with
+    /// 4000 (PROTOCOL.md: 5 s).
+    #[arg(long, env = "OC_AUTH_TIMEOUT_MS", default_value_t = 5000)]
+    pub auth_timeout_ms: u64,
+
+    /// Lifetime of this gateway's liveness key in Redis; renewed every third
+    /// of it. A crashed gateway's routes are ignored after this long.
+    #[arg(long, env = "OC_ROUTE_TTL_S", default_value_t = 30)]
+    pub route_ttl_s: u64,
+
+    /// Heartbeat interval announced to clients in the `auth` reply.
+    #[arg(long, env = "OC_HEARTBEAT_S", default_value_t = 30)]
+    pub heartbeat_s: u64,
+
+    /// Allowed `Origin` headers, comma separated; empty allows all.
+    #[arg(long, env = "OC_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest WebSocket message accepted, in bytes (close 1009 above).
+    /// Default leaves room for a 16 KiB body JSON-escaped.
+    #[arg(long, env = "OC_MAX_MESSAGE_BYTES", default_value_t = 128 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Bytes queued for one slow connection before it is closed with 4008.
+    #[arg(long, env = "OC_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Connections per process at most (spread evenly over the cores).
+    #[arg(long, env = "OC_MAX_CONNECTIONS", default_value_t = 1_000_000)]
+    pub max_connections: usize,
+
+    /// Seconds connections get to close after SIGTERM (they are sent 1012).
+    #[arg(long, env = "OC_SHUTDOWN_GRACE_S", default_value_t = 10)]
+    pub shutdown_grace_s: u64,
+}
+
+impl Config {
+    pub fn gateway_id(&self) -> String {
+        self.gateway_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", self.listen.port()))
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            path: Some("/ws".to_string()),
+            allowed_origins: self.allowed_origins.clone(),
+            handshake_timeout: Duration::from_secs(10),
+            limits: Limits {
+                max_frame_bytes: self.max_message_bytes,
+                max_message_bytes: self.max_message_bytes,
+            },
+            max_queued_bytes: self.max_queued_bytes,
+            max_connections_per_core: self.max_connections.div_ceil(self.cores()),
+            read_buffer_bytes: 4096,
+        }
+    }
+}

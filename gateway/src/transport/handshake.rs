@@ -1,0 +1,152 @@
+//! The HTTP/1.1 upgrade request and its answers, without I/O.
+//!
+//! `httparse` reads the request; tungstenite derives the accept key. What
+//! is refused gets a short plain HTTP answer and the socket is closed.
+
+/// The largest request head accepted; browsers send well under 2 KiB.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// What the upgrade request said that matters after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    pub path: String,
+    pub key: String,
+    pub origin: Option<String>,
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed HTTP request")]
+    Malformed,
+    #[error("request head too large")]
+    TooLarge,
+    #[error("not a WebSocket upgrade")]
+    NotUpgrade,
+    #[error("unsupported WebSocket version")]
+    BadVersion,
+    #[error("unknown path")]
+    NotFound,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+}
+
+impl Refusal {
+    /// The complete HTTP response for this refusal.
+    pub fn response(self) -> &'static [u8] {
+        match self {
+            Refusal::Malformed | Refusal::NotUpgrade => {
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::TooLarge => {
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::BadVersion => {
+                b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::NotFound => {
+                b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::OriginNotAllowed => {
+                b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+        }
+    }
+}
+
+/// Parses the request head in `buf`. `Ok(None)` means more bytes are
+/// needed; on success also returns how many bytes the head took.
+pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let consumed = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_BYTES => {
+            return Err(Refusal::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(_) => return Err(Refusal::Malformed),
+    };
+    if request.method != Some("GET") || request.version != Some(1) {
+        return Err(Refusal::NotUpgrade);
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |value: Option<&str>, token: &str| {
+        value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
+        return Err(Refusal::NotUpgrade);
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Err(Refusal::BadVersion);
+    }
+    let key = header("sec-websocket-key")
+        .filter(|k| !k.is_empty())
+        .ok_or(Refusal::NotUpgrade)?;
+    let path = request.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    Ok(Some((
+        Upgrade {
+            path: path.to_string(),
+            key: key.to_string(),
+            origin: header("origin").map(str::to_string),
+        },
+        consumed,
+    )))
+}
+
+/// The `101 Switching Protocols` answer.
+pub fn accept_response(key: &str) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: https://chat.example\r\n\r\n";
+
+    #[test]
+    fn parses_a_browser_upgrade() {
+        let (upgrade, used) = parse(GOOD).unwrap().unwrap();
+        assert_eq!(used, GOOD.len());
+        assert_eq!(upgrade.path, "/ws");
+        assert_eq!(upgrade.origin.as_deref(), Some("https://chat.example"));
+        let response = String::from_utf8(accept_response(&upgrade.key)).unwrap();
+        // The RFC 6455 example key and its accept value.
+        assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    }
+
+    #[test]
+    fn partial_then_too_large() {
+        assert_eq!(parse(&GOOD[..20]), Ok(None));
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_REQUEST_BYTES, b'a');
+        assert_eq!(parse(&huge), Err(Refusal::TooLarge));
+    }
+
+    #[test]
+    fn refusals() {
+        let plain = b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(parse(plain), Err(Refusal::NotUpgrade));
+        let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
+        assert_eq!(parse(v8.as_bytes()), Err(Refusal::BadVersion));
+        assert_eq!(parse(b"\x01\x02 nonsense\r\n\r\n"), Err(Refusal::Malformed));
+        assert!(Refusal::OriginNotAllowed
+            .response()
+            .starts_with(b"HTTP/1.1 403"));
+    }
+}
