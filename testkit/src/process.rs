@@ -82,7 +82,9 @@ impl ChildProcess {
         let mut file = OpenOptions::new().create(true).append(true).open(log)?;
         writeln!(file, "=== testkit: starting {name}: {cmd:?}")?;
         let log_start = file.metadata()?.len();
-        cmd.stdin(Stdio::null())
+        // Plain log files, without terminal colour codes.
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
         let child = cmd.spawn().map_err(|e| {
