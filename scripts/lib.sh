@@ -39,6 +39,14 @@ oc_apt_install() {
     oc_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# Stops and disables a systemd service that a package install started.
+oc_disable_service() {
+    command -v systemctl >/dev/null || return 0
+    systemctl is-active --quiet "$1" 2>/dev/null || return 0
+    oc_say "stopping and disabling the system service $1 (OceanChat starts its own)"
+    oc_as_root systemctl disable --now "$1" >/dev/null 2>&1 || true
+}
+
 # True when the venv holds SecantusDB at the pinned version.
 oc_secantus_installed() {
     [[ -x $OC_SECANTUSD ]] &&
@@ -61,6 +69,14 @@ oc_install() {
     fi
     if ((${#missing[@]})); then
         oc_apt_install "${missing[@]}"
+        # Debian starts these as system services on the default ports;
+        # OceanChat runs its own instances, which those would block.
+        local service
+        for service in redis-server nats-server; do
+            if [[ " ${missing[*]} " == *" $service "* ]]; then
+                oc_disable_service "$service"
+            fi
+        done
     fi
 
     if ! oc_secantus_installed; then
