@@ -1,0 +1,125 @@
+//! `Connection`'s plumbing against a scripted in-process WebSocket server:
+//! what the e2e tests cannot provoke on purpose (a server that closes with
+//! a request in flight, one that never answers, replies out of order).
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use oceanchat_client::{ClientError, Connection};
+use oceanchat_protocol::client::{decode_request, Op};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type ServerSocket = WebSocketStream<tokio::net::TcpStream>;
+
+/// Accepts one connection and runs `script` on it; returns the ws URL.
+async fn serve_one<F, Fut>(script: F) -> String
+where
+    F: FnOnce(ServerSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        script(ws).await;
+    });
+    url
+}
+
+/// The next request frame's id.
+async fn next_request_id(ws: &mut ServerSocket) -> u64 {
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(text) => return decode_request(text.as_bytes()).unwrap().id,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn replies_reach_their_requests_out_of_order() {
+    let url = serve_one(|mut ws| async move {
+        let first = next_request_id(&mut ws).await;
+        let second = next_request_id(&mut ws).await;
+        let reply = |id: u64, conv: &str| format!(r#"{{"id":{id},"ok":true,"conv":"{conv}"}}"#);
+        ws.send(Message::text(reply(second, "second")))
+            .await
+            .unwrap();
+        ws.send(Message::text(reply(first, "first"))).await.unwrap();
+        // Keep the socket open until the client is done.
+        let _ = ws.next().await;
+    })
+    .await;
+    let conn = Connection::connect(&url).await.unwrap();
+    let (a, b) = tokio::join!(conn.dm_open("x"), async {
+        // Make sure the first request is on the wire first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.dm_open("y").await
+    });
+    assert_eq!(a.unwrap(), "first");
+    assert_eq!(b.unwrap(), "second");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_fails_with_the_close_code() {
+    let url = serve_one(|mut ws| async move {
+        next_request_id(&mut ws).await;
+        let frame = CloseFrame {
+            code: 4001.into(),
+            reason: "session revoked".into(),
+        };
+        ws.close(Some(frame)).await.unwrap();
+        while ws.next().await.is_some() {}
+    })
+    .await;
+    let conn = Connection::connect(&url).await.unwrap();
+    match conn.request(Op::Ping {}).await {
+        Err(ClientError::Closed(info)) => {
+            assert_eq!(info.code, 4001);
+            assert_eq!(info.reason, "session revoked");
+        }
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert_eq!(
+        conn.closed(Duration::from_secs(1)).await.unwrap().code,
+        4001
+    );
+    // A request after the close fails at once.
+    assert!(matches!(conn.ping().await, Err(ClientError::Closed(_))));
+}
+
+#[tokio::test]
+async fn a_request_without_a_reply_times_out() {
+    let url = serve_one(|mut ws| async move { while ws.next().await.is_some() {} }).await;
+    let mut conn = Connection::connect(&url).await.unwrap();
+    conn.set_request_timeout(Duration::from_millis(100));
+    assert!(matches!(
+        conn.ping().await,
+        Err(ClientError::Timeout { .. })
+    ));
+    assert_eq!(conn.closed(Duration::from_millis(10)).await, None);
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_reports_the_status() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+        tcp.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+    });
+    match Connection::connect_with_headers(&url, &[("Origin", "https://evil.example")]).await {
+        Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 403),
+        Err(other) => panic!("expected Rejected, got {other}"),
+        Ok(_) => panic!("expected Rejected, got a connection"),
+    }
+}
