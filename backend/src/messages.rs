@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use mongodb::bson::doc;
@@ -23,10 +24,13 @@ use crate::http::now_ms;
 use crate::state::AppState;
 use crate::store::{is_duplicate_key, new_id, MessageDoc};
 
-/// Inserts tried for one send before giving up: each retry means another
-/// instance stored a message in the same conv meanwhile, so running out
-/// takes sustained contention.
-const MAX_INSERT_ATTEMPTS: usize = 16;
+/// How long one send keeps retrying when other instances take the seq it
+/// tries. Every lost race means another message in the conv was stored, so
+/// the conv makes progress; but an instance whose cache went stale loses
+/// to one that is sending a burst into the same conv until that burst
+/// ends. A count of attempts would fail it during the burst; a time
+/// budget fails it only under contention that never lets up.
+const CONTENTION_BUDGET: Duration = Duration::from_secs(5);
 
 /// Convs whose last seq is remembered before idle entries are dropped. A
 /// dropped entry costs one query on the conv's next send.
@@ -128,7 +132,9 @@ pub async fn send(
 
     let lock = state.conv_locks.get(conv);
     let mut last_seq = lock.lock().await;
-    for _ in 0..MAX_INSERT_ATTEMPTS {
+    let give_up = Instant::now() + CONTENTION_BUDGET;
+    let mut lost_races = 0u32;
+    loop {
         let last = match *last_seq {
             Some(seq) => seq,
             None => max_seq(state, conv).await?,
@@ -157,11 +163,14 @@ pub async fn send(
                     return Ok(Sent::Repeat(result_of(&first.into())));
                 }
                 *last_seq = None;
-                tracing::debug!(
-                    conv,
-                    seq = last + 1,
-                    "seq taken by another instance, reloading"
-                );
+                lost_races += 1;
+                tracing::debug!(conv, seq = last + 1, "seq taken elsewhere, reloading");
+                if Instant::now() > give_up {
+                    return Err(ServiceError::Unavailable {
+                        store: "mongodb",
+                        detail: format!("no free seq in {conv} after {lost_races} attempts"),
+                    });
+                }
             }
             Err(e) => {
                 // The insert may or may not have been stored; reload the
@@ -171,10 +180,6 @@ pub async fn send(
             }
         }
     }
-    Err(ServiceError::Unavailable {
-        store: "mongodb",
-        detail: format!("no free seq in {conv} after {MAX_INSERT_ATTEMPTS} attempts"),
-    })
 }
 
 /// The highest seq stored in a conv, 0 if none.

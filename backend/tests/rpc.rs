@@ -1,0 +1,447 @@
+//! The request service behind the gateways, over real NATS, Redis and
+//! SecantusDB.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, Running};
+use futures::StreamExt as _;
+use oceanchat_protocol::client::{Event, Op};
+use oceanchat_protocol::internal::{decode_gateway_message, keys, subjects, GatewayCommand};
+use oceanchat_testkit::Stack;
+use redis::AsyncCommands as _;
+
+fn sync_op(convs: &[(&str, u64)], limit: Option<u32>) -> Op {
+    Op::Sync {
+        convs: convs.iter().map(|(c, s)| (c.to_string(), *s)).collect(),
+        limit,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_answers_with_the_session_of_a_token() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let name = common::username("auth");
+    let user_id = common::register(&backend.http, &name, "password1").await;
+    let session = common::login(&backend.http, &name, "password1").await;
+    let nats = &backend.state.nats;
+
+    let reply = ok(rpc(
+        nats,
+        None,
+        Op::Auth {
+            token: session.token,
+        },
+    )
+    .await);
+    assert_eq!(reply["user_id"], user_id);
+    assert_eq!(reply["session_id"], session.session_id);
+
+    let reply = rpc(
+        nats,
+        None,
+        Op::Auth {
+            token: "nope".into(),
+        },
+    )
+    .await;
+    assert_eq!(error_code(&reply), "unauthenticated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ops_other_than_auth_need_an_authenticated_connection() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    for op in [
+        Op::Ping {},
+        dm_open_op("x"),
+        send_op("dm:a:b", "c1", "hi"),
+        sync_op(&[], None),
+    ] {
+        let reply = rpc(nats, None, op.clone()).await;
+        assert_eq!(error_code(&reply), "unauthenticated", "{op:?}");
+    }
+    ok(rpc(nats, Some("someone"), Op::Ping {}).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_requests_get_bad_request() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    for payload in [
+        &b"not json"[..],
+        br#"{"ctx":{"gateway_id":"g","conn_id":1},"op":{"op":"nope"}}"#,
+    ] {
+        let reply = rpc_raw(&backend.state.nats, payload.to_vec()).await;
+        assert_eq!(error_code(&reply), "bad_request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dm_open_gives_both_users_the_same_conv() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "dma").await;
+    let b = user(&backend.http, "dmb").await;
+
+    let from_a = ok(rpc(nats, Some(&a), dm_open_op(&b)).await);
+    let from_b = ok(rpc(nats, Some(&b), dm_open_op(&a)).await);
+    assert_eq!(from_a["conv"], from_b["conv"]);
+    let conv = from_a["conv"].as_str().unwrap();
+    assert_eq!(conv, oceanchat_protocol::conv::dm_conv(&a, &b));
+
+    // Both can send at once: both are members.
+    ok(rpc(nats, Some(&b), send_op(conv, "c1", "hi")).await);
+
+    let reply = rpc(nats, Some(&a), dm_open_op(&a)).await;
+    assert_eq!(error_code(&reply), "bad_request");
+    let reply = rpc(nats, Some(&a), dm_open_op("000000000000000000000000")).await;
+    assert_eq!(error_code(&reply), "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_create_checks_its_name_and_members() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let owner = user(&backend.http, "owner").await;
+    let member = user(&backend.http, "member").await;
+    let outsider = user(&backend.http, "outsider").await;
+
+    let create = |name: &str, members: Vec<String>| Op::GroupCreate {
+        name: name.into(),
+        members,
+    };
+    let reply = ok(rpc(
+        nats,
+        Some(&owner),
+        create("team", vec![member.clone(), owner.clone(), member.clone()]),
+    )
+    .await);
+    let group_id = reply["group_id"].as_str().unwrap();
+    let conv = reply["conv"].as_str().unwrap();
+    assert_eq!(conv, format!("g:{group_id}"));
+
+    // Owner and member may send; the outsider may not.
+    ok(rpc(nats, Some(&owner), send_op(conv, "o1", "hello")).await);
+    ok(rpc(nats, Some(&member), send_op(conv, "m1", "hey")).await);
+    let reply = rpc(nats, Some(&outsider), send_op(conv, "x1", "let me in")).await;
+    assert_eq!(error_code(&reply), "not_member");
+
+    // The member documents: one owner, one member, no duplicates.
+    let roles: BTreeMap<String, String> = {
+        use futures::TryStreamExt as _;
+        backend
+            .state
+            .store
+            .members
+            .find(mongodb::bson::doc! {"conv": conv})
+            .await
+            .unwrap()
+            .map_ok(|m| (m.user_id, m.role))
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        roles,
+        BTreeMap::from([
+            (owner.clone(), "owner".into()),
+            (member.clone(), "member".into())
+        ])
+    );
+
+    let reply = rpc(nats, Some(&owner), create("", vec![])).await;
+    assert_eq!(error_code(&reply), "bad_request");
+    let reply = rpc(nats, Some(&owner), create(&"n".repeat(101), vec![])).await;
+    assert_eq!(error_code(&reply), "bad_request");
+    let ghost = "ffffffffffffffffffffffff";
+    let reply = rpc(
+        nats,
+        Some(&owner),
+        create("g", vec![member.clone(), ghost.into()]),
+    )
+    .await;
+    assert_eq!(error_code(&reply), "not_found");
+    assert!(reply["error"]["message"].as_str().unwrap().contains(ghost));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_is_idempotent_on_client_msg_id() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "ida").await;
+    let b = user(&backend.http, "idb").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let first = ok(rpc(nats, Some(&a), send_op(&conv, "same", "one")).await);
+    assert_eq!(first["seq"], 1);
+    let again = ok(rpc(nats, Some(&a), send_op(&conv, "same", "one, again")).await);
+    assert_eq!(again, first);
+    // The same client_msg_id from the other user is another message.
+    let other = ok(rpc(nats, Some(&b), send_op(&conv, "same", "two")).await);
+    assert_eq!(other["seq"], 2);
+
+    // Concurrent repeats of one new client_msg_id store it once.
+    let repeats = (0..10).map(|_| rpc(nats, Some(&a), send_op(&conv, "burst", "three")));
+    let replies = futures::future::join_all(repeats).await;
+    for reply in &replies {
+        assert_eq!(ok(reply.clone()), replies[0]);
+    }
+    assert_eq!(replies[0]["seq"], 3);
+
+    let synced = ok(rpc(nats, Some(&a), sync_op(&[(&conv, 0)], None)).await);
+    let bodies: Vec<&str> = synced["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["one", "two", "three"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_refuses_non_members_and_bad_input() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "sa").await;
+    let b = user(&backend.http, "sb").await;
+    let c = user(&backend.http, "sc").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let cases = [
+        (&c, send_op(&conv, "c1", "hi"), "not_member"),
+        (&a, send_op("dm:no:such", "c1", "hi"), "not_member"),
+        (&a, send_op(&conv, "", "hi"), "bad_request"),
+        (&a, send_op(&conv, &"x".repeat(65), "hi"), "bad_request"),
+        (&a, send_op(&conv, "c1", &"é".repeat(8193)), "too_large"),
+    ];
+    for (who, op, code) in cases {
+        assert_eq!(
+            error_code(&rpc(nats, Some(who), op.clone()).await),
+            code,
+            "{op:?}"
+        );
+    }
+    // Exactly the limit is fine, and nothing refused above took a seq.
+    let reply = ok(rpc(nats, Some(&a), send_op(&conv, "c1", &"x".repeat(16384))).await);
+    assert_eq!(reply["seq"], 1);
+
+    // Muted members may not send.
+    backend
+        .state
+        .store
+        .members
+        .update_one(
+            mongodb::bson::doc! {"conv": &conv, "user_id": &b},
+            mongodb::bson::doc! {"$set": {"muted": true}},
+        )
+        .await
+        .unwrap();
+    let reply = rpc(nats, Some(&b), send_op(&conv, "m1", "hi")).await;
+    assert_eq!(error_code(&reply), "muted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_pages_what_was_missed_and_refuses_non_members() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "ya").await;
+    let b = user(&backend.http, "yb").await;
+    let c = user(&backend.http, "yc").await;
+    let ab = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ac = ok(rpc(nats, Some(&a), dm_open_op(&c)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 1..=5 {
+        ok(rpc(
+            nats,
+            Some(&a),
+            send_op(&ab, &format!("ab{i}"), &format!("ab {i}")),
+        )
+        .await);
+    }
+    ok(rpc(nats, Some(&c), send_op(&ac, "ac1", "ac 1")).await);
+
+    let reply = ok(rpc(nats, Some(&a), sync_op(&[(&ab, 1), (&ac, 0)], Some(3))).await);
+    let got: Vec<(String, u64)> = reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["conv"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (ab.clone(), 2),
+        (ab.clone(), 3),
+        (ab.clone(), 4),
+        (ac.clone(), 1),
+    ];
+    // Conv by conv, in the order the convs sort.
+    expected.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+    assert_eq!(got, expected);
+    assert_eq!(reply["has_more"][&ab], true);
+    assert_eq!(reply["has_more"][&ac], false);
+    let first = &reply["messages"].as_array().unwrap()[0];
+    for field in [
+        "conv",
+        "seq",
+        "msg_id",
+        "from",
+        "ts",
+        "body",
+        "client_msg_id",
+    ] {
+        assert!(!first[field].is_null(), "{field} in {first}");
+    }
+
+    let reply = ok(rpc(nats, Some(&a), sync_op(&[(&ab, 4)], None)).await);
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(reply["has_more"][&ab], false);
+
+    // b is in ab but not in ac: the whole request fails.
+    let reply = rpc(nats, Some(&b), sync_op(&[(&ab, 0), (&ac, 0)], None)).await;
+    assert_eq!(error_code(&reply), "not_member");
+    for limit in [0, 501] {
+        let reply = rpc(nats, Some(&a), sync_op(&[(&ab, 0)], Some(limit))).await;
+        assert_eq!(error_code(&reply), "bad_request", "limit {limit}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_message_is_delivered_once_per_live_gateway() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "da").await;
+    let b = user(&backend.http, "db").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // a: two connections on gw-1 and one on gw-2; b: one on gw-1 and one
+    // left behind by a crashed earlier run of gw-2; gw-3 is dead.
+    let mut redis = backend.state.redis.clone();
+    let _: () = redis
+        .set(keys::gateway_alive("gw-1"), "run1")
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(keys::gateway_alive("gw-2"), "run2")
+        .await
+        .unwrap();
+    let routes = [
+        (&a, keys::route_field("gw-1", "run1", "s1", 1), "gw-1"),
+        (&a, keys::route_field("gw-1", "run1", "s2", 2), "gw-1"),
+        (&a, keys::route_field("gw-2", "run2", "s3", 3), "gw-2"),
+        (&b, keys::route_field("gw-1", "run1", "s4", 4), "gw-1"),
+        (&b, keys::route_field("gw-2", "crashed", "s5", 5), "gw-2"),
+        (&b, keys::route_field("gw-3", "run3", "s6", 6), "gw-3"),
+    ];
+    for (user, field, gateway) in &routes {
+        let _: () = redis
+            .hset(keys::routes(user), field, gateway)
+            .await
+            .unwrap();
+    }
+
+    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
+    watcher.flush().await.unwrap();
+
+    let sent = ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
+
+    let mut deliveries = BTreeMap::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), commands.next()).await
+    {
+        let (command, frame) = decode_gateway_message(&message.payload).unwrap();
+        let GatewayCommand::Deliver { users } = command else {
+            panic!("unexpected command {command:?}");
+        };
+        let Event::Msg(msg) = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(msg.seq, sent["seq"].as_u64().unwrap());
+        assert_eq!(msg.msg_id, sent["msg_id"].as_str().unwrap());
+        assert_eq!(
+            (msg.from.as_str(), msg.body.as_str()),
+            (a.as_str(), "to everyone")
+        );
+        let earlier = deliveries.insert(message.subject.to_string(), users);
+        assert!(earlier.is_none(), "one message per gateway");
+    }
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(
+        deliveries,
+        BTreeMap::from([
+            (subjects::gateway("gw-1"), both),
+            (subjects::gateway("gw-2"), vec![a.clone()]),
+        ])
+    );
+
+    // The stale fields are gone, the live ones kept.
+    let left: Vec<String> = redis.hkeys(keys::routes(&b)).await.unwrap();
+    assert_eq!(left, vec![keys::route_field("gw-1", "run1", "s4", 4)]);
+    let left: Vec<String> = redis.hkeys(keys::routes(&a)).await.unwrap();
+    assert_eq!(left.len(), 3);
+
+    // A repeated send is not delivered again.
+    ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
+    let again = tokio::time::timeout(Duration::from_millis(500), commands.next()).await;
+    assert!(again.is_err(), "no delivery for a repeat");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
+    let mut stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "ma").await;
+    let b = user(&backend.http, "mb").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ok(rpc(nats, Some(&a), send_op(&conv, "m1", "one")).await)["seq"],
+        1
+    );
+
+    tokio::task::block_in_place(|| stack.mongo.stop());
+    let reply = rpc(nats, Some(&a), send_op(&conv, "m2", "lost")).await;
+    assert_eq!(error_code(&reply), "unavailable");
+
+    tokio::task::block_in_place(|| stack.mongo.restart());
+    let mut reply = serde_json::Value::Null;
+    for _ in 0..20 {
+        reply = rpc(nats, Some(&a), send_op(&conv, "m3", "two")).await;
+        if reply["ok"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(ok(reply)["seq"], 2);
+}
