@@ -136,6 +136,8 @@ pub enum BackendError {
     },
     #[error("cannot subscribe to the request subject: {0}")]
     Subscribe(#[source] async_nats::SubscribeError),
+    #[error("the request subscription ended before shutdown")]
+    SubscriptionEnded,
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
     #[error("a service task failed: {0}")]

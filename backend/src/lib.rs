@@ -81,14 +81,14 @@ pub async fn serve(
     // Run until asked to stop, or until a service ends by itself (which
     // only a failure does); then stop the other one too.
     let mut http_result = None;
-    let mut rpc_done = false;
+    let mut rpc_ended = false;
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),
         result = &mut http => http_result = Some(result),
-        result = &mut rpc => { result?; rpc_done = true; }
+        result = &mut rpc => { result?; rpc_ended = true; }
     }
     let _ = stop_tx.send(true);
-    if !rpc_done {
+    if !rpc_ended {
         rpc.await?;
     }
     let http_result = match http_result {
@@ -96,6 +96,9 @@ pub async fn serve(
         None => http.await,
     };
     http_result?.map_err(BackendError::Http)?;
+    if rpc_ended {
+        return Err(BackendError::SubscriptionEnded);
+    }
     tracing::info!("backend stopped");
     Ok(())
 }

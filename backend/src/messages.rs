@@ -290,7 +290,7 @@ mod tests {
     fn idle_locks_are_dropped_when_full() {
         let locks = ConvLocks::default();
         let held = locks.get("held");
-        for i in 0..MAX_CACHED_CONVS {
+        for i in 0..MAX_CACHED_CONVS - 1 {
             drop(locks.get(&format!("c{i}")));
         }
         // Full now: the next new conv sweeps every idle entry.

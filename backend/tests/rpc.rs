@@ -445,3 +445,31 @@ async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
     }
     assert_eq!(ok(reply)["seq"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_unsubscribes_and_returns() {
+    let stack = Stack::start();
+    let backend = Running::start(config(&stack)).await;
+    let client = async_nats::connect(stack.nats.url()).await.unwrap();
+    ok(rpc(&client, Some("someone"), Op::Ping {}).await);
+
+    tokio::time::timeout(Duration::from_secs(15), backend.stop())
+        .await
+        .expect("a graceful stop completes");
+    let request = ping_payload();
+    let answer = client.request(subjects::RPC, request.into()).await;
+    assert!(answer.is_err(), "nobody serves requests after the stop");
+}
+
+fn ping_payload() -> Vec<u8> {
+    serde_json::to_vec(&oceanchat_protocol::internal::RpcRequest {
+        ctx: oceanchat_protocol::internal::RpcContext {
+            gateway_id: "gw-test".into(),
+            conn_id: 1,
+            user_id: Some("someone".into()),
+            session_id: None,
+        },
+        op: Op::Ping {},
+    })
+    .unwrap()
+}
