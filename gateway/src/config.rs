@@ -17,13 +17,6 @@ pub enum Driver {
     Epoll,
 }
 
-/// What the gateway serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// The OceanChat protocol, with NATS and Redis behind it.
-    Chat,
-}
-
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "oceanchat-gateway",
@@ -48,9 +41,6 @@ pub struct Config {
     #[arg(long, env = "OC_GATEWAY_DRIVER", value_enum, default_value = "uring")]
     pub driver: Driver,
 
-    #[arg(long, value_enum, default_value = "chat")]
-    pub mode: Mode,
-
     #[arg(long, env = "OC_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
@@ -67,7 +57,8 @@ pub struct Config {
     #[arg(long, env = "OC_ROUTE_TTL_S", default_value_t = 30)]
     pub route_ttl_s: u64,
 
-    /// Heartbeat interval announced to clients in the `auth` reply.
+    /// Heartbeat interval announced to clients in the `auth` reply: a
+    /// client sends a `ping` (or a WebSocket ping) at least this often.
     #[arg(long, env = "OC_HEARTBEAT_S", default_value_t = 30)]
     pub heartbeat_s: u64,
 
