@@ -28,8 +28,8 @@ pub enum ApiError {
         status: u16,
         /// The body as sent.
         body: String,
-        /// The body's `error`, when it is `{"error": {...}}`.
-        error: Option<ErrorBody>,
+        /// The body's `error`, when it is `{"error": {...}}` (boxed: it is large).
+        error: Option<Box<ErrorBody>>,
     },
     /// No answer (connection refused, timeout, ...).
     #[error("{method} {url} failed: {source}")]
@@ -231,7 +231,7 @@ fn expect_status(
     }
     let error = serde_json::from_str::<ErrorResponse>(&raw.body)
         .ok()
-        .map(|e| e.error);
+        .map(|e| Box::new(e.error));
     Err(ApiError::Status {
         method,
         url: url.to_string(),
