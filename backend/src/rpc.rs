@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use oceanchat_protocol::client::{reply_error, reply_ok, Empty, Message, Op};
-use oceanchat_protocol::internal::{RpcRequest, SessionInfo};
+use oceanchat_protocol::internal::{headers as oc_headers, RpcRequest, SessionInfo};
 
 use crate::error::ServiceError;
 use crate::messages::Sent;
@@ -109,14 +109,15 @@ async fn handle(state: AppState, message: async_nats::Message) {
     );
     async move {
         let op = request.op.name();
-        let (body, to_deliver) = match dispatch(&state, request).await {
-            Ok(done) => (done.body, done.deliver),
+        let mut done = match dispatch(&state, request).await {
+            Ok(done) => done,
             Err(error) => {
                 error.log(op);
-                (reply_error(&error.body()), None)
+                Done::body(reply_error(&error.body()))
             }
         };
-        publish(&state, reply_to, body).await;
+        let to_deliver = done.deliver.take();
+        reply(&state, reply_to, done).await;
         if let Some(message) = to_deliver {
             if let Err(error) = delivery::deliver_message(&state, message).await {
                 error.log("delivery");
@@ -133,17 +134,49 @@ async fn publish(state: &AppState, subject: async_nats::Subject, body: Vec<u8>) 
     }
 }
 
-/// A reply body, and the message to deliver once it has been sent.
+/// Sends a reply, with the topic changes for the asking connection as
+/// headers (docs/internals.md, "Topics").
+async fn reply(state: &AppState, subject: async_nats::Subject, done: Done) {
+    if done.subscribe.is_empty() && done.unsubscribe.is_empty() {
+        return publish(state, subject, done.body).await;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, topics) in [
+        (oc_headers::SUBSCRIBE, &done.subscribe),
+        (oc_headers::UNSUBSCRIBE, &done.unsubscribe),
+    ] {
+        if !topics.is_empty() {
+            headers.insert(name, topics.join(" ").as_str());
+        }
+    }
+    let sent = state
+        .nats
+        .publish_with_headers(subject, headers, Bytes::from(done.body))
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// A reply body, the topics the asking connection joins or leaves, and the
+/// message to deliver once the reply has been sent.
+#[derive(Default)]
 struct Done {
     body: Vec<u8>,
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
     deliver: Option<Message>,
 }
 
 impl Done {
     fn reply<T: serde::Serialize>(result: &T) -> Done {
+        Done::body(reply_ok(result))
+    }
+
+    fn body(body: Vec<u8>) -> Done {
         Done {
-            body: reply_ok(result),
-            deliver: None,
+            body,
+            ..Done::default()
         }
     }
 }
@@ -184,10 +217,15 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
                     Sent::New(message) => Some(message),
                     Sent::Repeat(_) => None,
                 },
+                ..Done::default()
             })
         }
         Op::Sync { convs, limit } => Ok(Done::reply(
             &messages::sync(state, user()?, convs, *limit).await?,
         )),
+        other => Err(ServiceError::bad_request(format!(
+            "{} is not served by this backend version",
+            other.name()
+        ))),
     }
 }

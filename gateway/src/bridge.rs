@@ -2,18 +2,22 @@
 //! (both are tokio libraries) and talks to the monoio cores through
 //! bounded queues.
 //!
-//! Cores send [`BridgeRequest`]s (forwarded client requests, route changes);
-//! the bridge sends each core [`CoreCommand`]s (deliveries, session closes,
-//! drain). A delivery's WebSocket frame is encoded here once and the same
-//! `Bytes` goes to every core.
+//! Cores send [`BridgeRequest`]s (forwarded client requests, route changes,
+//! topic subscriptions); the bridge sends each core [`CoreCommand`]s
+//! (deliveries, topic events, session closes, drain). A delivery's
+//! WebSocket frame is encoded here once and the same `Bytes` goes to every
+//! core.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use oceanchat_protocol::client::{reply_error, ErrorBody, ErrorCode};
-use oceanchat_protocol::internal::{decode_gateway_message, keys, subjects, GatewayCommand};
+use oceanchat_protocol::internal::{
+    decode_gateway_message, headers, keys, subjects, GatewayCommand,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::transport::codec;
@@ -28,23 +32,44 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a core asks of the bridge.
 #[derive(Debug)]
 pub enum BridgeRequest {
-    /// Forward a request to the backend; the answer is a reply body
-    /// (`{"ok":...}`), an `unavailable` one when the backend cannot be
-    /// reached.
+    /// Forward a request to the backend.
     Rpc {
         payload: Bytes,
-        reply: oneshot::Sender<Bytes>,
+        reply: oneshot::Sender<RpcReply>,
     },
-    /// Record a connection's route; `done` says whether Redis took it.
-    AddRoute {
+    /// Record an authenticated connection's route, then tell the backends
+    /// (`event`, a `ConnEvent`); `done` says whether Redis took the route.
+    Opened {
         user_id: String,
         field: String,
+        event: Bytes,
         done: oneshot::Sender<bool>,
     },
-    RemoveRoute {
+    /// Remove a closed connection's route, then tell the backends.
+    Closed {
         user_id: String,
         field: String,
+        event: Bytes,
     },
+    /// Core `core` has a first subscriber to `topic`; `done` fires once
+    /// NATS has the subscription.
+    Subscribe {
+        core: u16,
+        topic: String,
+        done: oneshot::Sender<()>,
+    },
+    /// Core `core` has no subscriber to `topic` left.
+    Unsubscribe { core: u16, topic: String },
+}
+
+/// The backend's answer to a forwarded request: the reply body
+/// (`{"ok":...}`; an `unavailable` one when the backend cannot be reached)
+/// and the topics the asking connection is to join or leave.
+#[derive(Debug, Default)]
+pub struct RpcReply {
+    pub body: Bytes,
+    pub subscribe: Vec<String>,
+    pub unsubscribe: Vec<String>,
 }
 
 /// What the bridge tells a core.
@@ -55,6 +80,19 @@ pub enum CoreCommand {
     Deliver { users: Arc<[String]>, frame: Bytes },
     /// Close every local connection of this login session.
     CloseSession { session_id: Arc<str>, code: u16 },
+    /// Write `frame` to every local subscriber of `topic` except the
+    /// connection `except`.
+    Publish {
+        topic: Arc<str>,
+        except: Option<u64>,
+        frame: Bytes,
+    },
+    /// Subscribe (or unsubscribe) every local connection of these users.
+    Subscribe {
+        users: Arc<[String]>,
+        topics: Arc<[String]>,
+        subscribe: bool,
+    },
     /// Stop accepting and close every connection with `code`.
     Drain { code: u16 },
 }
@@ -66,8 +104,8 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Forwards a request and waits for the reply body.
-    pub async fn rpc(&self, payload: Bytes) -> Bytes {
+    /// Forwards a request and waits for the reply.
+    pub async fn rpc(&self, payload: Bytes) -> RpcReply {
         let (reply, answer) = oneshot::channel();
         if self
             .requests
@@ -82,31 +120,52 @@ impl Bridge {
             .unwrap_or_else(|_| unavailable("gateway is shutting down"))
     }
 
-    /// Records a route; false when Redis did not take it.
-    pub async fn add_route(&self, user_id: String, field: String) -> bool {
+    /// Records a route and announces the connection; false when Redis did
+    /// not take the route.
+    pub async fn opened(&self, user_id: String, field: String, event: Bytes) -> bool {
         let (done, result) = oneshot::channel();
-        let request = BridgeRequest::AddRoute {
+        let request = BridgeRequest::Opened {
             user_id,
             field,
+            event,
             done,
         };
         self.requests.send(request).await.is_ok() && result.await.unwrap_or(false)
     }
 
-    /// Removes a route (the caller need not wait for Redis).
-    pub async fn remove_route(&self, user_id: String, field: String) {
+    /// Removes a route and announces the close (without waiting for it).
+    pub async fn closed(&self, user_id: String, field: String, event: Bytes) {
+        let request = BridgeRequest::Closed {
+            user_id,
+            field,
+            event,
+        };
+        let _ = self.requests.send(request).await;
+    }
+
+    /// Subscribes core `core` to `topic`; returns once NATS has it.
+    pub async fn subscribe(&self, core: u16, topic: String) {
+        let (done, subscribed) = oneshot::channel();
+        let request = BridgeRequest::Subscribe { core, topic, done };
+        if self.requests.send(request).await.is_ok() {
+            let _ = subscribed.await;
+        }
+    }
+
+    pub async fn unsubscribe(&self, core: u16, topic: String) {
         let _ = self
             .requests
-            .send(BridgeRequest::RemoveRoute { user_id, field })
+            .send(BridgeRequest::Unsubscribe { core, topic })
             .await;
     }
 }
 
-fn unavailable(message: &str) -> Bytes {
-    Bytes::from(reply_error(&ErrorBody::new(
-        ErrorCode::Unavailable,
-        message,
-    )))
+fn unavailable(message: &str) -> RpcReply {
+    let body = reply_error(&ErrorBody::new(ErrorCode::Unavailable, message));
+    RpcReply {
+        body: Bytes::from(body),
+        ..RpcReply::default()
+    }
 }
 
 /// Settings the bridge needs.
@@ -182,36 +241,59 @@ async fn serve(
         clients.nats.clone(),
         cores.clone(),
     ));
-    tokio::spawn(drain_on_signal(cores));
+    tokio::spawn(drain_on_signal(cores.clone()));
+    let mut topics = Topics::default();
+    let gateway_id: Arc<str> = config.gateway_id.as_str().into();
+    let run_users = keys::gateway_run_users(&config.gateway_id, &config.instance);
 
     let mut batch = Vec::with_capacity(BATCH);
     while inbox.recv_many(&mut batch, BATCH).await > 0 {
         let mut routes = redis::pipe();
         let mut route_waiters = Vec::new();
+        let mut events = Vec::new();
         for request in batch.drain(..) {
             match request {
                 BridgeRequest::Rpc { payload, reply } => {
                     tokio::spawn(forward(clients.nats.clone(), payload, reply));
                 }
-                BridgeRequest::AddRoute {
+                BridgeRequest::Opened {
                     user_id,
                     field,
+                    event,
                     done,
                 } => {
                     routes
                         .hset(keys::routes(&user_id), field, &config.gateway_id)
+                        .ignore()
+                        .sadd(&run_users, &user_id)
                         .ignore();
                     route_waiters.push(done);
+                    events.push(event);
                 }
-                BridgeRequest::RemoveRoute { user_id, field } => {
+                BridgeRequest::Closed {
+                    user_id,
+                    field,
+                    event,
+                } => {
                     routes.hdel(keys::routes(&user_id), field).ignore();
+                    events.push(event);
                 }
+                BridgeRequest::Subscribe { core, topic, done } => {
+                    topics
+                        .subscribe(&clients.nats, &gateway_id, &cores, core, topic)
+                        .await;
+                    let _ = done.send(());
+                }
+                BridgeRequest::Unsubscribe { core, topic } => topics.unsubscribe(core, &topic),
             }
         }
         if routes.is_empty() {
             continue;
         }
+        // Routes first, then the events: a backend that reacts to an event
+        // (presence) must see the route change already made.
         let mut redis = clients.redis.clone();
+        let nats = clients.nats.clone();
         tokio::spawn(async move {
             let result: redis::RedisResult<()> = routes.query_async(&mut redis).await;
             if let Err(error) = &result {
@@ -220,22 +302,143 @@ async fn serve(
             for waiter in route_waiters {
                 let _ = waiter.send(result.is_ok());
             }
+            for event in events {
+                if let Err(error) = nats.publish(subjects::CONN_EVENTS, event).await {
+                    tracing::warn!(%error, "connection event not published");
+                }
+            }
         });
     }
 }
 
-async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sender<Bytes>) {
+/// The NATS subscriptions this gateway holds for topics, and which cores
+/// have subscribers to each. One subscription per topic per process,
+/// whatever the number of local subscribers.
+#[derive(Default)]
+struct Topics {
+    subscriptions: HashMap<String, TopicSubscription>,
+}
+
+struct TopicSubscription {
+    /// Bit `i` is set while core `i` has a subscriber.
+    cores: u128,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+impl Topics {
+    async fn subscribe(
+        &mut self,
+        nats: &async_nats::Client,
+        gateway_id: &Arc<str>,
+        cores: &Arc<[mpsc::Sender<CoreCommand>]>,
+        core: u16,
+        topic: String,
+    ) {
+        if let Some(subscription) = self.subscriptions.get_mut(&topic) {
+            subscription.cores |= 1 << core;
+            return;
+        }
+        let subscriber = match nats.subscribe(subjects::topic(&topic)).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::warn!(%error, %topic, "topic subscription failed");
+                return;
+            }
+        };
+        // The server must have the subscription before the caller replies
+        // to its client, or an event published right after could be missed.
+        if let Err(error) = nats.flush().await {
+            tracing::warn!(%error, %topic, "flush after subscribe failed");
+        }
+        let forwarder = tokio::spawn(forward_topic(
+            topic.as_str().into(),
+            gateway_id.clone(),
+            subscriber,
+            cores.clone(),
+        ));
+        self.subscriptions.insert(
+            topic,
+            TopicSubscription {
+                cores: 1 << core,
+                forwarder,
+            },
+        );
+    }
+
+    fn unsubscribe(&mut self, core: u16, topic: &str) {
+        let Some(subscription) = self.subscriptions.get_mut(topic) else {
+            return;
+        };
+        subscription.cores &= !(1 << core);
+        if subscription.cores == 0 {
+            // Dropping the subscriber (inside the task) unsubscribes.
+            if let Some(subscription) = self.subscriptions.remove(topic) {
+                subscription.forwarder.abort();
+            }
+        }
+    }
+}
+
+/// Hands each event published on a topic to every core; a core without
+/// subscribers to it ignores it.
+async fn forward_topic(
+    topic: Arc<str>,
+    gateway_id: Arc<str>,
+    mut subscriber: async_nats::Subscriber,
+    cores: Arc<[mpsc::Sender<CoreCommand>]>,
+) {
+    while let Some(message) = subscriber.next().await {
+        let (except, event) = match decode_gateway_message(&message.payload) {
+            Ok((GatewayCommand::Publish { except }, event)) => (except, event),
+            Ok((other, _)) => {
+                tracing::warn!(?other, %topic, "unexpected command on a topic");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, %topic, "undecodable topic event");
+                continue;
+            }
+        };
+        let command = CoreCommand::Publish {
+            topic: topic.clone(),
+            // Connection ids are unique within one gateway only.
+            except: except
+                .filter(|c| *c.gateway_id == *gateway_id)
+                .map(|c| c.conn_id),
+            frame: codec::text_frame(&event),
+        };
+        for core in cores.iter() {
+            let _ = core.send(command.clone()).await;
+        }
+    }
+}
+
+async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sender<RpcReply>) {
     let request = async_nats::Request::new()
         .payload(payload)
         .timeout(Some(RPC_TIMEOUT));
-    let body = match nats.send_request(subjects::RPC, request).await {
-        Ok(message) => message.payload,
+    let answer = match nats.send_request(subjects::RPC, request).await {
+        Ok(message) => {
+            let topics = |name: &str| -> Vec<String> {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default()
+            };
+            RpcReply {
+                subscribe: topics(headers::SUBSCRIBE),
+                unsubscribe: topics(headers::UNSUBSCRIBE),
+                body: message.payload,
+            }
+        }
         Err(error) => {
             tracing::warn!(%error, "backend request failed");
             unavailable("the backend did not answer; retry later")
         }
     };
-    let _ = reply.send(body);
+    let _ = reply.send(answer);
 }
 
 /// Keeps this gateway run's liveness key alive: it holds the instance id,
@@ -243,6 +446,15 @@ async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sende
 async fn heartbeat(config: BridgeConfig, mut redis: redis::aio::ConnectionManager) {
     let key = keys::gateway_alive(&config.gateway_id);
     let ttl_ms = config.route_ttl.as_millis() as u64;
+    let run = format!("{}|{}", config.gateway_id, config.instance);
+    let registered: redis::RedisResult<()> = redis::cmd("SADD")
+        .arg(keys::GATEWAY_RUNS)
+        .arg(&run)
+        .query_async(&mut redis)
+        .await;
+    if let Err(error) = registered {
+        tracing::warn!(%error, "cannot register this gateway run");
+    }
     let mut tick = tokio::time::interval(config.route_ttl / 3);
     loop {
         tick.tick().await;
@@ -286,6 +498,20 @@ async fn receive_commands(
                     session_id: session_id.into(),
                     code,
                 }
+            }
+            Ok((GatewayCommand::Subscribe { users, topics }, _)) => CoreCommand::Subscribe {
+                users: users.into(),
+                topics: topics.into(),
+                subscribe: true,
+            },
+            Ok((GatewayCommand::Unsubscribe { users, topics }, _)) => CoreCommand::Subscribe {
+                users: users.into(),
+                topics: topics.into(),
+                subscribe: false,
+            },
+            Ok((GatewayCommand::Publish { .. }, _)) => {
+                tracing::warn!(subject = %message.subject, "publish outside a topic subject");
+                continue;
             }
             Err(error) => {
                 tracing::warn!(%error, subject = %message.subject, "undecodable gateway command");

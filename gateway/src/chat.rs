@@ -1,7 +1,9 @@
 //! The OceanChat protocol on top of the transport: authentication, the
-//! per-core tables of who is connected here, and forwarding requests to the
-//! backend. No business rule lives here: the backend decides what a request
-//! means; this module only knows who is asking and where replies go.
+//! per-core tables of who is connected here and which topics each
+//! connection follows, and forwarding requests to the backend. No business
+//! rule lives here: the backend decides what a request means and who
+//! follows which topic; this module only knows who is asking and where
+//! replies and events go.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,10 +14,10 @@ use bytes::Bytes;
 use oceanchat_protocol::client::{
     decode_request, error_frame, reply_ok, with_id, AuthResult, Empty, ErrorBody, ErrorCode, Op,
 };
-use oceanchat_protocol::internal::{keys, RpcContext, RpcRequest, SessionInfo};
+use oceanchat_protocol::internal::{keys, ConnEvent, RpcContext, RpcRequest, SessionInfo};
 use oceanchat_protocol::CloseCode;
 
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, RpcReply};
 use crate::transport::{Conn, Handler, Message};
 
 /// Malformed frames tolerated per window before closing with 1008.
@@ -37,12 +39,18 @@ pub struct Chat {
     inner: Rc<Inner>,
 }
 
+/// Authenticated local connections by some key (user, session, topic).
+type Table = RefCell<HashMap<Rc<str>, Vec<Rc<ChatConn>>>>;
+
 struct Inner {
     config: ChatConfig,
     bridge: Bridge,
-    /// Authenticated connections on this core, by user and by session.
-    users: RefCell<HashMap<Rc<str>, Vec<Rc<Conn>>>>,
-    sessions: RefCell<HashMap<Rc<str>, Vec<Rc<Conn>>>>,
+    /// This core's index, for the bridge's topic bookkeeping.
+    core: u16,
+    users: Table,
+    sessions: Table,
+    /// Followers of each topic on this core.
+    topics: Table,
 }
 
 /// The chat state of one connection.
@@ -54,6 +62,8 @@ struct ChatConn {
     closed: Cell<bool>,
     /// Malformed frames in the current window, and when it started.
     malformed: Cell<(u32, Instant)>,
+    /// Topics this connection follows.
+    topics: RefCell<Vec<Rc<str>>>,
 }
 
 enum Auth {
@@ -70,13 +80,15 @@ struct Identity {
 }
 
 impl Chat {
-    pub fn new(config: ChatConfig, bridge: Bridge) -> Self {
+    pub fn new(config: ChatConfig, bridge: Bridge, core: u16) -> Self {
         Chat {
             inner: Rc::new(Inner {
                 config,
                 bridge,
+                core,
                 users: RefCell::default(),
                 sessions: RefCell::default(),
+                topics: RefCell::default(),
             }),
         }
     }
@@ -85,24 +97,52 @@ impl Chat {
     pub fn deliver(&self, users: &[String], frame: &Bytes) {
         let table = self.inner.users.borrow();
         for user in users {
-            for conn in table.get(user.as_str()).into_iter().flatten() {
-                conn.send(frame.clone());
+            for c in table.get(user.as_str()).into_iter().flatten() {
+                c.conn.send(frame.clone());
+            }
+        }
+    }
+
+    /// Writes one encoded frame to every local follower of `topic` but the
+    /// connection `except`.
+    pub fn publish(&self, topic: &str, except: Option<u64>, frame: &Bytes) {
+        let table = self.inner.topics.borrow();
+        for c in table.get(topic).into_iter().flatten() {
+            if Some(c.conn.id()) != except {
+                c.conn.send(frame.clone());
             }
         }
     }
 
     /// Closes every local connection of a login session.
     pub fn close_session(&self, session_id: &str, code: u16) {
-        let conns = self
-            .inner
-            .sessions
-            .borrow()
-            .get(session_id)
-            .cloned()
-            .unwrap_or_default();
-        for conn in conns {
-            conn.close(code, "session revoked");
+        for c in self.conns_of(&self.inner.sessions, &[session_id]) {
+            c.conn.close(code, "session revoked");
         }
+    }
+
+    /// Makes every local connection of `users` follow (or stop following)
+    /// `topics`, after a membership change.
+    pub fn follow_for_users(&self, users: &[String], topics: &[String], follow: bool) {
+        let keys: Vec<&str> = users.iter().map(String::as_str).collect();
+        for c in self.conns_of(&self.inner.users, &keys) {
+            if follow {
+                let chat = self.clone();
+                let topics = topics.to_vec();
+                monoio::spawn(async move { chat.follow(&c, topics).await });
+            } else {
+                self.unfollow(&c, topics);
+            }
+        }
+    }
+
+    fn conns_of(&self, table: &Table, keys: &[&str]) -> Vec<Rc<ChatConn>> {
+        let table = table.borrow();
+        keys.iter()
+            .filter_map(|k| table.get(*k))
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 
@@ -115,6 +155,7 @@ impl Handler for Chat {
             auth: RefCell::new(Auth::Pending),
             closed: Cell::new(false),
             malformed: Cell::new((0, Instant::now())),
+            topics: RefCell::default(),
         });
         let waiting = Rc::downgrade(&chat_conn);
         let timeout = self.inner.config.auth_timeout;
@@ -154,13 +195,13 @@ impl Handler for Chat {
                         return;
                     }
                 };
-                let ctx = self.context(c, Some(&identity));
-                let payload = encode_rpc(ctx, op);
-                let bridge = self.inner.bridge.clone();
-                let conn = c.conn.clone();
+                let payload = encode_rpc(self.context(c, Some(&identity)), op);
+                let chat = self.clone();
+                let c = c.clone();
                 monoio::spawn(async move {
-                    let body = bridge.rpc(payload).await;
-                    conn.send_text(&with_id(Some(id), &body));
+                    let reply = chat.inner.bridge.rpc(payload).await;
+                    chat.apply_topics(&c, &reply).await;
+                    c.conn.send_text(&with_id(Some(id), &reply.body));
                 });
             }
         }
@@ -169,14 +210,19 @@ impl Handler for Chat {
     fn on_close(&self, session: Session) {
         let c = session.0;
         c.closed.set(true);
-        let Auth::Done(identity) = &*c.auth.borrow() else {
-            return;
+        let identity = match &*c.auth.borrow() {
+            Auth::Done(identity) => identity.clone(),
+            _ => return,
         };
-        remove_conn(&self.inner.users, &identity.user_id, c.conn.id());
-        remove_conn(&self.inner.sessions, &identity.session_id, c.conn.id());
+        let followed: Vec<String> = c.topics.borrow().iter().map(|t| t.to_string()).collect();
+        self.unfollow(&c, &followed);
+        let id = c.conn.id();
+        remove_from(&self.inner.users, &identity.user_id, id);
+        remove_from(&self.inner.sessions, &identity.session_id, id);
+        let event = self.conn_event(&c, &identity, false);
         let bridge = self.inner.bridge.clone();
-        let (user_id, field) = (identity.user_id.to_string(), identity.route_field.clone());
-        monoio::spawn(async move { bridge.remove_route(user_id, field).await });
+        let user_id = identity.user_id.to_string();
+        monoio::spawn(async move { bridge.closed(user_id, identity.route_field, event).await });
     }
 }
 
@@ -188,6 +234,18 @@ impl Chat {
             user_id: identity.map(|i| i.user_id.to_string()),
             session_id: identity.map(|i| i.session_id.to_string()),
         }
+    }
+
+    /// A `ConnEvent` for the backends, encoded.
+    fn conn_event(&self, c: &ChatConn, identity: &Identity, opened: bool) -> Bytes {
+        let ctx = self.context(c, Some(identity));
+        let instance = self.inner.config.instance.clone();
+        let event = if opened {
+            ConnEvent::Opened { ctx, instance }
+        } else {
+            ConnEvent::Closed { ctx, instance }
+        };
+        Bytes::from(serde_json::to_vec(&event).expect("events always serialize"))
     }
 
     /// Answers a bad frame and closes the connection when they keep coming.
@@ -209,7 +267,72 @@ impl Chat {
         }
     }
 
-    /// Checks the token with the backend, records the route, then replies.
+    /// Applies the topic changes a reply carries, before the reply is
+    /// written, so events after it reach the connection.
+    async fn apply_topics(&self, c: &Rc<ChatConn>, reply: &RpcReply) {
+        if !reply.unsubscribe.is_empty() {
+            self.unfollow(c, &reply.unsubscribe);
+        }
+        if !reply.subscribe.is_empty() {
+            self.follow(c, reply.subscribe.clone()).await;
+        }
+    }
+
+    /// Adds `c` to the followers of `topics`; returns once NATS has every
+    /// topic that is new to this core.
+    async fn follow(&self, c: &Rc<ChatConn>, topics: Vec<String>) {
+        if c.closed.get() {
+            return;
+        }
+        let mut first_here = Vec::new();
+        {
+            let mut table = self.inner.topics.borrow_mut();
+            let mut mine = c.topics.borrow_mut();
+            for topic in topics {
+                if mine.iter().any(|t| **t == *topic) {
+                    continue;
+                }
+                let key: Rc<str> = topic.as_str().into();
+                let followers = table.entry(key.clone()).or_default();
+                if followers.is_empty() {
+                    first_here.push(topic);
+                }
+                followers.push(c.clone());
+                mine.push(key);
+            }
+        }
+        for topic in first_here {
+            self.inner.bridge.subscribe(self.inner.core, topic).await;
+        }
+    }
+
+    /// Removes `c` from the followers of `topics`.
+    fn unfollow(&self, c: &ChatConn, topics: &[String]) {
+        let id = c.conn.id();
+        let mut last_here = Vec::new();
+        {
+            let mut mine = c.topics.borrow_mut();
+            for topic in topics {
+                mine.retain(|t| **t != **topic);
+                if remove_from(&self.inner.topics, topic, id) {
+                    last_here.push(topic.clone());
+                }
+            }
+        }
+        if last_here.is_empty() {
+            return;
+        }
+        let bridge = self.inner.bridge.clone();
+        let core = self.inner.core;
+        monoio::spawn(async move {
+            for topic in last_here {
+                bridge.unsubscribe(core, topic).await;
+            }
+        });
+    }
+
+    /// Checks the token with the backend, records the route and joins the
+    /// topics the backend names, then replies.
     fn authenticate(&self, c: &Rc<ChatConn>, id: u64, op: Op) {
         {
             let mut auth = c.auth.borrow_mut();
@@ -224,12 +347,12 @@ impl Chat {
         let chat = self.clone();
         let c = c.clone();
         monoio::spawn(async move {
-            let body = chat.inner.bridge.rpc(payload).await;
-            let info = match parse_session(&body) {
+            let reply = chat.inner.bridge.rpc(payload).await;
+            let info = match parse_session(&reply.body) {
                 Ok(info) => info,
                 Err(code) => {
                     *c.auth.borrow_mut() = Auth::Pending;
-                    c.conn.send_text(&with_id(Some(id), &body));
+                    c.conn.send_text(&with_id(Some(id), &reply.body));
                     if code == ErrorCode::Unauthenticated {
                         c.conn
                             .close(CloseCode::UNAUTHENTICATED, "bad or revoked token");
@@ -238,22 +361,28 @@ impl Chat {
                 }
             };
             let config = &chat.inner.config;
-            let route_field = keys::route_field(
-                &config.gateway_id,
-                &config.instance,
-                &info.session_id,
-                c.conn.id(),
-            );
+            let identity = Identity {
+                user_id: info.user_id.as_str().into(),
+                session_id: info.session_id.as_str().into(),
+                route_field: keys::route_field(
+                    &config.gateway_id,
+                    &config.instance,
+                    &info.session_id,
+                    c.conn.id(),
+                ),
+            };
+            let opened = chat.conn_event(&c, &identity, true);
             let recorded = chat
                 .inner
                 .bridge
-                .add_route(info.user_id.clone(), route_field.clone())
+                .opened(info.user_id.clone(), identity.route_field.clone(), opened)
                 .await;
             if c.closed.get() {
                 // Gone while the route was being written: take it back.
+                let closed = chat.conn_event(&c, &identity, false);
                 chat.inner
                     .bridge
-                    .remove_route(info.user_id, route_field)
+                    .closed(info.user_id, identity.route_field, closed)
                     .await;
                 return;
             }
@@ -267,24 +396,18 @@ impl Chat {
                 );
                 return;
             }
-            let identity = Identity {
-                user_id: info.user_id.as_str().into(),
-                session_id: info.session_id.as_str().into(),
-                route_field,
-            };
-            chat.inner
-                .users
-                .borrow_mut()
-                .entry(identity.user_id.clone())
-                .or_default()
-                .push(c.conn.clone());
-            chat.inner
-                .sessions
-                .borrow_mut()
-                .entry(identity.session_id.clone())
-                .or_default()
-                .push(c.conn.clone());
+            for (table, key) in [
+                (&chat.inner.users, &identity.user_id),
+                (&chat.inner.sessions, &identity.session_id),
+            ] {
+                table
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(c.clone());
+            }
             *c.auth.borrow_mut() = Auth::Done(identity);
+            chat.apply_topics(&c, &reply).await;
             let result = AuthResult {
                 user_id: info.user_id,
                 session_id: info.session_id,
@@ -329,14 +452,19 @@ fn parse_session(body: &[u8]) -> Result<SessionInfo, ErrorCode> {
     }
 }
 
-fn remove_conn(table: &RefCell<HashMap<Rc<str>, Vec<Rc<Conn>>>>, key: &str, id: u64) {
+/// Removes connection `id` from `table[key]`; true if that left the key
+/// with no connection.
+fn remove_from(table: &Table, key: &str, id: u64) -> bool {
     let mut table = table.borrow_mut();
-    if let Some(conns) = table.get_mut(key) {
-        conns.retain(|c| c.id() != id);
-        if conns.is_empty() {
-            table.remove(key);
-        }
+    let Some(conns) = table.get_mut(key) else {
+        return false;
+    };
+    conns.retain(|c| c.conn.id() != id);
+    if conns.is_empty() {
+        table.remove(key);
+        return true;
     }
+    false
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ fn run_core(driver: Driver, setup: CoreSetup) -> anyhow::Result<()> {
 async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
     let listener = transport::bind(setup.listen)
         .with_context(|| format!("core {} cannot listen on {}", setup.index, setup.listen))?;
-    let chat = Chat::new(setup.chat, setup.bridge);
+    let chat = Chat::new(setup.chat, setup.bridge, setup.index);
     let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
     monoio::spawn(handle_commands(core.clone(), setup.inbox));
     transport::serve(listener, core.clone()).await;
@@ -156,6 +156,16 @@ async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Recei
                 CoreCommand::CloseSession { session_id, code } => {
                     core.handler.close_session(&session_id, code)
                 }
+                CoreCommand::Publish {
+                    topic,
+                    except,
+                    frame,
+                } => core.handler.publish(&topic, except, &frame),
+                CoreCommand::Subscribe {
+                    users,
+                    topics,
+                    subscribe,
+                } => core.handler.follow_for_users(&users, &topics, subscribe),
                 CoreCommand::Drain { code } => core.drain(code, "server restart"),
             }
         }

@@ -106,6 +106,10 @@ pub enum Op {
     DmOpen { user_id: String },
     #[serde(rename = "group.create")]
     GroupCreate { name: String, members: Vec<String> },
+    #[serde(rename = "group.get")]
+    GroupGet { group_id: String },
+    #[serde(rename = "conv.list")]
+    ConvList {},
     #[serde(rename = "send")]
     Send {
         conv: String,
@@ -118,6 +122,65 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    #[serde(rename = "history")]
+    History {
+        conv: String,
+        /// Messages with a smaller seq; absent means the newest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    #[serde(rename = "read")]
+    Read { conv: String, seq: u64 },
+    #[serde(rename = "typing")]
+    Typing { conv: String },
+    #[serde(rename = "presence.query")]
+    PresenceQuery { user_ids: Vec<String> },
+    #[serde(rename = "presence.watch")]
+    PresenceWatch { user_ids: Vec<String> },
+    #[serde(rename = "lock.acquire")]
+    LockAcquire { resource: String },
+    #[serde(rename = "lock.renew")]
+    LockRenew { resource: String, token: String },
+    #[serde(rename = "lock.release")]
+    LockRelease { resource: String, token: String },
+    #[serde(rename = "lock.watch")]
+    LockWatch { resource: String },
+    #[serde(rename = "group.update")]
+    GroupUpdate {
+        group_id: String,
+        lock_token: String,
+        patch: GroupPatch,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_version: Option<u64>,
+    },
+    #[serde(rename = "group.members.add")]
+    GroupMembersAdd {
+        group_id: String,
+        lock_token: String,
+        user_ids: Vec<String>,
+    },
+    #[serde(rename = "group.members.remove")]
+    GroupMembersRemove {
+        group_id: String,
+        lock_token: String,
+        user_ids: Vec<String>,
+    },
+    #[serde(rename = "group.members.set_role")]
+    GroupMembersSetRole {
+        group_id: String,
+        lock_token: String,
+        user_id: String,
+        role: Role,
+    },
+    #[serde(rename = "group.members.mute")]
+    GroupMembersMute {
+        group_id: String,
+        lock_token: String,
+        user_id: String,
+        muted: bool,
+    },
     #[serde(rename = "ping")]
     Ping {},
 }
@@ -129,11 +192,47 @@ impl Op {
             Op::Auth { .. } => "auth",
             Op::DmOpen { .. } => "dm.open",
             Op::GroupCreate { .. } => "group.create",
+            Op::GroupGet { .. } => "group.get",
+            Op::ConvList {} => "conv.list",
             Op::Send { .. } => "send",
             Op::Sync { .. } => "sync",
+            Op::History { .. } => "history",
+            Op::Read { .. } => "read",
+            Op::Typing { .. } => "typing",
+            Op::PresenceQuery { .. } => "presence.query",
+            Op::PresenceWatch { .. } => "presence.watch",
+            Op::LockAcquire { .. } => "lock.acquire",
+            Op::LockRenew { .. } => "lock.renew",
+            Op::LockRelease { .. } => "lock.release",
+            Op::LockWatch { .. } => "lock.watch",
+            Op::GroupUpdate { .. } => "group.update",
+            Op::GroupMembersAdd { .. } => "group.members.add",
+            Op::GroupMembersRemove { .. } => "group.members.remove",
+            Op::GroupMembersSetRole { .. } => "group.members.set_role",
+            Op::GroupMembersMute { .. } => "group.members.mute",
             Op::Ping {} => "ping",
         }
     }
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+/// The fields `group.update` may change; absent ones stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_policy: Option<String>,
 }
 
 /// A frame that is not a valid request. `id` is the request's id when the
@@ -282,12 +381,128 @@ pub struct Message {
     pub client_msg_id: String,
 }
 
+/// Result of `group.get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupGetResult {
+    pub group: GroupInfo,
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub announcement: String,
+    pub join_policy: String,
+    pub owner: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub user_id: String,
+    pub role: Role,
+    pub muted: bool,
+}
+
+/// Result of `conv.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvListResult {
+    pub convs: Vec<ConvSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvSummary {
+    pub conv: String,
+    /// `dm` or `group`.
+    pub kind: String,
+    pub last_seq: u64,
+    pub read_seq: u64,
+}
+
+/// Result of `history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResult {
+    /// Newest first.
+    pub messages: Vec<Message>,
+}
+
+/// Result of `presence.query`, and the fields of the `presence` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user_id: String,
+    pub online: bool,
+    /// Milliseconds since the epoch; 0 if never seen.
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceQueryResult {
+    pub presence: Vec<Presence>,
+}
+
+/// Who holds a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub user_id: String,
+    pub display_name: String,
+    pub session_id: String,
+    /// When the holder took it, milliseconds since the epoch.
+    pub since: u64,
+}
+
+/// Result of `lock.acquire`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockAcquired {
+    pub token: String,
+    pub ttl_ms: u64,
+}
+
+/// Result of `lock.renew`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockRenewed {
+    pub ttl_ms: u64,
+}
+
+/// Result of `lock.watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockWatchResult {
+    pub holder: Option<LockHolder>,
+}
+
+/// Result of the group administration ops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionResult {
+    pub version: u64,
+}
+
 /// Server-to-client events (no `id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "ev")]
 pub enum Event {
     #[serde(rename = "msg")]
     Msg(Message),
+    #[serde(rename = "read")]
+    Read {
+        conv: String,
+        user_id: String,
+        seq: u64,
+    },
+    #[serde(rename = "typing")]
+    Typing { conv: String, user_id: String },
+    #[serde(rename = "presence")]
+    Presence(Presence),
+    #[serde(rename = "lock")]
+    Lock {
+        resource: String,
+        holder: Option<LockHolder>,
+    },
+    #[serde(rename = "group")]
+    Group {
+        group_id: String,
+        version: u64,
+        /// What changed, e.g. `{"kind": "members_removed", "user_ids": [...]}`.
+        change: serde_json::Value,
+    },
 }
 
 /// Encodes an event frame.
@@ -353,6 +568,113 @@ mod tests {
         assert_eq!(
             err,
             br#"{"id":null,"ok":false,"error":{"code":"not_member","message":"no"}}"#
+        );
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        let ops = [
+            Op::GroupGet {
+                group_id: "g".into(),
+            },
+            Op::ConvList {},
+            Op::History {
+                conv: "c".into(),
+                before_seq: Some(9),
+                limit: None,
+            },
+            Op::Read {
+                conv: "c".into(),
+                seq: 3,
+            },
+            Op::Typing { conv: "c".into() },
+            Op::PresenceQuery {
+                user_ids: vec!["u".into()],
+            },
+            Op::PresenceWatch { user_ids: vec![] },
+            Op::LockAcquire {
+                resource: "group:g".into(),
+            },
+            Op::LockRenew {
+                resource: "group:g".into(),
+                token: "t".into(),
+            },
+            Op::LockRelease {
+                resource: "group:g".into(),
+                token: "t".into(),
+            },
+            Op::LockWatch {
+                resource: "group:g".into(),
+            },
+            Op::GroupUpdate {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                patch: GroupPatch {
+                    name: Some("n".into()),
+                    ..GroupPatch::default()
+                },
+                expected_version: Some(2),
+            },
+            Op::GroupMembersAdd {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                user_ids: vec!["u".into()],
+            },
+            Op::GroupMembersRemove {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                user_ids: vec!["u".into()],
+            },
+            Op::GroupMembersSetRole {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                user_id: "u".into(),
+                role: Role::Admin,
+            },
+            Op::GroupMembersMute {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                user_id: "u".into(),
+                muted: true,
+            },
+        ];
+        for op in ops {
+            let frame = encode_request(1, &op);
+            let text = String::from_utf8(frame.clone()).unwrap();
+            assert!(
+                text.contains(&format!("\"op\":\"{}\"", op.name())),
+                "{text}"
+            );
+            assert_eq!(decode_request(&frame).unwrap().op, op);
+        }
+    }
+
+    #[test]
+    fn wire_names_of_roles_and_events() {
+        let set_role = br#"{"id":1,"op":"group.members.set_role","group_id":"g","lock_token":"t","user_id":"u","role":"admin"}"#;
+        assert!(matches!(
+            decode_request(set_role).unwrap().op,
+            Op::GroupMembersSetRole {
+                role: Role::Admin,
+                ..
+            }
+        ));
+        let ev = Event::Lock {
+            resource: "group:g".into(),
+            holder: None,
+        };
+        assert_eq!(
+            encode_event(&ev),
+            br#"{"ev":"lock","resource":"group:g","holder":null}"#
+        );
+        let ev = Event::Presence(Presence {
+            user_id: "u".into(),
+            online: true,
+            last_seen: 5,
+        });
+        assert_eq!(
+            encode_event(&ev),
+            br#"{"ev":"presence","user_id":"u","online":true,"last_seen":5}"#
         );
     }
 

@@ -9,6 +9,22 @@
 //!   [`subjects::gateway`] (one gateway) or [`subjects::ALL_GATEWAYS`].
 //!   Deliveries carry the event frame pre-encoded, so a gateway never
 //!   re-encodes it per recipient.
+//! - Topics: a connection can be subscribed to topics ([`topics`]): the
+//!   groups its user is in, the users whose presence it watches, the locks
+//!   it watches. An event for a topic is published once, to
+//!   [`subjects::topic`], as a [`GatewayCommand::Publish`]; every gateway
+//!   with at least one subscribed connection holds one NATS subscription
+//!   for it and writes the frame to its subscribers. The backend decides
+//!   who subscribes to what: an RPC reply may carry the headers
+//!   [`headers::SUBSCRIBE`] and [`headers::UNSUBSCRIBE`] for the asking
+//!   connection, and [`GatewayCommand::Subscribe`] and
+//!   [`GatewayCommand::Unsubscribe`] change the topics of every local
+//!   connection of some users (membership changes).
+//! - Connection events: a gateway publishes a [`ConnEvent`] to
+//!   [`subjects::CONN_EVENTS`] (served by the backends' queue group) when a
+//!   connection has authenticated and after an authenticated connection
+//!   closed and its route was removed, so presence and locks are kept by
+//!   the backend.
 //! - Routes: on `auth` a gateway adds one field per connection to the hash
 //!   [`keys::routes`] of the user, and removes it when the connection
 //!   closes. A gateway that dies cannot remove its fields, so each gateway
@@ -33,10 +49,59 @@ pub mod subjects {
     /// Commands for every gateway.
     pub const ALL_GATEWAYS: &str = "oc.gw.all";
 
+    /// Connection events from gateways ([`super::ConnEvent`]), served in
+    /// the queue group [`RPC_QUEUE`].
+    pub const CONN_EVENTS: &str = "oc.conn";
+
     /// Commands for one gateway.
     pub fn gateway(gateway_id: &str) -> String {
         format!("oc.gw.{gateway_id}")
     }
+
+    /// Prefix of topic subjects.
+    pub const TOPIC_PREFIX: &str = "oc.t.";
+
+    /// The subject events for `topic` are published on.
+    pub fn topic(topic: &str) -> String {
+        format!("{TOPIC_PREFIX}{topic}")
+    }
+}
+
+/// Topic names (see the module docs). A topic is a valid NATS subject
+/// suffix: ids are made of `[A-Za-z0-9_:-]`, never `.`, `*`, `>` or space.
+pub mod topics {
+    /// Members of a group: its messages and its `read`, `typing` and
+    /// `group` events.
+    pub fn group(group_id: &str) -> String {
+        format!("grp.{group_id}")
+    }
+
+    /// Watchers of a user's presence.
+    pub fn presence(user_id: &str) -> String {
+        format!("pres.{user_id}")
+    }
+
+    /// Watchers of a lock.
+    pub fn lock(resource: &str) -> String {
+        format!("lock.{resource}")
+    }
+
+    /// True if `id` can be part of a topic (and so of a NATS subject).
+    pub fn valid_id(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+    }
+}
+
+/// NATS headers of RPC replies.
+pub mod headers {
+    /// Topics to subscribe the asking connection to, space-separated.
+    pub const SUBSCRIBE: &str = "Oc-Subscribe";
+    /// Topics to unsubscribe the asking connection from, space-separated.
+    pub const UNSUBSCRIBE: &str = "Oc-Unsubscribe";
 }
 
 /// Redis keys shared by the gateway and the backend.
@@ -77,6 +142,17 @@ pub mod keys {
         format!("oc:gw:{gateway_id}")
     }
 
+    /// Set of `<gateway_id>|<instance>`: every gateway run that has
+    /// recorded routes. A sweeper finds crashed runs here (their
+    /// [`gateway_alive`] key no longer names them).
+    pub const GATEWAY_RUNS: &str = "oc:gw-runs";
+
+    /// Set of the user ids that had a connection on one gateway run, so a
+    /// sweeper can tell whom a crashed run took offline.
+    pub fn gateway_run_users(gateway_id: &str, instance: &str) -> String {
+        format!("oc:gw-users:{gateway_id}|{instance}")
+    }
+
     /// String with a TTL: the session of a login token, keyed by the hex
     /// SHA-256 of the token so that a Redis dump holds no usable token.
     pub fn session(token_sha256_hex: &str) -> String {
@@ -111,6 +187,13 @@ pub struct SessionInfo {
     pub session_id: String,
 }
 
+/// One connection of one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRef {
+    pub gateway_id: String,
+    pub conn_id: u64,
+}
+
 /// What the backend asks of a gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -120,6 +203,32 @@ pub enum GatewayCommand {
     Deliver { users: Vec<String> },
     /// Close every local connection of this login session with `code`.
     CloseSession { session_id: String, code: u16 },
+    /// On a topic subject: write the attached frame to every local
+    /// connection subscribed to the topic, except `except`.
+    Publish {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<ConnRef>,
+    },
+    /// Subscribe every local connection of these users to these topics.
+    Subscribe {
+        users: Vec<String>,
+        topics: Vec<String>,
+    },
+    /// Unsubscribe every local connection of these users from these topics.
+    Unsubscribe {
+        users: Vec<String>,
+        topics: Vec<String>,
+    },
+}
+
+/// What a gateway tells the backends about its connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ConnEvent {
+    /// The connection authenticated; its route is recorded.
+    Opened { ctx: RpcContext, instance: String },
+    /// The authenticated connection closed; its route is removed.
+    Closed { ctx: RpcContext, instance: String },
 }
 
 /// Encodes a command and its attached frame as one NATS payload: the
@@ -175,6 +284,25 @@ mod tests {
         assert_eq!(back, cmd);
         assert!(body.is_empty());
         assert!(decode_gateway_message(&Bytes::from_static(b"junk")).is_err());
+    }
+
+    #[test]
+    fn topic_commands_round_trip() {
+        let cmd = GatewayCommand::Publish {
+            except: Some(ConnRef {
+                gateway_id: "gw-1".into(),
+                conn_id: 7,
+            }),
+        };
+        let payload = encode_gateway_message(&cmd, b"{}");
+        assert_eq!(decode_gateway_message(&payload).unwrap().0, cmd);
+        let bare = encode_gateway_message(&GatewayCommand::Publish { except: None }, b"{}");
+        assert!(bare.starts_with(br#"{"cmd":"publish"}"#));
+        assert_eq!(subjects::topic(&topics::group("abc")), "oc.t.grp.abc");
+        assert!(topics::valid_id("group:65f0-x_1"));
+        assert!(!topics::valid_id("a.b"));
+        assert!(!topics::valid_id("a b"));
+        assert!(!topics::valid_id(""));
     }
 
     #[test]
