@@ -19,7 +19,9 @@ use mongodb::bson::doc;
 use serde::Deserialize;
 
 use oceanchat_protocol::client::{encode_event, Event, Message};
-use oceanchat_protocol::internal::{encode_gateway_message, keys, subjects, GatewayCommand};
+use oceanchat_protocol::internal::{
+    encode_gateway_message, keys, subjects, ConnRef, GatewayCommand,
+};
 
 use crate::error::ServiceError;
 use crate::state::AppState;
@@ -51,8 +53,81 @@ pub async fn deliver_to_users(
     users: &[String],
     frame: &[u8],
 ) -> Result<(), ServiceError> {
-    if users.is_empty() {
+    for (gateway, users) in online_by_gateway(state, users).await? {
+        let command = GatewayCommand::Deliver { users };
+        publish_command(state, &gateway, &command, frame).await?;
+    }
+    Ok(())
+}
+
+/// Makes every online connection of `users` follow (`follow`) or stop
+/// following `topics`: one command per gateway that holds any of them.
+pub async fn change_topics(
+    state: &AppState,
+    users: &[String],
+    topics: &[String],
+    follow: bool,
+) -> Result<(), ServiceError> {
+    if topics.is_empty() {
         return Ok(());
+    }
+    for (gateway, users) in online_by_gateway(state, users).await? {
+        let topics = topics.to_vec();
+        let command = if follow {
+            GatewayCommand::Subscribe { users, topics }
+        } else {
+            GatewayCommand::Unsubscribe { users, topics }
+        };
+        publish_command(state, &gateway, &command, b"").await?;
+    }
+    Ok(())
+}
+
+/// Publishes `frame` once to a topic's followers, on every gateway,
+/// except the connection `except`.
+pub async fn publish_topic(
+    state: &AppState,
+    topic: &str,
+    except: Option<ConnRef>,
+    frame: &[u8],
+) -> Result<(), ServiceError> {
+    let command = GatewayCommand::Publish { except };
+    state
+        .nats
+        .publish(
+            subjects::topic(topic),
+            encode_gateway_message(&command, frame),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn publish_command(
+    state: &AppState,
+    gateway: &str,
+    command: &GatewayCommand,
+    frame: &[u8],
+) -> Result<(), ServiceError> {
+    state
+        .nats
+        .publish(
+            subjects::gateway(gateway),
+            encode_gateway_message(command, frame),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The online users among `users`, grouped by the gateway that holds
+/// their connections (a user on two gateways is under both). Routes of
+/// dead gateway runs are skipped and deleted on the way.
+pub async fn online_by_gateway(
+    state: &AppState,
+    users: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, ServiceError> {
+    let mut online = BTreeMap::new();
+    if users.is_empty() {
+        return Ok(online);
     }
     let mut redis = state.redis.clone();
     let mut pipe = redis::pipe();
@@ -79,28 +154,17 @@ pub async fn deliver_to_users(
             .query_async(&mut redis)
             .await?;
         for (gateway, alive) in gateways.into_iter().zip(alive) {
-            let runs = &by_gateway[gateway];
             let mut recipients = BTreeSet::new();
-            for (instance, conns) in runs {
+            for (instance, conns) in &by_gateway[gateway] {
                 if alive.as_deref() == Some(instance.as_str()) {
                     recipients.extend(conns.iter().map(|(user, _)| user.clone()));
                 } else {
                     stale.extend(conns.iter().cloned());
                 }
             }
-            if recipients.is_empty() {
-                continue;
+            if !recipients.is_empty() {
+                online.insert(gateway.clone(), recipients.into_iter().collect());
             }
-            let command = GatewayCommand::Deliver {
-                users: recipients.into_iter().collect(),
-            };
-            state
-                .nats
-                .publish(
-                    subjects::gateway(gateway),
-                    encode_gateway_message(&command, frame),
-                )
-                .await?;
         }
     }
 
@@ -115,7 +179,7 @@ pub async fn deliver_to_users(
             tracing::warn!(error = %e, "could not delete stale routes");
         }
     }
-    Ok(())
+    Ok(online)
 }
 
 /// One connection's route: its user and its field in the user's hash.
