@@ -2,11 +2,24 @@
 //! works on one machine. `docs/config.md` is the reference for operators.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::metrics::Metrics;
 use crate::transport::{codec::Limits, TransportConfig};
+
+/// What the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The OceanChat protocol (needs Redis and NATS).
+    Chat,
+    /// The comparison protocol of benchmarks and conformance tests: every
+    /// connection in one room, `B...` text published to all, anything else
+    /// echoed. No stores needed; any path upgrades.
+    Bench,
+}
 
 /// Which io driver the cores run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +40,10 @@ pub struct Config {
     /// Address to accept WebSocket connections on (path `/ws`).
     #[arg(long, env = "OC_GATEWAY_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
+
+    /// `chat` (the product) or `bench` (the comparison protocol).
+    #[arg(long, env = "OC_GATEWAY_MODE", value_enum, default_value = "chat")]
+    pub mode: Mode,
 
     /// This instance's id, unique among gateways; routes in Redis name it.
     /// Default: `gw-<listen port>`.
@@ -79,6 +96,21 @@ pub struct Config {
     #[arg(long, env = "OC_MAX_CONNECTIONS", default_value_t = 1_000_000)]
     pub max_connections: usize,
 
+    /// A connection silent this long gets a WebSocket ping, again every
+    /// interval while it stays silent; 0 sends none.
+    #[arg(long, env = "OC_PING_INTERVAL_S", default_value_t = 30)]
+    pub ping_interval_s: u64,
+
+    /// A connection silent this long (a pong counts as speaking) is dropped
+    /// without a close handshake; 0 never drops one.
+    #[arg(long, env = "OC_IDLE_TIMEOUT_S", default_value_t = 70)]
+    pub idle_timeout_s: u64,
+
+    /// Time a new socket has to complete the WebSocket upgrade (slowloris
+    /// guard).
+    #[arg(long, env = "OC_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
     /// Seconds connections get to close after SIGTERM (they are sent 1012).
     #[arg(long, env = "OC_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
@@ -103,9 +135,12 @@ impl Config {
 
     pub fn transport(&self) -> TransportConfig {
         TransportConfig {
-            path: Some("/ws".to_string()),
+            path: match self.mode {
+                Mode::Chat => Some("/ws".to_string()),
+                Mode::Bench => None,
+            },
             allowed_origins: self.allowed_origins.clone(),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             limits: Limits {
                 max_frame_bytes: self.max_message_bytes,
                 max_message_bytes: self.max_message_bytes,
@@ -113,6 +148,11 @@ impl Config {
             max_queued_bytes: self.max_queued_bytes,
             max_connections_per_core: self.max_connections.div_ceil(self.cores()),
             read_buffer_bytes: 4096,
+            ping_interval: Duration::from_secs(self.ping_interval_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            close_timeout: Duration::from_secs(2),
+            // One registry, shared by the cores through clones of this.
+            metrics: Arc::new(Metrics::new(self.cores())),
         }
     }
 }

@@ -11,11 +11,15 @@
 //! - [`bridge`]: the tokio thread with NATS and Redis, and the queues to
 //!   the cores.
 //! - [`config`]: every setting, with its default.
+//! - [`bench_mode`]: `--mode bench`, the comparison protocol.
+//! - [`metrics`]: per-core counters for `GET /metrics`.
 //! - this file: start-up (cores, bridge) and shutdown.
 
+pub mod bench_mode;
 pub mod bridge;
 pub mod chat;
 pub mod config;
+pub mod metrics;
 pub mod transport;
 
 use std::collections::hash_map::RandomState;
@@ -33,6 +37,9 @@ use crate::transport::TransportConfig;
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    if config.mode == config::Mode::Bench {
+        return bench_mode::run(config);
+    }
     // Every core binds with SO_REUSEPORT, which would silently share the
     // port with another process of the same user. Fail clearly instead.
     std::net::TcpListener::bind(config.listen)

@@ -11,6 +11,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    oceanchat_gateway::transport::disable_transparent_huge_pages();
     let config = oceanchat_gateway::config::Config::parse();
     if let Err(error) = oceanchat_gateway::run(config) {
         tracing::error!("{error:#}");

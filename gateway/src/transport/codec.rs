@@ -75,7 +75,8 @@ pub struct Decoder {
     /// Bytes received and not yet decoded (at most one partial frame after
     /// [`Decoder::next`] returned `None`).
     pending: BytesMut,
-    fragments: Option<Fragments>,
+    /// Boxed: rarely present, and the decoder lives in every connection.
+    fragments: Option<Box<Fragments>>,
 }
 
 impl Decoder {
@@ -178,7 +179,7 @@ impl Decoder {
                 if !header.is_final {
                     return Ok(None);
                 }
-                let Fragments { is_text, payload } = self.fragments.take().expect("checked above");
+                let Fragments { is_text, payload } = *self.fragments.take().expect("checked above");
                 finish(is_text, payload).map(Some)
             }
             OpCode::Data(kind) => {
@@ -192,7 +193,7 @@ impl Decoder {
                 if header.is_final {
                     return finish(is_text, payload).map(Some);
                 }
-                self.fragments = Some(Fragments { is_text, payload });
+                self.fragments = Some(Box::new(Fragments { is_text, payload }));
                 Ok(None)
             }
         }

@@ -3,31 +3,37 @@
 //!
 //! [`Conn`] is the handle the rest of the core holds: it queues frames and
 //! asks for a close, and never touches the socket. The task in [`run`] owns
-//! the socket. While idle it waits for readiness without a buffer, reads
-//! into a buffer borrowed from the core's pool only once data is there, and
-//! writes everything queued in one operation.
+//! the socket.
+//!
+//! Memory per idle connection is what this file is shaped by:
+//! - the upgrade runs in its own boxed future, freed once it is done, so
+//!   its buffers and state never count toward the long-lived task;
+//! - while idle the task waits for readiness without a buffer, reads into a
+//!   buffer borrowed from the core's pool only once data is there, and
+//!   writes everything queued in one operation;
+//! - the outbox and the decoder release their allocations when empty;
+//! - no timer per connection: the core's sweep (see `Core::sweep`) sends
+//!   pings, drops silent peers and ends close handshakes that take too
+//!   long, by looking at the tick stamps kept here.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::codec::{self, Decoder, Incoming};
-use super::handshake::{self, Refusal};
-use super::{Core, Handler, Message, TransportConfig};
+use super::handshake::{self, Refusal, Request};
+use super::{Core, Handler, Message};
 
 /// Connection ids are unique within the process: the core index sits in
 /// the top 16 bits.
 pub type ConnId = u64;
-
-/// How long the close handshake may take once a close frame is sent.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The handle to a connection, shared by everything on its core.
 pub struct Conn {
@@ -38,19 +44,34 @@ pub struct Conn {
     queued_bytes: Cell<usize>,
     /// The close code once a close was asked for; no frame is queued after.
     closing: Cell<Option<u16>>,
-    /// The socket task, parked until there is something to write.
-    writer: Cell<Option<Waker>>,
+    /// The sweep saw the close and stamped `marked` with its tick.
+    close_seen: Cell<bool>,
+    /// End now, without waiting for the peer (it stopped answering).
+    abort: Cell<bool>,
+    /// The close was for an outbound queue overflow (4008).
+    overflowed: Cell<bool>,
+    /// Core tick at which the peer last sent anything.
+    heard: Cell<u32>,
+    /// Core tick of the last ping sent or, once closing, of the close.
+    marked: Cell<u32>,
+    /// The socket task, parked until there is something to do.
+    waker: Cell<Option<Waker>>,
 }
 
 impl Conn {
-    pub(super) fn new(id: ConnId, max_queued_bytes: usize) -> Self {
+    pub(super) fn new(id: ConnId, max_queued_bytes: usize, tick: u32) -> Self {
         Conn {
             id,
             max_queued_bytes,
             outbox: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             closing: Cell::new(None),
-            writer: Cell::new(None),
+            close_seen: Cell::new(false),
+            abort: Cell::new(false),
+            overflowed: Cell::new(false),
+            heard: Cell::new(tick),
+            marked: Cell::new(tick),
+            waker: Cell::new(None),
         }
     }
 
@@ -77,8 +98,9 @@ impl Conn {
                 queued,
                 "outbound queue overflow, closing"
             );
-            self.outbox.borrow_mut().clear();
+            *self.outbox.borrow_mut() = VecDeque::new();
             self.queued_bytes.set(0);
+            self.overflowed.set(true);
             self.close(
                 oceanchat_protocol::CloseCode::RATE_LIMITED_OR_SLOW,
                 "too slow to read",
@@ -87,7 +109,7 @@ impl Conn {
         }
         self.queued_bytes.set(queued);
         self.outbox.borrow_mut().push_back(frame);
-        self.wake_writer();
+        self.wake();
     }
 
     /// Encodes `payload` as a text frame and queues it.
@@ -96,7 +118,7 @@ impl Conn {
     }
 
     /// Queues a close frame; the connection ends once it is written and the
-    /// peer answered (or [`CLOSE_TIMEOUT`] passed).
+    /// peer answered (or the core's close timeout passed).
     pub fn close(&self, code: u16, reason: &str) {
         if self.is_closing() {
             return;
@@ -105,130 +127,220 @@ impl Conn {
         self.queued_bytes.set(self.queued_bytes.get() + frame.len());
         self.outbox.borrow_mut().push_back(frame);
         self.closing.set(Some(code));
-        self.wake_writer();
+        self.wake();
     }
 
-    fn wake_writer(&self) {
-        if let Some(waker) = self.writer.take() {
+    /// The close code the server sent or queued, if any.
+    pub(super) fn close_code(&self) -> Option<u16> {
+        self.closing.get()
+    }
+
+    /// True when the close was for an outbound queue overflow (4008).
+    pub(super) fn overflowed(&self) -> bool {
+        self.overflowed.get()
+    }
+
+    /// Ends the connection at once, without a close handshake.
+    pub(super) fn abort(&self) {
+        self.abort.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
 
-    /// Waits until frames are queued.
-    async fn has_output(&self) {
-        poll_fn(|cx| {
-            if self.outbox.borrow().is_empty() {
-                self.writer.set(Some(cx.waker().clone()));
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await
-    }
-
-    /// Takes everything queued as one buffer, leaving no allocation behind.
-    fn take_output(&self) -> Option<Bytes> {
+    /// Takes everything queued as one buffer, leaving no allocation behind;
+    /// also says how many frames it holds.
+    fn take_output(&self) -> Option<(Bytes, usize)> {
         let frames = std::mem::take(&mut *self.outbox.borrow_mut());
         self.queued_bytes.set(0);
         match frames.len() {
             0 => None,
-            1 => frames.into_iter().next(),
-            _ => {
+            1 => frames.into_iter().next().map(|frame| (frame, 1)),
+            count => {
+                // One gathered buffer, so the frames leave in one write.
                 let total = frames.iter().map(Bytes::len).sum();
                 let mut out = BytesMut::with_capacity(total);
                 for frame in frames {
                     out.extend_from_slice(&frame);
                 }
-                Some(out.freeze())
+                Some((out.freeze(), count))
             }
         }
     }
+
+    /// What the core's sweep does with this connection at `tick`.
+    pub(super) fn sweep(&self, tick: u32, timing: &SweepTicks) -> Swept {
+        if self.is_closing() {
+            if !self.close_seen.get() {
+                self.close_seen.set(true);
+                self.marked.set(tick);
+            } else if tick.wrapping_sub(self.marked.get()) >= timing.close {
+                self.abort();
+            }
+            return Swept::Nothing;
+        }
+        let silent = tick.wrapping_sub(self.heard.get());
+        if timing.idle > 0 && silent >= timing.idle {
+            self.abort();
+            return Swept::Dropped;
+        }
+        if timing.ping > 0
+            && silent >= timing.ping
+            && tick.wrapping_sub(self.marked.get()) >= timing.ping
+        {
+            self.marked.set(tick);
+            self.send(codec::ping_frame(b""));
+            return Swept::Pinged;
+        }
+        Swept::Nothing
+    }
 }
 
-/// Why a connection ended, for logs and metrics.
+/// The core's timing settings, in sweep ticks; 0 turns one off.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SweepTicks {
+    pub ping: u32,
+    pub idle: u32,
+    pub close: u32,
+}
+
+/// What a sweep did to one connection.
+pub(super) enum Swept {
+    Nothing,
+    Pinged,
+    Dropped,
+}
+
+/// Why a connection ended, for logs.
 #[derive(Debug, thiserror::Error)]
 enum End {
-    #[error("upgrade refused: {0}")]
-    Refused(Refusal),
-    #[error("upgrade not completed in time")]
-    HandshakeTimeout,
     #[error("i/o error: {0}")]
     Io(std::io::Error),
     #[error("peer went away")]
     PeerGone,
     #[error("closed")]
     Closed,
+    #[error("stopped answering")]
+    Aborted,
 }
 
-/// Serves one accepted socket until it closes.
-pub(super) async fn run<H: Handler>(mut stream: TcpStream, id: ConnId, core: Rc<Core<H>>) {
-    let config = core.config.clone();
-    let upgraded =
-        monoio::time::timeout(config.handshake_timeout, upgrade(&mut stream, &config)).await;
-    let leftover = match upgraded {
-        Ok(Ok(leftover)) => leftover,
-        Ok(Err(end)) => {
-            tracing::debug!(conn_id = id, %end, "upgrade failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(conn_id = id, end = %End::HandshakeTimeout, "upgrade failed");
-            return;
-        }
-    };
+/// Why the upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+enum NoUpgrade {
+    #[error("upgrade refused: {0}")]
+    Refused(Refusal),
+    #[error("upgrade not completed in time")]
+    Timeout,
+    #[error("i/o error: {0}")]
+    Io(std::io::Error),
+    #[error("peer went away")]
+    PeerGone,
+    #[error("answered a metrics request")]
+    Metrics,
+}
 
-    let conn = Rc::new(Conn::new(id, config.max_queued_bytes));
-    core.conns.borrow_mut().insert(id, conn.clone());
+/// The upgrade as a boxed future: it is large (request buffer, parser
+/// state, write futures) and lives only until the upgrade is done.
+pub(super) type Upgrading = Pin<Box<dyn Future<Output = Option<(TcpStream, Vec<u8>)>>>>;
+
+/// Starts the upgrade of an accepted socket; see [`run`].
+pub(super) fn upgrading<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>) -> Upgrading {
+    Box::pin(async move {
+        let timeout = core.config.handshake_timeout;
+        let result = match monoio::time::timeout(timeout, upgrade(stream, &core)).await {
+            Ok(result) => result,
+            Err(_) => Err(NoUpgrade::Timeout),
+        };
+        match result {
+            Ok(upgraded) => Some(upgraded),
+            Err(NoUpgrade::Metrics) => None,
+            Err(why) => {
+                tracing::debug!(conn_id = id, %why, "upgrade failed");
+                core.metrics().handshake_failures.incr();
+                None
+            }
+        }
+    })
+}
+
+/// Serves one accepted socket until it closes. Takes the upgrade as an
+/// already boxed future so that this task keeps only a pointer to it.
+pub(super) async fn run<H: Handler>(upgrading: Upgrading, id: ConnId, core: Rc<Core<H>>) {
+    let Some((mut stream, leftover)) = upgrading.await else {
+        return;
+    };
+    let conn = Rc::new(Conn::new(id, core.config.max_queued_bytes, core.tick()));
+    core.opened(&conn);
     let session = core.handler.on_open(&conn);
-    let mut decoder = Decoder::new(config.limits);
+    let mut decoder = Decoder::new(core.config.limits);
     decoder.feed(&leftover);
     drop(leftover);
     let end = serve(&mut stream, &conn, &core, &session, &mut decoder).await;
     tracing::debug!(conn_id = id, %end, "connection ended");
-    core.conns.borrow_mut().remove(&id);
+    core.closed(&conn);
     core.handler.on_close(session);
 }
 
-/// Reads the upgrade request and answers it. Returns any bytes the client
-/// sent after the request head.
-async fn upgrade(stream: &mut TcpStream, config: &TransportConfig) -> Result<Vec<u8>, End> {
+/// Reads the upgrade request and answers it. Returns the socket and any
+/// bytes the client sent after the request head.
+async fn upgrade<H: Handler>(
+    mut stream: TcpStream,
+    core: &Core<H>,
+) -> Result<(TcpStream, Vec<u8>), NoUpgrade> {
+    let config = &core.config;
     let mut head = Vec::with_capacity(1024);
     loop {
         let spare = Vec::with_capacity(1024);
         let (read, spare) = stream.read(spare).await;
         match read {
-            Ok(0) => return Err(End::PeerGone),
+            Ok(0) => return Err(NoUpgrade::PeerGone),
             Ok(_) => head.extend_from_slice(&spare),
-            Err(e) => return Err(End::Io(e)),
+            Err(e) => return Err(NoUpgrade::Io(e)),
         }
-        match handshake::parse(&head) {
+        let upgrade = match handshake::parse(&head) {
             Ok(None) => continue,
-            Ok(Some((upgrade, used))) => {
-                let refusal = if config.path.as_deref().is_some_and(|p| p != upgrade.path) {
-                    Some(Refusal::NotFound)
-                } else if !config.origin_allowed(upgrade.origin.as_deref()) {
-                    Some(Refusal::OriginNotAllowed)
-                } else {
-                    None
-                };
-                if let Some(refusal) = refusal {
-                    let _ = stream.write_all(refusal.response()).await;
-                    return Err(End::Refused(refusal));
-                }
-                let (written, _) = stream
-                    .write_all(handshake::accept_response(&upgrade.key))
-                    .await;
-                written.map_err(End::Io)?;
+            Ok(Some((Request::Upgrade(upgrade), used))) => {
                 head.drain(..used);
-                return Ok(head);
+                upgrade
+            }
+            Ok(Some((Request::Metrics, _))) => {
+                let body = config.metrics.render();
+                let _ = stream.write_all(handshake::metrics_response(&body)).await;
+                return Err(NoUpgrade::Metrics);
             }
             Err(refusal) => {
                 let _ = stream.write_all(refusal.response()).await;
-                return Err(End::Refused(refusal));
+                return Err(NoUpgrade::Refused(refusal));
             }
+        };
+        let refusal = if config.path.as_deref().is_some_and(|p| p != upgrade.path) {
+            Some(Refusal::NotFound)
+        } else if !config.origin_allowed(upgrade.origin.as_deref()) {
+            Some(Refusal::OriginNotAllowed)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let _ = stream.write_all(refusal.response()).await;
+            return Err(NoUpgrade::Refused(refusal));
         }
+        let (written, _) = stream
+            .write_all(handshake::accept_response(&upgrade.key))
+            .await;
+        written.map_err(NoUpgrade::Io)?;
+        return Ok((stream, head));
     }
+}
+
+/// What woke an idle connection.
+enum Wake {
+    Readable(std::io::Result<()>),
+    Output,
+    Abort,
 }
 
 /// The connection's life after the upgrade.
@@ -239,57 +351,81 @@ async fn serve<H: Handler>(
     session: &H::Session,
     decoder: &mut Decoder,
 ) -> End {
-    let mut close_deadline: Option<Instant> = None;
     let mut peer_closed = false;
     // Bytes that arrived with the upgrade request.
-    if let Err(end) = dispatch(conn, core, session, decoder, &mut peer_closed) {
-        return end;
-    }
+    dispatch(conn, core, session, decoder, &mut peer_closed);
     loop {
-        if conn.is_closing() && close_deadline.is_none() {
-            close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
-        }
-        let until_deadline = close_deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        monoio::select! {
-            ready = stream.readable(false), if !peer_closed => {
-                if let Err(e) = ready {
-                    return End::Io(e);
-                }
-                let buf = core.pool.take();
-                let (read, buf) = stream.read(buf).await;
-                match read {
-                    Ok(0) => {
-                        core.pool.give(buf);
-                        return End::PeerGone;
-                    }
-                    Ok(_) => decoder.feed(&buf),
-                    Err(e) => {
-                        core.pool.give(buf);
-                        return End::Io(e);
-                    }
-                }
-                core.pool.give(buf);
-                if let Err(end) = dispatch(conn, core, session, decoder, &mut peer_closed) {
-                    return end;
-                }
-            }
-            _ = conn.has_output() => {
-                if let Some(out) = conn.take_output() {
-                    let (written, _) = stream.write_all(out).await;
-                    if let Err(e) = written {
-                        return End::Io(e);
-                    }
-                }
-                if conn.is_closing() && peer_closed {
-                    return End::Closed;
-                }
-            }
-            _ = monoio::time::sleep(until_deadline.unwrap_or_default()), if until_deadline.is_some() => {
-                return End::Closed;
-            }
-        }
         if peer_closed && conn.is_closing() && conn.outbox.borrow().is_empty() {
             return End::Closed;
+        }
+        let wake = {
+            // One future waits for readiness, output or abort, so an idle
+            // connection holds nothing else.
+            let mut readable = pin!(stream.readable(false));
+            poll_fn(|cx| {
+                if conn.abort.get() {
+                    return Poll::Ready(Wake::Abort);
+                }
+                if !conn.outbox.borrow().is_empty() {
+                    return Poll::Ready(Wake::Output);
+                }
+                conn.waker.set(Some(cx.waker().clone()));
+                if !peer_closed {
+                    if let Poll::Ready(ready) = readable.as_mut().poll(cx) {
+                        return Poll::Ready(Wake::Readable(ready));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match wake {
+            Wake::Abort => return End::Aborted,
+            Wake::Readable(Err(e)) => return End::Io(e),
+            Wake::Readable(Ok(())) => {
+                let buf = core.pool.take();
+                let (read, buf) = stream.read(buf).await;
+                let result = match read {
+                    Ok(0) => Err(End::PeerGone),
+                    Ok(n) => {
+                        decoder.feed(&buf);
+                        Ok(n)
+                    }
+                    Err(e) => Err(End::Io(e)),
+                };
+                core.pool.give(buf);
+                let n = match result {
+                    Ok(n) => n,
+                    Err(end) => return end,
+                };
+                conn.heard.set(core.tick());
+                core.metrics().bytes_in.add(n as u64);
+                dispatch(conn, core, session, decoder, &mut peer_closed);
+            }
+            Wake::Output => {
+                if let Some((out, frames)) = conn.take_output() {
+                    let metrics = core.metrics();
+                    metrics.writes.incr();
+                    metrics.frames_out.add(frames as u64);
+                    metrics.bytes_out.add(out.len() as u64);
+                    // A peer that does not read blocks this write; the
+                    // sweep's abort must still end the connection.
+                    let mut write = pin!(stream.write_all(out));
+                    let written = poll_fn(|cx| {
+                        if conn.abort.get() {
+                            return Poll::Ready(None);
+                        }
+                        conn.waker.set(Some(cx.waker().clone()));
+                        write.as_mut().poll(cx).map(|(written, _)| Some(written))
+                    })
+                    .await;
+                    match written {
+                        None => return End::Aborted,
+                        Some(Err(e)) => return End::Io(e),
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
         }
     }
 }
@@ -302,33 +438,37 @@ fn dispatch<H: Handler>(
     session: &H::Session,
     decoder: &mut Decoder,
     peer_closed: &mut bool,
-) -> Result<(), End> {
+) {
     loop {
-        match decoder.decode() {
-            Ok(None) => return Ok(()),
-            Ok(Some(Incoming::Text(text))) => {
-                if !conn.is_closing() {
-                    core.handler.on_message(session, Message::Text(text));
-                }
-            }
-            Ok(Some(Incoming::Binary(data))) => {
-                if !conn.is_closing() {
-                    core.handler.on_message(session, Message::Binary(data));
-                }
-            }
-            Ok(Some(Incoming::Ping(payload))) => conn.send(codec::pong_frame(&payload)),
-            Ok(Some(Incoming::Pong(_))) => {}
-            Ok(Some(Incoming::Close(code, _))) => {
-                *peer_closed = true;
-                // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
-                conn.close(code.unwrap_or(1000), "");
-                return Ok(());
-            }
+        let incoming = match decoder.decode() {
+            Ok(None) => return,
+            Ok(Some(incoming)) => incoming,
             Err(error) => {
                 tracing::debug!(conn_id = conn.id(), %error, "closing on a bad frame");
                 conn.close(error.close_code(), &error.to_string());
                 *peer_closed = true;
-                return Ok(());
+                return;
+            }
+        };
+        core.metrics().frames_in.incr();
+        match incoming {
+            Incoming::Text(text) => {
+                if !conn.is_closing() {
+                    core.handler.on_message(session, Message::Text(text));
+                }
+            }
+            Incoming::Binary(data) => {
+                if !conn.is_closing() {
+                    core.handler.on_message(session, Message::Binary(data));
+                }
+            }
+            Incoming::Ping(payload) => conn.send(codec::pong_frame(&payload)),
+            Incoming::Pong(_) => {}
+            Incoming::Close(code, _) => {
+                *peer_closed = true;
+                // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
+                conn.close(code.unwrap_or(1000), "");
+                return;
             }
         }
     }

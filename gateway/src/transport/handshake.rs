@@ -1,7 +1,8 @@
 //! The HTTP/1.1 upgrade request and its answers, without I/O.
 //!
 //! `httparse` reads the request; tungstenite derives the accept key. What
-//! is refused gets a short plain HTTP answer and the socket is closed.
+//! is refused gets a short plain HTTP answer and the socket is closed. A
+//! plain `GET /metrics` (no upgrade) is the one other request answered.
 
 /// The largest request head accepted; browsers send well under 2 KiB.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -13,6 +14,14 @@ pub struct Upgrade {
     pub path: String,
     pub key: String,
     pub origin: Option<String>,
+}
+
+/// What a request head asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Upgrade(Upgrade),
+    /// A plain `GET /metrics`: the Prometheus counters.
+    Metrics,
 }
 
 /// Why an upgrade was refused.
@@ -57,7 +66,7 @@ impl Refusal {
 
 /// Parses the request head in `buf`. `Ok(None)` means more bytes are
 /// needed; on success also returns how many bytes the head took.
-pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, Refusal> {
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {
@@ -83,6 +92,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, Refusal> {
     let has_token = |value: Option<&str>, token: &str| {
         value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
+    let path = request.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    if header("upgrade").is_none() && path == "/metrics" {
+        return Ok(Some((Request::Metrics, consumed)));
+    }
     if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
         return Err(Refusal::NotUpgrade);
     }
@@ -92,14 +106,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, Refusal> {
     let key = header("sec-websocket-key")
         .filter(|k| !k.is_empty())
         .ok_or(Refusal::NotUpgrade)?;
-    let path = request.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
     Ok(Some((
-        Upgrade {
+        Request::Upgrade(Upgrade {
             path: path.to_string(),
             key: key.to_string(),
             origin: header("origin").map(str::to_string),
-        },
+        }),
         consumed,
     )))
 }
@@ -113,6 +125,15 @@ pub fn accept_response(key: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The answer to `GET /metrics`.
+pub fn metrics_response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,8 +142,11 @@ mod tests {
 
     #[test]
     fn parses_a_browser_upgrade() {
-        let (upgrade, used) = parse(GOOD).unwrap().unwrap();
+        let (request, used) = parse(GOOD).unwrap().unwrap();
         assert_eq!(used, GOOD.len());
+        let Request::Upgrade(upgrade) = request else {
+            panic!("not an upgrade: {request:?}");
+        };
         assert_eq!(upgrade.path, "/ws");
         assert_eq!(upgrade.origin.as_deref(), Some("https://chat.example"));
         let response = String::from_utf8(accept_response(&upgrade.key)).unwrap();
@@ -142,6 +166,8 @@ mod tests {
     fn refusals() {
         let plain = b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(parse(plain), Err(Refusal::NotUpgrade));
+        let metrics = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(parse(metrics), Ok(Some((Request::Metrics, metrics.len()))));
         let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
         assert_eq!(parse(v8.as_bytes()), Err(Refusal::BadVersion));
         assert_eq!(parse(b"\x01\x02 nonsense\r\n\r\n"), Err(Refusal::Malformed));

@@ -1,0 +1,236 @@
+//! Transport counters, one set per core, in Prometheus text format.
+//!
+//! Each core writes only its own [`CoreMetrics`]; any thread may read them
+//! (the `/metrics` answer does). Since every counter has exactly one writer,
+//! an increment is a relaxed load and store rather than a locked
+//! read-modify-write: no lock and no contended cache line on the hot path.
+//! Each core's set is aligned to its own cache lines.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Close codes counted by name; any other lands in `other`.
+const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 4000, 4001, 4008,
+];
+/// Slots: the named codes, `other`, and `none` (the socket ended without a
+/// close frame from the server: peer vanished or stopped answering pings).
+const CLOSE_SLOTS: usize = CLOSE_CODES.len() + 2;
+const CLOSE_OTHER: usize = CLOSE_CODES.len();
+const CLOSE_NONE: usize = CLOSE_CODES.len() + 1;
+
+/// Upper bounds of the event-loop lag buckets, in seconds.
+const LAG_BOUNDS: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// How often each core's lag probe wakes.
+pub const LAG_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A counter with one writer (its core) and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning core may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts `n` (gauges only).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One core's counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    /// Open WebSocket connections (a gauge).
+    pub connections: Counter,
+    /// Upgrades completed.
+    pub upgrades: Counter,
+    /// Sockets refused because the core was at its connection cap.
+    pub refused_at_cap: Counter,
+    /// Sockets that ended before or during the upgrade (refusals, timeouts).
+    pub handshake_failures: Counter,
+    pub frames_in: Counter,
+    pub bytes_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_out: Counter,
+    /// Write operations; `frames_out / writes` is the coalescing factor.
+    pub writes: Counter,
+    /// Connections closed with 4008 because their outbound queue overflowed.
+    pub queue_overflows: Counter,
+    /// Connections dropped for not answering pings in time.
+    pub idle_timeouts: Counter,
+    pub pings_sent: Counter,
+    closes: [Counter; CLOSE_SLOTS],
+    lag_buckets: [Counter; LAG_BOUNDS.len() + 1],
+    lag_sum_micros: Counter,
+}
+
+impl CoreMetrics {
+    /// Counts a closed connection by the close code the server sent, or
+    /// `None` when it ended without one.
+    pub fn closed(&self, code: Option<u16>) {
+        let slot = match code {
+            None => CLOSE_NONE,
+            Some(code) => CLOSE_CODES
+                .iter()
+                .position(|&c| c == code)
+                .unwrap_or(CLOSE_OTHER),
+        };
+        self.closes[slot].incr();
+    }
+
+    /// Records how late the event loop woke a timer.
+    pub fn lag(&self, late: Duration) {
+        let seconds = late.as_secs_f64();
+        let slot = LAG_BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LAG_BOUNDS.len());
+        self.lag_buckets[slot].incr();
+        self.lag_sum_micros
+            .add(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+/// Every core's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    cores: Box<[CoreMetrics]>,
+}
+
+impl Metrics {
+    pub fn new(cores: usize) -> Self {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+        }
+    }
+
+    /// The counters of core `index`.
+    pub fn core(&self, index: u16) -> &CoreMetrics {
+        &self.cores[usize::from(index)]
+    }
+
+    /// Open connections over all cores.
+    pub fn connections(&self) -> u64 {
+        self.cores.iter().map(|c| c.connections.get()).sum()
+    }
+
+    /// Everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        type Field = fn(&CoreMetrics) -> &Counter;
+        let simple: [(&str, &str, &str, Field); 12] = [
+            ("oc_gateway_connections", "gauge", "Open WebSocket connections.", |c| &c.connections),
+            ("oc_gateway_upgrades_total", "counter", "WebSocket upgrades completed.", |c| &c.upgrades),
+            ("oc_gateway_refused_at_cap_total", "counter", "Sockets refused at the connection cap.", |c| &c.refused_at_cap),
+            ("oc_gateway_handshake_failures_total", "counter", "Sockets that ended before completing the upgrade.", |c| &c.handshake_failures),
+            ("oc_gateway_frames_in_total", "counter", "WebSocket frames received.", |c| &c.frames_in),
+            ("oc_gateway_bytes_in_total", "counter", "Bytes received after the upgrade.", |c| &c.bytes_in),
+            ("oc_gateway_frames_out_total", "counter", "WebSocket frames sent.", |c| &c.frames_out),
+            ("oc_gateway_bytes_out_total", "counter", "Bytes sent after the upgrade.", |c| &c.bytes_out),
+            ("oc_gateway_writes_total", "counter", "Socket write operations (frames are coalesced).", |c| &c.writes),
+            ("oc_gateway_queue_overflows_total", "counter", "Connections closed with 4008: outbound queue over its byte limit.", |c| &c.queue_overflows),
+            ("oc_gateway_idle_timeouts_total", "counter", "Connections dropped for not answering pings.", |c| &c.idle_timeouts),
+            ("oc_gateway_pings_sent_total", "counter", "WebSocket pings sent to silent connections.", |c| &c.pings_sent),
+        ];
+        for (name, kind, help, field) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (core, metrics) in self.cores.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(metrics).get());
+            }
+        }
+
+        let name = "oc_gateway_closes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Closed connections by the close code the server sent (none: no close frame).\n# TYPE {name} counter"
+        );
+        for (core, metrics) in self.cores.iter().enumerate() {
+            for (slot, counter) in metrics.closes.iter().enumerate() {
+                let code = match slot {
+                    CLOSE_OTHER => "other".to_string(),
+                    CLOSE_NONE => "none".to_string(),
+                    _ => CLOSE_CODES[slot].to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{core=\"{core}\",code=\"{code}\"}} {}",
+                    counter.get()
+                );
+            }
+        }
+
+        let name = "oc_gateway_event_loop_lag_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} How late each core woke a {} ms timer.\n# TYPE {name} histogram",
+            LAG_PROBE_INTERVAL.as_millis()
+        );
+        for (core, metrics) in self.cores.iter().enumerate() {
+            let mut cumulative = 0;
+            for (slot, counter) in metrics.lag_buckets.iter().enumerate() {
+                cumulative += counter.get();
+                let le = LAG_BOUNDS
+                    .get(slot)
+                    .map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{core=\"{core}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = metrics.lag_sum_micros.get() as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{core=\"{core}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {cumulative}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_closes_and_lag() {
+        let metrics = Metrics::new(2);
+        let core = metrics.core(1);
+        core.connections.add(3);
+        core.connections.sub(1);
+        core.frames_out.add(7);
+        core.closed(Some(4008));
+        core.closed(Some(3999));
+        core.closed(None);
+        core.lag(Duration::from_micros(300));
+        core.lag(Duration::from_millis(30));
+        core.lag(Duration::from_secs(5));
+        let text = metrics.render();
+        assert!(text.contains("oc_gateway_connections{core=\"1\"} 2\n"));
+        assert!(text.contains("oc_gateway_connections{core=\"0\"} 0\n"));
+        assert!(text.contains("oc_gateway_frames_out_total{core=\"1\"} 7\n"));
+        assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"4008\"} 1\n"));
+        assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"other\"} 1\n"));
+        assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"none\"} 1\n"));
+        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.0005\"} 1\n"));
+        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.05\"} 2\n"));
+        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"+Inf\"} 3\n"));
+        assert!(text.contains("oc_gateway_event_loop_lag_seconds_count{core=\"1\"} 3\n"));
+        assert_eq!(metrics.connections(), 2);
+    }
+}
