@@ -15,16 +15,20 @@
 //! - [`convs`]: `dm.open`, `group.create`, membership checks.
 //! - [`messages`]: `send` (gap-free seq, idempotent) and `sync`.
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
+//! - [`conn_events`]: connection events from the gateways (`oc.conn`).
+//! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
 //! - [`sessions`]: login sessions in Redis.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
 
 pub mod config;
+pub mod conn_events;
 pub mod convs;
 pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod messages;
+pub mod presence;
 pub mod rpc;
 pub mod sessions;
 pub mod state;
@@ -66,6 +70,11 @@ pub async fn serve(
         .queue_subscribe(subjects::RPC, subjects::RPC_QUEUE.to_string())
         .await
         .map_err(BackendError::Subscribe)?;
+    let conn_events = state
+        .nats
+        .queue_subscribe(subjects::CONN_EVENTS, subjects::RPC_QUEUE.to_string())
+        .await
+        .map_err(BackendError::Subscribe)?;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http = %addr, "backend serving");
     }
@@ -76,7 +85,21 @@ pub async fn serve(
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
-    let mut rpc = tokio::spawn(rpc::serve(state, subscriber, stopped(stop_rx)));
+    let mut rpc = tokio::spawn(rpc::serve(
+        state.clone(),
+        subscriber,
+        stopped(stop_rx.clone()),
+    ));
+    // Connection events and the presence sweeper: background work whose
+    // failures are logged where they happen; they stop with the rest.
+    let background = [
+        tokio::spawn(conn_events::serve(
+            state.clone(),
+            conn_events,
+            stopped(stop_rx.clone()),
+        )),
+        tokio::spawn(presence::sweep(state, stopped(stop_rx))),
+    ];
 
     // Run until asked to stop, or until a service ends by itself (which
     // only a failure does); then stop the other one too.
@@ -90,6 +113,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     if !rpc_ended {
         rpc.await?;
+    }
+    for task in background {
+        task.await?;
     }
     let http_result = match http_result {
         Some(result) => result,

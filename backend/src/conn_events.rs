@@ -1,0 +1,90 @@
+//! Connection events from the gateways: `oc.conn` in the queue group
+//! `oc-backend` (docs/internals.md, "NATS"), one [`ConnEvent`] per
+//! message, each handled by one backend instance.
+//!
+//! A gateway publishes `opened` after a connection authenticated and its
+//! route was recorded, and `closed` after an authenticated connection
+//! closed and its route was removed. So whoever reacts here sees the route
+//! change already made in Redis: presence is recomputed from the routes,
+//! not from the order in which events arrive (two events of one user may
+//! be handled by two instances at once).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+
+use oceanchat_protocol::internal::ConnEvent;
+
+use crate::presence;
+use crate::state::AppState;
+
+/// Events handled at the same time by one instance; beyond that the
+/// subscription is read no faster than events are handled.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Handles events from `subscriber` until `shutdown` completes.
+pub async fn serve(
+    state: AppState,
+    mut subscriber: async_nats::Subscriber,
+    shutdown: impl Future<Output = ()>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            message = subscriber.next() => message,
+            () = &mut shutdown => break,
+        };
+        let Some(message) = message else {
+            tracing::warn!("connection event subscription ended");
+            return;
+        };
+        let event: ConnEvent = match serde_json::from_slice(&message.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "undecodable connection event");
+                continue;
+            }
+        };
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let state = state.clone();
+        tokio::spawn(async move {
+            handle(&state, event).await;
+            drop(permit);
+        });
+    }
+    // Another instance of the queue group takes the events from now on.
+    if let Err(error) = subscriber.unsubscribe().await {
+        tracing::debug!(%error, "could not unsubscribe from connection events");
+    }
+}
+
+/// Reacts to one event.
+async fn handle(state: &AppState, event: ConnEvent) {
+    match event {
+        ConnEvent::Opened { ctx, instance } => {
+            tracing::debug!(gateway = %ctx.gateway_id, conn_id = ctx.conn_id, %instance, "connection opened");
+            if let Some(user_id) = &ctx.user_id {
+                settle_presence(state, user_id).await;
+            }
+        }
+        ConnEvent::Closed { ctx, instance } => {
+            tracing::debug!(gateway = %ctx.gateway_id, conn_id = ctx.conn_id, %instance, "connection closed");
+            if let Some(user_id) = &ctx.user_id {
+                settle_presence(state, user_id).await;
+            }
+        }
+    }
+}
+
+async fn settle_presence(state: &AppState, user_id: &str) {
+    if let Err(error) = presence::settle(state, &[user_id.to_string()]).await {
+        error.log("presence");
+    }
+}
