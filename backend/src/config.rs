@@ -13,6 +13,7 @@ pub const DEFAULT_MONGO_URL: &str = "mongodb://127.0.0.1:27017/?directConnection
 pub const DEFAULT_MONGO_DB: &str = "oceanchat";
 pub const DEFAULT_SESSION_TTL_S: u64 = 7 * 24 * 3600;
 pub const DEFAULT_MAX_BODY_BYTES: usize = oceanchat_protocol::limits::DEFAULT_MAX_BODY_BYTES;
+pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.
@@ -55,6 +56,14 @@ pub struct Config {
     /// PROTOCOL.md names as the default.
     #[arg(long, env = "OC_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// Lease of an edit lock (`lock.acquire`) in milliseconds, renewed by
+    /// `lock.renew`. Default 30000: long enough that a client renewing every
+    /// 10 s survives a slow network, short enough that a lock whose holder
+    /// vanished without a close (a crashed gateway) frees itself soon.
+    #[arg(long, env = "OC_LOCK_TTL_MS", default_value_t = DEFAULT_LOCK_TTL_MS,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub lock_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -68,6 +77,7 @@ impl Default for Config {
             mongo_db: DEFAULT_MONGO_DB.into(),
             session_ttl_s: DEFAULT_SESSION_TTL_S,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
         }
     }
 }
@@ -84,6 +94,7 @@ impl fmt::Debug for Config {
             .field("mongo_db", &self.mongo_db)
             .field("session_ttl_s", &self.session_ttl_s)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("lock_ttl_ms", &self.lock_ttl_ms)
             .finish()
     }
 }
@@ -151,5 +162,6 @@ mod tests {
         assert_eq!(parsed.session_ttl_s, defaults.session_ttl_s);
         assert_eq!(parsed.max_body_bytes, 16384);
         assert_eq!(defaults.session_ttl_s, 604_800);
+        assert_eq!(defaults.lock_ttl_ms, 30_000);
     }
 }

@@ -15,6 +15,8 @@
 //! - [`convs`]: `dm.open`, `group.create`, membership checks.
 //! - [`messages`]: `send` (gap-free seq, idempotent) and `sync`.
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
+//! - [`locks`]: edit locks (leases in Redis with fencing numbers).
+//! - [`groups`]: group administration under the group's lock.
 //! - [`conn_events`]: connection events from the gateways (`oc.conn`).
 //! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
 //! - [`sessions`]: login sessions in Redis.
@@ -26,7 +28,9 @@ pub mod conn_events;
 pub mod convs;
 pub mod delivery;
 pub mod error;
+pub mod groups;
 pub mod http;
+pub mod locks;
 pub mod messages;
 pub mod presence;
 pub mod rpc;

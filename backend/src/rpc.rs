@@ -15,13 +15,15 @@ use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
-use oceanchat_protocol::client::{reply_error, reply_ok, Empty, Message, Op};
-use oceanchat_protocol::internal::{headers as oc_headers, RpcRequest, SessionInfo};
+use oceanchat_protocol::client::{
+    reply_error, reply_ok, Empty, ErrorBody, ErrorCode, LockWatchResult, Message, Op,
+};
+use oceanchat_protocol::internal::{headers as oc_headers, topics, RpcRequest, SessionInfo};
 
 use crate::error::ServiceError;
 use crate::messages::Sent;
 use crate::state::AppState;
-use crate::{convs, delivery, messages, sessions};
+use crate::{convs, delivery, groups, locks, messages, sessions};
 
 /// Requests handled at the same time by one instance.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -222,6 +224,83 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
         }
         Op::Sync { convs, limit } => Ok(Done::reply(
             &messages::sync(state, user()?, convs, *limit).await?,
+        )),
+        Op::LockAcquire { resource } => {
+            user()?;
+            match locks::acquire(state, &request.ctx, resource).await? {
+                locks::Acquire::Granted(acquired) => Ok(Done::reply(&acquired)),
+                // `locked` names the holder: PROTOCOL.md's `error.holder`.
+                locks::Acquire::Locked(holder) => {
+                    let mut error =
+                        ErrorBody::new(ErrorCode::Locked, format!("{resource} is locked"));
+                    error
+                        .details
+                        .insert("holder".into(), serde_json::json!(holder));
+                    Ok(Done::body(reply_error(&error)))
+                }
+            }
+        }
+        Op::LockRenew { resource, token } => Ok(Done::reply(
+            &locks::renew(state, &request.ctx, resource, token).await?,
+        )),
+        Op::LockRelease { resource, token } => {
+            locks::release(state, &request.ctx, resource, token).await?;
+            Ok(Done::reply(&Empty {}))
+        }
+        Op::LockWatch { resource } => {
+            let holder = locks::watch(state, &request.ctx, resource).await?;
+            Ok(Done {
+                subscribe: vec![topics::lock(resource)],
+                ..Done::reply(&LockWatchResult { holder })
+            })
+        }
+        Op::GroupUpdate {
+            group_id,
+            lock_token,
+            patch,
+            expected_version,
+        } => Ok(Done::reply(
+            &groups::update(
+                state,
+                &request.ctx,
+                group_id,
+                lock_token,
+                patch,
+                *expected_version,
+            )
+            .await?,
+        )),
+        Op::GroupMembersAdd {
+            group_id,
+            lock_token,
+            user_ids,
+        } => Ok(Done::reply(
+            &groups::members_add(state, &request.ctx, group_id, lock_token, user_ids).await?,
+        )),
+        Op::GroupMembersRemove {
+            group_id,
+            lock_token,
+            user_ids,
+        } => Ok(Done::reply(
+            &groups::members_remove(state, &request.ctx, group_id, lock_token, user_ids).await?,
+        )),
+        Op::GroupMembersSetRole {
+            group_id,
+            lock_token,
+            user_id,
+            role,
+        } => Ok(Done::reply(
+            &groups::members_set_role(state, &request.ctx, group_id, lock_token, user_id, *role)
+                .await?,
+        )),
+        Op::GroupMembersMute {
+            group_id,
+            lock_token,
+            user_id,
+            muted,
+        } => Ok(Done::reply(
+            &groups::members_mute(state, &request.ctx, group_id, lock_token, user_id, *muted)
+                .await?,
         )),
         other => Err(ServiceError::bad_request(format!(
             "{} is not served by this backend version",

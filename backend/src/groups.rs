@@ -1,0 +1,561 @@
+//! Group administration: `group.update` and `group.members.*`.
+//!
+//! Every write presents the live token of the lock `group:<id>`
+//! ([`crate::locks`]) and is checked twice: in Redis (`lock_required`,
+//! `lock_lost`) and in MongoDB, where the write filters on the fencing
+//! number the lock wrote onto the group (`lock_fence`). A holder whose
+//! lease lapsed while it was paused passes neither once another connection
+//! took the lock, so its write changes nothing (docs/concurrency.md).
+//!
+//! A change is one atomic update of the group document (`$set` of the
+//! fields changed, `$inc` of `version`, filtered on the fence) followed, for
+//! member changes, by single-document writes of the member documents (one
+//! per member, never a whole list). The version bump comes first: it is the
+//! fenced step, so a stale holder is stopped before it touches a member.
+//! Then a `group` event goes to the group's topic, and the connections of
+//! added or removed members start or stop following it.
+//!
+//! Roles: the owner outranks admins, admins outrank members. Removing or
+//! muting someone needs a higher rank than theirs; only the owner makes or
+//! removes admins; nobody acts on the owner, and ownership does not move.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use mongodb::bson::{doc, Document};
+use mongodb::options::ReturnDocument;
+use serde::Deserialize;
+use serde_json::json;
+
+use oceanchat_protocol::client::{encode_event, Event, GroupPatch, Role, VersionResult};
+use oceanchat_protocol::conv::group_conv;
+use oceanchat_protocol::internal::{topics, RpcContext};
+use oceanchat_protocol::ErrorCode;
+
+use crate::convs::require_member;
+use crate::delivery;
+use crate::error::ServiceError;
+use crate::locks::{self, Resource};
+use crate::state::AppState;
+use crate::store::MemberDoc;
+
+/// Longest group name, in characters (as `group.create`).
+const MAX_NAME_CHARS: usize = 100;
+/// Longest announcement, in characters.
+const MAX_ANNOUNCEMENT_CHARS: usize = 4000;
+/// The join policies a group can have.
+pub const JOIN_POLICIES: [&str; 3] = ["open", "approval", "invite"];
+/// Most users one `group.members.add` or `.remove` may name.
+const MAX_USERS_PER_CHANGE: usize = 1000;
+
+/// `group.update`: name, announcement and join policy, optionally only if
+/// the group is still at `expected_version`.
+pub async fn update(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    patch: &GroupPatch,
+    expected_version: Option<u64>,
+) -> Result<VersionResult, ServiceError> {
+    let set = patch_fields(patch)?;
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let version = admin.commit(state, set, expected_version).await?;
+    let change = json!({"kind": "updated", "patch": patch});
+    publish(state, group_id, version, change).await;
+    Ok(VersionResult { version })
+}
+
+/// `group.members.add`: every user must exist; users already members keep
+/// their role and mute state.
+pub async fn members_add(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    user_ids: &[String],
+) -> Result<VersionResult, ServiceError> {
+    let user_ids = distinct_users(user_ids)?;
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    require_users_exist(state, &user_ids).await?;
+    let present = admin.members_among(state, &user_ids).await?;
+    let added: Vec<String> = user_ids
+        .into_iter()
+        .filter(|u| !present.contains_key(u))
+        .collect();
+
+    let version = admin.commit(state, Document::new(), None).await?;
+    for user_id in &added {
+        let fresh = MemberDoc::new(&admin.conv, user_id, "member");
+        // An upsert, so a retried or repeated add never makes a second
+        // document (the unique index (conv, user_id) backs this up).
+        let result = state
+            .store
+            .members
+            .update_one(
+                doc! {"conv": &admin.conv, "user_id": user_id},
+                doc! {"$setOnInsert": {
+                    "role": &fresh.role,
+                    "muted": fresh.muted,
+                    "read_seq": fresh.read_seq,
+                    "joined_at": fresh.joined_at,
+                }},
+            )
+            .upsert(true)
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if crate::store::is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(group_id, version, added = added.len(), "members added");
+    let change = json!({"kind": "members_added", "user_ids": &added});
+    let frame = publish(state, group_id, version, change).await;
+    // The new members' connections follow the group from now on; they get
+    // this event directly, since their topic subscription may not be in
+    // place yet when it is published.
+    let topic = [topics::group(group_id)];
+    if let Err(e) = delivery::change_topics(state, &added, &topic, true).await {
+        e.log("group topic follow");
+    }
+    if let Err(e) = delivery::deliver_to_users(state, &added, &frame).await {
+        e.log("group event to new members");
+    }
+    Ok(VersionResult { version })
+}
+
+/// `group.members.remove`: users who are not members are skipped.
+pub async fn members_remove(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    user_ids: &[String],
+) -> Result<VersionResult, ServiceError> {
+    let user_ids = distinct_users(user_ids)?;
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let present = admin.members_among(state, &user_ids).await?;
+    for (user_id, role) in &present {
+        admin.may_act_on(user_id, *role, "remove")?;
+    }
+    let removed: Vec<String> = present.into_keys().collect();
+
+    let version = admin.commit(state, Document::new(), None).await?;
+    if !removed.is_empty() {
+        state
+            .store
+            .members
+            .delete_many(doc! {"conv": &admin.conv, "user_id": {"$in": &removed}})
+            .await?;
+    }
+    tracing::info!(
+        group_id,
+        version,
+        removed = removed.len(),
+        "members removed"
+    );
+    // The removed members still follow the topic: they see their removal,
+    // then stop following.
+    let change = json!({"kind": "members_removed", "user_ids": &removed});
+    publish(state, group_id, version, change).await;
+    let topic = [topics::group(group_id)];
+    if let Err(e) = delivery::change_topics(state, &removed, &topic, false).await {
+        e.log("group topic unfollow");
+    }
+    Ok(VersionResult { version })
+}
+
+/// `group.members.set_role`: admin or member; only the owner decides who
+/// is an admin.
+pub async fn members_set_role(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    user_id: &str,
+    role: Role,
+) -> Result<VersionResult, ServiceError> {
+    if role == Role::Owner {
+        return Err(ServiceError::bad_request(
+            "a group has one owner; ownership cannot be given",
+        ));
+    }
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let current = admin.member_role(state, user_id).await?;
+    if current == Role::Owner {
+        return Err(forbidden("the owner's role cannot change"));
+    }
+    if (role == Role::Admin || current == Role::Admin) && admin.role != Role::Owner {
+        return Err(forbidden("only the owner makes or removes admins"));
+    }
+
+    let version = admin.commit(state, Document::new(), None).await?;
+    state
+        .store
+        .members
+        .update_one(
+            doc! {"conv": &admin.conv, "user_id": user_id},
+            doc! {"$set": {"role": role_name(role)}},
+        )
+        .await?;
+    tracing::info!(
+        group_id,
+        version,
+        user_id,
+        role = role_name(role),
+        "role set"
+    );
+    let change = json!({"kind": "role_set", "user_id": user_id, "role": role});
+    publish(state, group_id, version, change).await;
+    Ok(VersionResult { version })
+}
+
+/// `group.members.mute`: a muted member cannot send (`muted`).
+pub async fn members_mute(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    user_id: &str,
+    muted: bool,
+) -> Result<VersionResult, ServiceError> {
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let current = admin.member_role(state, user_id).await?;
+    admin.may_act_on(user_id, current, "mute")?;
+
+    let version = admin.commit(state, Document::new(), None).await?;
+    state
+        .store
+        .members
+        .update_one(
+            doc! {"conv": &admin.conv, "user_id": user_id},
+            doc! {"$set": {"muted": muted}},
+        )
+        .await?;
+    tracing::info!(group_id, version, user_id, muted, "mute set");
+    let change = json!({"kind": "muted", "user_id": user_id, "muted": muted});
+    publish(state, group_id, version, change).await;
+    Ok(VersionResult { version })
+}
+
+/// The writer of one change: a member allowed to administer the group,
+/// holding its lock with the fencing number `fence`.
+struct Admin {
+    group_id: String,
+    conv: String,
+    user_id: String,
+    role: Role,
+    fence: i64,
+}
+
+impl Admin {
+    /// Checks the lock token (in Redis) and the writer's role.
+    async fn check(
+        state: &AppState,
+        ctx: &RpcContext,
+        group_id: &str,
+        lock_token: &str,
+    ) -> Result<Admin, ServiceError> {
+        let user_id = ctx
+            .user_id
+            .clone()
+            .ok_or_else(ServiceError::unauthenticated)?;
+        if !topics::valid_id(group_id) {
+            return Err(ServiceError::bad_request("malformed group_id"));
+        }
+        let resource = Resource::group(group_id);
+        let fence = locks::live_fence(state, ctx, &resource, lock_token).await?;
+        let conv = group_conv(group_id);
+        let member = require_member(state, &user_id, &conv).await?;
+        let role = parse_role(&member.role)?;
+        if role == Role::Member {
+            return Err(forbidden("only the owner and admins may edit the group"));
+        }
+        Ok(Admin {
+            group_id: group_id.to_string(),
+            conv,
+            user_id,
+            role,
+            fence,
+        })
+    }
+
+    /// The fenced step of every change: `$set` of `set` and `version + 1`
+    /// on the group document, only while its `lock_fence` is ours (and its
+    /// version `expected_version`, if given). Returns the new version.
+    async fn commit(
+        &self,
+        state: &AppState,
+        set: Document,
+        expected_version: Option<u64>,
+    ) -> Result<u64, ServiceError> {
+        #[derive(Deserialize)]
+        struct Fenced {
+            version: i64,
+            #[serde(default)]
+            lock_fence: Option<i64>,
+        }
+        let mut filter = doc! {"_id": &self.group_id, "lock_fence": self.fence};
+        if let Some(expected) = expected_version {
+            filter.insert("version", expected as i64);
+        }
+        let mut update = doc! {"$inc": {"version": 1}};
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        let groups = state.store.groups.clone_with_type::<Fenced>();
+        let updated = groups
+            .find_one_and_update(filter, update)
+            .projection(doc! {"version": 1, "lock_fence": 1})
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(group) = updated {
+            return Ok(group.version as u64);
+        }
+        // Nothing matched: say why.
+        let found = groups
+            .find_one(doc! {"_id": &self.group_id})
+            .projection(doc! {"version": 1, "lock_fence": 1})
+            .await?;
+        match found {
+            None => Err(ServiceError::refused(
+                ErrorCode::NotFound,
+                format!("group {} not found", self.group_id),
+            )),
+            Some(group) if group.lock_fence != Some(self.fence) => {
+                tracing::info!(
+                    group_id = %self.group_id,
+                    user_id = %self.user_id,
+                    fence = self.fence,
+                    current = ?group.lock_fence,
+                    "write of a superseded lock holder refused"
+                );
+                Err(locks::lock_lost(&Resource::group(&self.group_id)))
+            }
+            Some(group) => Err(ServiceError::refused(
+                ErrorCode::VersionConflict,
+                format!(
+                    "the group is at version {}, not {}",
+                    group.version,
+                    expected_version.unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// The members among `user_ids`, with their roles.
+    async fn members_among(
+        &self,
+        state: &AppState,
+        user_ids: &[String],
+    ) -> Result<BTreeMap<String, Role>, ServiceError> {
+        #[derive(Deserialize)]
+        struct UserRole {
+            user_id: String,
+            role: String,
+        }
+        let found: Vec<UserRole> = state
+            .store
+            .members
+            .clone_with_type::<UserRole>()
+            .find(doc! {"conv": &self.conv, "user_id": {"$in": user_ids}})
+            .projection(doc! {"user_id": 1, "role": 1, "_id": 0})
+            .await?
+            .try_collect()
+            .await?;
+        found
+            .into_iter()
+            .map(|m| Ok((m.user_id, parse_role(&m.role)?)))
+            .collect()
+    }
+
+    /// The role of a member; `not_member` if `user_id` is not one.
+    async fn member_role(&self, state: &AppState, user_id: &str) -> Result<Role, ServiceError> {
+        let member = require_member(state, user_id, &self.conv).await?;
+        parse_role(&member.role)
+    }
+
+    /// Removing or muting a member needs a higher rank than theirs.
+    fn may_act_on(&self, user_id: &str, role: Role, what: &str) -> Result<(), ServiceError> {
+        if rank(self.role) > rank(role) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "a {} cannot {what} {user_id}, who is {}",
+                role_name(self.role),
+                role_name(role)
+            )))
+        }
+    }
+}
+
+/// Publishes a `group` event to the group's followers; returns the frame.
+/// Best effort: the change is stored whether or not the event goes out,
+/// and `group.get` shows it.
+async fn publish(
+    state: &AppState,
+    group_id: &str,
+    version: u64,
+    change: serde_json::Value,
+) -> Bytes {
+    let frame = Bytes::from(encode_event(&Event::Group {
+        group_id: group_id.to_string(),
+        version,
+        change,
+    }));
+    if let Err(e) = delivery::publish_topic(state, &topics::group(group_id), None, &frame).await {
+        e.log("group event");
+    }
+    frame
+}
+
+/// The `$set` of a patch, validated.
+fn patch_fields(patch: &GroupPatch) -> Result<Document, ServiceError> {
+    let mut set = Document::new();
+    if let Some(name) = &patch.name {
+        if !(1..=MAX_NAME_CHARS).contains(&name.chars().count()) {
+            return Err(ServiceError::bad_request(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+        set.insert("name", name);
+    }
+    if let Some(announcement) = &patch.announcement {
+        if announcement.chars().count() > MAX_ANNOUNCEMENT_CHARS {
+            return Err(ServiceError::bad_request(format!(
+                "announcement must be at most {MAX_ANNOUNCEMENT_CHARS} characters"
+            )));
+        }
+        set.insert("announcement", announcement);
+    }
+    if let Some(policy) = &patch.join_policy {
+        if !JOIN_POLICIES.contains(&policy.as_str()) {
+            return Err(ServiceError::bad_request(format!(
+                "join_policy must be one of {JOIN_POLICIES:?}"
+            )));
+        }
+        set.insert("join_policy", policy);
+    }
+    if set.is_empty() {
+        return Err(ServiceError::bad_request("the patch changes nothing"));
+    }
+    Ok(set)
+}
+
+/// The users named, each once, in order; at least one, not too many.
+fn distinct_users(user_ids: &[String]) -> Result<Vec<String>, ServiceError> {
+    if user_ids.is_empty() || user_ids.len() > MAX_USERS_PER_CHANGE {
+        return Err(ServiceError::bad_request(format!(
+            "user_ids must name 1 to {MAX_USERS_PER_CHANGE} users"
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    Ok(user_ids
+        .iter()
+        .filter(|u| seen.insert(u.as_str()))
+        .cloned()
+        .collect())
+}
+
+async fn require_users_exist(state: &AppState, user_ids: &[String]) -> Result<(), ServiceError> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(rename = "_id")]
+        id: String,
+    }
+    let found: BTreeSet<String> = state
+        .store
+        .users
+        .clone_with_type::<IdOnly>()
+        .find(doc! {"_id": {"$in": user_ids}})
+        .projection(doc! {"_id": 1})
+        .await?
+        .map_ok(|u| u.id)
+        .try_collect()
+        .await?;
+    match user_ids.iter().find(|u| !found.contains(*u)) {
+        Some(missing) => Err(ServiceError::refused(
+            ErrorCode::NotFound,
+            format!("user {missing} not found"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_role(role: &str) -> Result<Role, ServiceError> {
+    match role {
+        "owner" => Ok(Role::Owner),
+        "admin" => Ok(Role::Admin),
+        "member" => Ok(Role::Member),
+        other => Err(ServiceError::Internal(format!("stored role {other:?}"))),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Owner => 2,
+        Role::Admin => 1,
+        Role::Member => 0,
+    }
+}
+
+fn forbidden(message: impl Into<String>) -> ServiceError {
+    ServiceError::refused(ErrorCode::Forbidden, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_are_validated() {
+        assert!(patch_fields(&GroupPatch::default()).is_err());
+        let long = GroupPatch {
+            name: Some("x".repeat(MAX_NAME_CHARS + 1)),
+            ..GroupPatch::default()
+        };
+        assert!(patch_fields(&long).is_err());
+        let policy = GroupPatch {
+            join_policy: Some("anyone".into()),
+            ..GroupPatch::default()
+        };
+        assert!(patch_fields(&policy).is_err());
+        let ok = GroupPatch {
+            name: Some("club".into()),
+            announcement: Some(String::new()),
+            join_policy: Some("approval".into()),
+        };
+        let set = patch_fields(&ok).unwrap();
+        assert_eq!(set.get_str("name").unwrap(), "club");
+        assert_eq!(set.get_str("announcement").unwrap(), "");
+        assert_eq!(set.get_str("join_policy").unwrap(), "approval");
+    }
+
+    #[test]
+    fn user_lists_are_deduplicated_and_bounded() {
+        let ids: Vec<String> = ["b", "a", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(distinct_users(&ids).unwrap(), ["b", "a"]);
+        assert!(distinct_users(&[]).is_err());
+        let many = vec!["u".to_string(); MAX_USERS_PER_CHANGE + 1];
+        assert!(distinct_users(&many).is_err());
+    }
+
+    #[test]
+    fn ranks_order_roles() {
+        assert!(rank(Role::Owner) > rank(Role::Admin));
+        assert!(rank(Role::Admin) > rank(Role::Member));
+        for role in [Role::Owner, Role::Admin, Role::Member] {
+            assert_eq!(parse_role(role_name(role)).unwrap(), role);
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Edit locks: `lock.acquire`, `lock.renew`, `lock.release`, `lock.watch`,
+//! and their release when the holding connection closes.
+//!
+//! A lock is a lease in Redis held by one *connection* (docs/concurrency.md
+//! says why): the hash [`lock_key`] holds a random token, the holder
+//! (connection, session, user, display name, since) and a fencing number,
+//! and expires `lock_ttl_ms` after it was taken or last renewed. Every
+//! change to it is one Lua script, so taking, renewing and releasing are
+//! compare-and-set on the token (or on the holding connection) and never
+//! undo another holder's lock.
+//!
+//! - The fencing number comes from a per-resource counter ([`fence_key`]),
+//!   incremented on every new holder and written onto the group document
+//!   (`$max: {lock_fence}`) before `lock.acquire` replies. Group writes
+//!   filter on it (see [`crate::groups`]), so a holder whose lease lapsed
+//!   while it was paused cannot write once someone else took the lock.
+//! - Each connection's locks are listed in [`conn_locks_key`], so the
+//!   `closed` connection event releases them at once
+//!   ([`release_connection`]).
+//! - Acquiring checks, in the same script, that the asking connection's
+//!   route still exists. The gateway removes the route before it sends
+//!   `closed`, so either the script ran first and `closed` finds the lock
+//!   in the connection's list, or the script sees no route and takes
+//!   nothing: a lock never outlives its connection by more than the lease.
+//!
+//! Resources: only `group:<group_id>` exists today; anything else is
+//! `bad_request`. Changes are published as `lock` events on the topic
+//! [`topics::lock`] of the resource: on acquire (the new holder), on
+//! release and on the holder's disconnect (holder null). A lease that just
+//! lapses is not announced; the next `lock.acquire` announces its new
+//! holder.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use mongodb::bson::doc;
+use rand::RngCore as _;
+use serde::Deserialize;
+
+use oceanchat_protocol::client::{encode_event, Event, LockAcquired, LockHolder, LockRenewed};
+use oceanchat_protocol::conv::group_conv;
+use oceanchat_protocol::internal::{keys, topics, RpcContext};
+use oceanchat_protocol::ErrorCode;
+
+use crate::convs::require_member;
+use crate::delivery;
+use crate::error::ServiceError;
+use crate::http::now_ms;
+use crate::state::AppState;
+
+/// Hash with the live lease of `resource`: `token`, `fence`, `gateway_id`,
+/// `conn_id`, `instance`, `session_id`, `user_id`, `display_name`, `since`.
+pub fn lock_key(resource: &str) -> String {
+    format!("oc:lock:{resource}")
+}
+
+/// Counter of the fencing numbers handed out for `resource`. It has no TTL:
+/// it must only grow (docs/concurrency.md says what happens when Redis
+/// loses it).
+pub fn fence_key(resource: &str) -> String {
+    format!("oc:lock-fence:{resource}")
+}
+
+/// Set of the resources a connection holds, with the TTL of its newest
+/// lease, so that its `closed` event can release them.
+pub fn conn_locks_key(gateway_id: &str, conn_id: u64) -> String {
+    format!("oc:conn-locks:{gateway_id}|{conn_id}")
+}
+
+/// A resource that can be locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// A group's settings and members: `group:<group_id>`.
+    Group(String),
+}
+
+impl Resource {
+    pub fn parse(resource: &str) -> Result<Resource, ServiceError> {
+        match resource.split_once(':') {
+            Some(("group", id)) if topics::valid_id(id) && !id.contains(':') => {
+                Ok(Resource::Group(id.to_string()))
+            }
+            _ => Err(ServiceError::bad_request(format!(
+                "unknown lock resource {resource:?}: only group:<group_id> can be locked"
+            ))),
+        }
+    }
+
+    pub fn group(group_id: &str) -> String {
+        format!("group:{group_id}")
+    }
+}
+
+/// The connection a request came from, as a lock holder needs it.
+struct Conn<'a> {
+    gateway_id: &'a str,
+    conn_id: u64,
+    user_id: &'a str,
+    session_id: &'a str,
+}
+
+fn conn(ctx: &RpcContext) -> Result<Conn<'_>, ServiceError> {
+    match (&ctx.user_id, &ctx.session_id) {
+        (Some(user_id), Some(session_id)) => Ok(Conn {
+            gateway_id: &ctx.gateway_id,
+            conn_id: ctx.conn_id,
+            user_id,
+            session_id,
+        }),
+        _ => Err(ServiceError::unauthenticated()),
+    }
+}
+
+/// Takes the lease if it is free (or already this connection's), checking
+/// that the connection's route still exists. Replies:
+/// `{"gone"}`, `{"mine", token, fence}`, `{"acquired", token, fence}` or
+/// `{"locked", user_id, display_name, session_id, since}`.
+static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local prefix = ARGV[3] .. '|'
+local suffix = '|' .. ARGV[5] .. '|' .. ARGV[4]
+local instance = false
+for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if #field > #prefix + #suffix
+     and string.sub(field, 1, #prefix) == prefix
+     and string.sub(field, -#suffix) == suffix then
+    instance = string.sub(field, #prefix + 1, #field - #suffix)
+  end
+end
+if not instance then return {'gone'} end
+local held = redis.call('HMGET', KEYS[1], 'token', 'fence', 'gateway_id', 'conn_id', 'instance')
+if held[1] then
+  if held[3] == ARGV[3] and held[4] == ARGV[4] and held[5] == instance then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    return {'mine', held[1], held[2]}
+  end
+  local h = redis.call('HMGET', KEYS[1], 'user_id', 'display_name', 'session_id', 'since')
+  return {'locked', h[1] or '', h[2] or '', h[3] or '', h[4] or '0'}
+end
+local fence = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[9])
+if fence < floor then
+  fence = floor
+  redis.call('SET', KEYS[2], fence)
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'fence', fence,
+  'gateway_id', ARGV[3], 'conn_id', ARGV[4], 'instance', instance,
+  'session_id', ARGV[5], 'user_id', ARGV[6], 'display_name', ARGV[7], 'since', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[10])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return {'acquired', ARGV[1], tostring(fence)}
+"#,
+    )
+});
+
+/// Extends the lease if `token` is live and held by this connection.
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local held = redis.call('HMGET', KEYS[1], 'token', 'gateway_id', 'conn_id')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[3] or held[3] ~= ARGV[4] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Deletes the lease if `token` is live and held by this connection.
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local held = redis.call('HMGET', KEYS[1], 'token', 'gateway_id', 'conn_id')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or held[3] ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// Deletes the lease if this connection (of this gateway run) holds it,
+/// whatever the token, and forgets it in the connection's list.
+static RELEASE_CONN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+redis.call('SREM', KEYS[2], ARGV[4])
+local held = redis.call('HMGET', KEYS[1], 'gateway_id', 'conn_id', 'instance')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or held[3] ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#,
+    )
+});
+
+/// What `lock.acquire` got: the lease, or the holder that has it.
+pub enum Acquire {
+    Granted(LockAcquired),
+    Locked(LockHolder),
+}
+
+/// `lock.acquire`: only the owner and admins of a group may take its lock.
+pub async fn acquire(
+    state: &AppState,
+    ctx: &RpcContext,
+    resource: &str,
+) -> Result<Acquire, ServiceError> {
+    let me = conn(ctx)?;
+    let Resource::Group(group_id) = Resource::parse(resource)?;
+    let member = require_member(state, me.user_id, &group_conv(&group_id)).await?;
+    if member.role == "member" {
+        return Err(ServiceError::refused(
+            ErrorCode::Forbidden,
+            "only the owner and admins may edit the group",
+        ));
+    }
+    let floor = current_fence(state, &group_id).await?.unwrap_or(0) + 1;
+    let display_name = display_name(state, me.user_id).await?;
+
+    let ttl_ms = state.config.lock_ttl_ms;
+    let since = now_ms();
+    let token = new_token();
+    let mut redis = state.redis.clone();
+    let reply: Vec<String> = ACQUIRE
+        .key(lock_key(resource))
+        .key(fence_key(resource))
+        .key(conn_locks_key(me.gateway_id, me.conn_id))
+        .key(keys::routes(me.user_id))
+        .arg(&token)
+        .arg(ttl_ms)
+        .arg(me.gateway_id)
+        .arg(me.conn_id)
+        .arg(me.session_id)
+        .arg(me.user_id)
+        .arg(&display_name)
+        .arg(since)
+        .arg(floor)
+        .arg(resource)
+        .invoke_async(&mut redis)
+        .await?;
+    let parts: Vec<&str> = reply.iter().map(String::as_str).collect();
+    match parts[..] {
+        ["mine", token, _fence] => Ok(Acquire::Granted(LockAcquired {
+            token: token.to_string(),
+            ttl_ms,
+        })),
+        ["acquired", token, fence] => {
+            let fence: i64 = fence
+                .parse()
+                .map_err(|_| ServiceError::Internal(format!("lock fence {fence:?}")))?;
+            // The fence must be on the group before the holder can write;
+            // from now on every write of an earlier holder matches nothing.
+            if let Err(e) = raise_fence(state, &group_id, fence).await {
+                release_token(state, &me, resource, token).await.ok();
+                return Err(e);
+            }
+            tracing::info!(resource, fence, user_id = me.user_id, "lock taken");
+            let holder = LockHolder {
+                user_id: me.user_id.to_string(),
+                display_name,
+                session_id: me.session_id.to_string(),
+                since,
+            };
+            announce(state, resource, Some(holder)).await;
+            Ok(Acquire::Granted(LockAcquired {
+                token: token.to_string(),
+                ttl_ms,
+            }))
+        }
+        ["locked", user_id, display_name, session_id, since] => Ok(Acquire::Locked(LockHolder {
+            user_id: user_id.to_string(),
+            display_name: display_name.to_string(),
+            session_id: session_id.to_string(),
+            since: since.parse().unwrap_or(0),
+        })),
+        // The connection closed while it asked: nobody will read the reply.
+        ["gone"] => Err(ServiceError::refused(
+            ErrorCode::Unavailable,
+            "the connection is closing",
+        )),
+        _ => Err(ServiceError::Internal(format!(
+            "unexpected lock script reply {reply:?}"
+        ))),
+    }
+}
+
+/// `lock.renew`.
+pub async fn renew(
+    state: &AppState,
+    ctx: &RpcContext,
+    resource: &str,
+    token: &str,
+) -> Result<LockRenewed, ServiceError> {
+    let me = conn(ctx)?;
+    Resource::parse(resource)?;
+    let ttl_ms = state.config.lock_ttl_ms;
+    let mut redis = state.redis.clone();
+    let renewed: i64 = RENEW
+        .key(lock_key(resource))
+        .key(conn_locks_key(me.gateway_id, me.conn_id))
+        .arg(token)
+        .arg(ttl_ms)
+        .arg(me.gateway_id)
+        .arg(me.conn_id)
+        .invoke_async(&mut redis)
+        .await?;
+    if renewed == 1 {
+        Ok(LockRenewed { ttl_ms })
+    } else {
+        Err(lock_lost(resource))
+    }
+}
+
+/// `lock.release`: frees the lock if `token` is live and this connection
+/// holds it; otherwise there is nothing to release and it succeeds too.
+pub async fn release(
+    state: &AppState,
+    ctx: &RpcContext,
+    resource: &str,
+    token: &str,
+) -> Result<(), ServiceError> {
+    let me = conn(ctx)?;
+    Resource::parse(resource)?;
+    if release_token(state, &me, resource, token).await? {
+        tracing::info!(resource, user_id = me.user_id, "lock released");
+        announce(state, resource, None).await;
+    }
+    Ok(())
+}
+
+async fn release_token(
+    state: &AppState,
+    me: &Conn<'_>,
+    resource: &str,
+    token: &str,
+) -> Result<bool, ServiceError> {
+    let mut redis = state.redis.clone();
+    let released: i64 = RELEASE
+        .key(lock_key(resource))
+        .key(conn_locks_key(me.gateway_id, me.conn_id))
+        .arg(token)
+        .arg(me.gateway_id)
+        .arg(me.conn_id)
+        .arg(resource)
+        .invoke_async(&mut redis)
+        .await?;
+    Ok(released == 1)
+}
+
+/// `lock.watch`: who holds the lock now. The caller subscribes the asking
+/// connection to [`topics::lock`] of the resource, so `lock` events follow.
+/// Members of the group may watch (they see the read-only view).
+pub async fn watch(
+    state: &AppState,
+    ctx: &RpcContext,
+    resource: &str,
+) -> Result<Option<LockHolder>, ServiceError> {
+    let me = conn(ctx)?;
+    let Resource::Group(group_id) = Resource::parse(resource)?;
+    require_member(state, me.user_id, &group_conv(&group_id)).await?;
+    holder(state, resource).await
+}
+
+/// The holder of a lock now, if any.
+pub async fn holder(state: &AppState, resource: &str) -> Result<Option<LockHolder>, ServiceError> {
+    let mut redis = state.redis.clone();
+    let (user_id, display_name, session_id, since): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<u64>,
+    ) = redis::cmd("HMGET")
+        .arg(lock_key(resource))
+        .arg(&["user_id", "display_name", "session_id", "since"])
+        .query_async(&mut redis)
+        .await?;
+    Ok(user_id.map(|user_id| LockHolder {
+        user_id,
+        display_name: display_name.unwrap_or_default(),
+        session_id: session_id.unwrap_or_default(),
+        since: since.unwrap_or(0),
+    }))
+}
+
+/// The fencing number of the live lease of `resource` if the request's
+/// connection holds it with `token`: what a write must present.
+/// `lock_required` when nobody holds the lock (or no token was given),
+/// `lock_lost` when the token or the connection is not the holder's.
+pub async fn live_fence(
+    state: &AppState,
+    ctx: &RpcContext,
+    resource: &str,
+    token: &str,
+) -> Result<i64, ServiceError> {
+    let me = conn(ctx)?;
+    if token.is_empty() {
+        return Err(lock_required(resource));
+    }
+    let mut redis = state.redis.clone();
+    let (live_token, fence, gateway_id, conn_id): (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<u64>,
+    ) = redis::cmd("HMGET")
+        .arg(lock_key(resource))
+        .arg(&["token", "fence", "gateway_id", "conn_id"])
+        .query_async(&mut redis)
+        .await?;
+    let Some(live_token) = live_token else {
+        return Err(lock_required(resource));
+    };
+    let mine = live_token == token
+        && gateway_id.as_deref() == Some(me.gateway_id)
+        && conn_id == Some(me.conn_id);
+    match fence {
+        Some(fence) if mine => Ok(fence),
+        _ => Err(lock_lost(resource)),
+    }
+}
+
+/// Releases every lock the closed connection held and tells the watchers.
+/// Called for each `closed` connection event.
+pub async fn release_connection(
+    state: &AppState,
+    ctx: &RpcContext,
+    instance: &str,
+) -> Result<(), ServiceError> {
+    let list = conn_locks_key(&ctx.gateway_id, ctx.conn_id);
+    let mut redis = state.redis.clone();
+    let resources: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&list)
+        .query_async(&mut redis)
+        .await?;
+    for resource in resources {
+        let released: i64 = RELEASE_CONN
+            .key(lock_key(&resource))
+            .key(&list)
+            .arg(&ctx.gateway_id)
+            .arg(ctx.conn_id)
+            .arg(instance)
+            .arg(&resource)
+            .invoke_async(&mut redis)
+            .await?;
+        if released == 1 {
+            tracing::info!(
+                resource,
+                gateway = %ctx.gateway_id,
+                conn_id = ctx.conn_id,
+                "lock released: its connection closed"
+            );
+            announce(state, &resource, None).await;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a `lock` event to the watchers of `resource`. Best effort:
+/// the lock itself has changed whether or not watchers hear of it, and a
+/// watcher can always ask again with `lock.watch`.
+async fn announce(state: &AppState, resource: &str, holder: Option<LockHolder>) {
+    let frame = Bytes::from(encode_event(&Event::Lock {
+        resource: resource.to_string(),
+        holder,
+    }));
+    if let Err(e) = delivery::publish_topic(state, &topics::lock(resource), None, &frame).await {
+        e.log("lock event");
+    }
+}
+
+#[derive(Deserialize)]
+struct FenceOnly {
+    #[serde(default)]
+    lock_fence: Option<i64>,
+}
+
+/// The highest fencing number written onto the group, `None` for a group
+/// never locked; `not_found` if the group does not exist.
+async fn current_fence(state: &AppState, group_id: &str) -> Result<Option<i64>, ServiceError> {
+    let found = state
+        .store
+        .groups
+        .clone_with_type::<FenceOnly>()
+        .find_one(doc! {"_id": group_id})
+        .projection(doc! {"lock_fence": 1})
+        .await?
+        .ok_or_else(|| {
+            ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
+        })?;
+    Ok(found.lock_fence)
+}
+
+/// `$max`: a late acquire with a smaller fence never lowers it.
+async fn raise_fence(state: &AppState, group_id: &str, fence: i64) -> Result<(), ServiceError> {
+    state
+        .store
+        .groups
+        .update_one(doc! {"_id": group_id}, doc! {"$max": {"lock_fence": fence}})
+        .await?;
+    Ok(())
+}
+
+async fn display_name(state: &AppState, user_id: &str) -> Result<String, ServiceError> {
+    #[derive(Deserialize)]
+    struct NameOnly {
+        display_name: String,
+    }
+    let found = state
+        .store
+        .users
+        .clone_with_type::<NameOnly>()
+        .find_one(doc! {"_id": user_id})
+        .projection(doc! {"display_name": 1})
+        .await?;
+    Ok(found.map(|u| u.display_name).unwrap_or_default())
+}
+
+/// 128 random bits, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn lock_required(resource: &str) -> ServiceError {
+    ServiceError::refused(
+        ErrorCode::LockRequired,
+        format!("take the lock {resource} first"),
+    )
+}
+
+pub fn lock_lost(resource: &str) -> ServiceError {
+    ServiceError::refused(
+        ErrorCode::LockLost,
+        format!("the lock {resource} is no longer yours"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_group_resources_parse() {
+        assert_eq!(
+            Resource::parse("group:65f0a1").unwrap(),
+            Resource::Group("65f0a1".into())
+        );
+        for bad in [
+            "group:",
+            "group:a.b",
+            "group:a b",
+            "user:x",
+            "group",
+            "",
+            "group:a:b",
+        ] {
+            assert!(Resource::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
