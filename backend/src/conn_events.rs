@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use oceanchat_protocol::internal::ConnEvent;
 
-use crate::presence;
 use crate::state::AppState;
+use crate::{locks, presence};
 
 /// Events handled at the same time by one instance; beyond that the
 /// subscription is read no faster than events are handled.
@@ -76,6 +76,10 @@ async fn handle(state: &AppState, event: ConnEvent) {
         }
         ConnEvent::Closed { ctx, instance } => {
             tracing::debug!(gateway = %ctx.gateway_id, conn_id = ctx.conn_id, %instance, "connection closed");
+            // Locks are held by a connection: free them for the next editor.
+            if let Err(error) = locks::release_connection(state, &ctx, &instance).await {
+                error.log("lock release on close");
+            }
             if let Some(user_id) = &ctx.user_id {
                 settle_presence(state, user_id).await;
             }
