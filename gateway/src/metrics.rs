@@ -62,7 +62,7 @@ pub struct CoreMetrics {
     pub connections: Counter,
     /// Upgrades completed.
     pub upgrades: Counter,
-    /// Sockets refused because the core was at its connection cap.
+    /// Upgrades refused (503) because the core was at its connection cap.
     pub refused_at_cap: Counter,
     /// Sockets that ended before or during the upgrade (refusals, timeouts).
     pub handshake_failures: Counter,
@@ -137,18 +137,78 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         type Field = fn(&CoreMetrics) -> &Counter;
         let simple: [(&str, &str, &str, Field); 12] = [
-            ("oc_gateway_connections", "gauge", "Open WebSocket connections.", |c| &c.connections),
-            ("oc_gateway_upgrades_total", "counter", "WebSocket upgrades completed.", |c| &c.upgrades),
-            ("oc_gateway_refused_at_cap_total", "counter", "Sockets refused at the connection cap.", |c| &c.refused_at_cap),
-            ("oc_gateway_handshake_failures_total", "counter", "Sockets that ended before completing the upgrade.", |c| &c.handshake_failures),
-            ("oc_gateway_frames_in_total", "counter", "WebSocket frames received.", |c| &c.frames_in),
-            ("oc_gateway_bytes_in_total", "counter", "Bytes received after the upgrade.", |c| &c.bytes_in),
-            ("oc_gateway_frames_out_total", "counter", "WebSocket frames sent.", |c| &c.frames_out),
-            ("oc_gateway_bytes_out_total", "counter", "Bytes sent after the upgrade.", |c| &c.bytes_out),
-            ("oc_gateway_writes_total", "counter", "Socket write operations (frames are coalesced).", |c| &c.writes),
-            ("oc_gateway_queue_overflows_total", "counter", "Connections closed with 4008: outbound queue over its byte limit.", |c| &c.queue_overflows),
-            ("oc_gateway_idle_timeouts_total", "counter", "Connections dropped for not answering pings.", |c| &c.idle_timeouts),
-            ("oc_gateway_pings_sent_total", "counter", "WebSocket pings sent to silent connections.", |c| &c.pings_sent),
+            (
+                "oc_gateway_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                |c| &c.connections,
+            ),
+            (
+                "oc_gateway_upgrades_total",
+                "counter",
+                "WebSocket upgrades completed.",
+                |c| &c.upgrades,
+            ),
+            (
+                "oc_gateway_refused_at_cap_total",
+                "counter",
+                "Upgrades refused with 503 at the connection cap.",
+                |c| &c.refused_at_cap,
+            ),
+            (
+                "oc_gateway_handshake_failures_total",
+                "counter",
+                "Sockets that ended before completing the upgrade.",
+                |c| &c.handshake_failures,
+            ),
+            (
+                "oc_gateway_frames_in_total",
+                "counter",
+                "WebSocket frames received.",
+                |c| &c.frames_in,
+            ),
+            (
+                "oc_gateway_bytes_in_total",
+                "counter",
+                "Bytes received after the upgrade.",
+                |c| &c.bytes_in,
+            ),
+            (
+                "oc_gateway_frames_out_total",
+                "counter",
+                "WebSocket frames sent.",
+                |c| &c.frames_out,
+            ),
+            (
+                "oc_gateway_bytes_out_total",
+                "counter",
+                "Bytes sent after the upgrade.",
+                |c| &c.bytes_out,
+            ),
+            (
+                "oc_gateway_writes_total",
+                "counter",
+                "Socket write operations (frames are coalesced).",
+                |c| &c.writes,
+            ),
+            (
+                "oc_gateway_queue_overflows_total",
+                "counter",
+                "Connections closed with 4008: outbound queue over its byte limit.",
+                |c| &c.queue_overflows,
+            ),
+            (
+                "oc_gateway_idle_timeouts_total",
+                "counter",
+                "Connections dropped for not answering pings.",
+                |c| &c.idle_timeouts,
+            ),
+            (
+                "oc_gateway_pings_sent_total",
+                "counter",
+                "WebSocket pings sent to silent connections.",
+                |c| &c.pings_sent,
+            ),
         ];
         for (name, kind, help, field) in simple {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -227,9 +287,15 @@ mod tests {
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"4008\"} 1\n"));
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"other\"} 1\n"));
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"none\"} 1\n"));
-        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.0005\"} 1\n"));
-        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.05\"} 2\n"));
-        assert!(text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"+Inf\"} 3\n"));
+        assert!(
+            text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.0005\"} 1\n")
+        );
+        assert!(
+            text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.05\"} 2\n")
+        );
+        assert!(
+            text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"+Inf\"} 3\n")
+        );
         assert!(text.contains("oc_gateway_event_loop_lag_seconds_count{core=\"1\"} 3\n"));
         assert_eq!(metrics.connections(), 2);
     }

@@ -250,13 +250,16 @@ pub(super) type Upgrading = Pin<Box<dyn Future<Output = Option<(TcpStream, Vec<u
 /// Starts the upgrade of an accepted socket; see [`run`].
 pub(super) fn upgrading<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>) -> Upgrading {
     Box::pin(async move {
+        let mut stream = stream;
         let timeout = core.config.handshake_timeout;
-        let result = match monoio::time::timeout(timeout, upgrade(stream, &core)).await {
+        let result = match monoio::time::timeout(timeout, upgrade(&mut stream, &core)).await {
             Ok(result) => result,
             Err(_) => Err(NoUpgrade::Timeout),
         };
+        // Counted before the socket closes, so a peer that sees the close
+        // also sees the count.
         match result {
-            Ok(upgraded) => Some(upgraded),
+            Ok(leftover) => Some((stream, leftover)),
             Err(NoUpgrade::Metrics) => None,
             Err(why) => {
                 tracing::debug!(conn_id = id, %why, "upgrade failed");
@@ -285,12 +288,9 @@ pub(super) async fn run<H: Handler>(upgrading: Upgrading, id: ConnId, core: Rc<C
     core.handler.on_close(session);
 }
 
-/// Reads the upgrade request and answers it. Returns the socket and any
-/// bytes the client sent after the request head.
-async fn upgrade<H: Handler>(
-    mut stream: TcpStream,
-    core: &Core<H>,
-) -> Result<(TcpStream, Vec<u8>), NoUpgrade> {
+/// Reads the upgrade request and answers it. Returns any bytes the client
+/// sent after the request head.
+async fn upgrade<H: Handler>(stream: &mut TcpStream, core: &Core<H>) -> Result<Vec<u8>, NoUpgrade> {
     let config = &core.config;
     let mut head = Vec::with_capacity(1024);
     loop {
@@ -321,6 +321,8 @@ async fn upgrade<H: Handler>(
             Some(Refusal::NotFound)
         } else if !config.origin_allowed(upgrade.origin.as_deref()) {
             Some(Refusal::OriginNotAllowed)
+        } else if core.at_capacity() {
+            Some(Refusal::AtCapacity)
         } else {
             None
         };
@@ -332,7 +334,7 @@ async fn upgrade<H: Handler>(
             .write_all(handshake::accept_response(&upgrade.key))
             .await;
         written.map_err(NoUpgrade::Io)?;
-        return Ok((stream, head));
+        return Ok(head);
     }
 }
 

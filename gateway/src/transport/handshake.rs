@@ -39,6 +39,8 @@ pub enum Refusal {
     NotFound,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    #[error("connection limit reached")]
+    AtCapacity,
 }
 
 impl Refusal {
@@ -59,6 +61,9 @@ impl Refusal {
             }
             Refusal::OriginNotAllowed => {
                 b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::AtCapacity => {
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
         }
     }

@@ -135,6 +135,8 @@ pub struct Core<H: Handler> {
     draining: Cell<bool>,
     /// The accept loop, parked until the core drains.
     acceptor: Cell<Option<std::task::Waker>>,
+    /// The cap was hit and logged; logged again once it is hit anew.
+    logged_full: Cell<bool>,
     /// Sweeps so far: the connections' clock.
     tick: Cell<u32>,
 }
@@ -152,6 +154,7 @@ impl<H: Handler> Core<H> {
             draining: Cell::new(false),
             acceptor: Cell::new(None),
             tick: Cell::new(0),
+            logged_full: Cell::new(false),
         })
     }
 
@@ -166,6 +169,27 @@ impl<H: Handler> Core<H> {
         for conn in self.conns.borrow().values() {
             conn.send(frame.clone());
         }
+    }
+
+    /// True when this core holds its cap of connections: the upgrade is
+    /// then refused with 503. Checked at upgrade rather than at accept so
+    /// that `/metrics` still answers when the gateway is full. (Upgrades in
+    /// flight at the same moment may pass the cap by their number.)
+    fn at_capacity(&self) -> bool {
+        let full = self.connection_count() >= self.config.max_connections_per_core;
+        if full {
+            self.metrics().refused_at_cap.incr();
+            if !self.logged_full.replace(true) {
+                tracing::warn!(
+                    core = self.index,
+                    limit = self.config.max_connections_per_core,
+                    "connection limit reached; refusing new connections with 503"
+                );
+            }
+        } else {
+            self.logged_full.set(false);
+        }
+        full
     }
 
     fn tick(&self) -> u32 {
@@ -297,7 +321,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve<H: Handler>(listener: TcpListener, core: Rc<Core<H>>) {
     monoio::spawn(core.clone().sweep_forever());
     monoio::spawn(core.clone().probe_lag_forever());
-    let mut logged_full = false;
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -312,20 +335,6 @@ pub async fn serve<H: Handler>(listener: TcpListener, core: Rc<Core<H>>) {
                 continue;
             }
         };
-        if core.connection_count() >= core.config.max_connections_per_core {
-            core.metrics().refused_at_cap.incr();
-            if !logged_full {
-                tracing::warn!(
-                    core = core.index,
-                    limit = core.config.max_connections_per_core,
-                    "connection limit reached; refusing new connections"
-                );
-                logged_full = true;
-            }
-            drop(stream);
-            continue;
-        }
-        logged_full = false;
         let _ = stream.set_nodelay(true);
         let id = core.next_id();
         tracing::trace!(conn_id = id, %peer, "accepted");

@@ -1,0 +1,405 @@
+//! The gateway as a process, and a raw WebSocket client that shows exactly
+//! what the server put on the wire.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::fs::File;
+use std::io::{Read as _, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `$body` (a fn taking the driver name) once per io driver, as two
+/// tests in a module named after the scenario.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn uring() {
+                super::$name("uring");
+            }
+            #[test]
+            fn epoll() {
+                super::$name("epoll");
+            }
+        }
+    )*};
+}
+
+/// A gateway process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `--mode bench` with `--driver driver` and `extra` flags and
+    /// waits until it accepts connections.
+    pub fn bench(driver: &str, extra: &[&str]) -> Gateway {
+        let mut args = vec!["--mode", "bench", "--driver", driver];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+
+    /// Starts the gateway with `args` plus a free `--listen` port.
+    pub fn start(args: &[&str]) -> Gateway {
+        let port = oceanchat_testkit::free_port();
+        let log =
+            std::env::temp_dir().join(format!("oc-gateway-test-{}-{port}.log", std::process::id()));
+        let out = File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_oceanchat-gateway"))
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("start the gateway");
+        let mut gateway = Gateway { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("gateway exited with {status}:\n{}", gateway.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start:\n{}",
+                gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with our own child's pid and a valid signal.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.port, "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// The value of one sample line of `/metrics`, e.g.
+    /// `oc_gateway_connections{core="0"}`.
+    pub fn metric(&self, sample: &str) -> u64 {
+        metric_value(&self.metrics(), sample)
+    }
+
+    /// A metric summed over every core: the samples `name{core="N"...}`
+    /// whose labels after `core` are exactly `labels` (e.g. `,code="4008"`,
+    /// or empty).
+    pub fn metric_sum(&self, name: &str, labels: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?.strip_prefix("{core=\"")?;
+                let (all_labels, value) = rest.split_once("} ")?;
+                let (_core, other) = all_labels.split_once('"')?;
+                (other == labels).then(|| value.parse::<u64>().ok())?
+            })
+            .sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("gateway log ({}):\n{}", self.log.display(), self.log());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+pub fn metric_value(body: &str, sample: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+}
+
+/// Sends a plain HTTP GET; returns the status and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A frame the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Read {
+    Frame(Frame),
+    /// The server closed the TCP connection (or reset it).
+    Eof,
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+/// A WebSocket client with full control over the bytes it sends.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// The request head of an upgrade to `path` with extra header lines.
+pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+/// Sends `request` and returns the status line and the socket.
+pub fn send_request(port: u16, request: &str) -> (String, TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    (status, stream, head)
+}
+
+impl Client {
+    /// Upgrades to `path` on the gateway.
+    pub fn connect(port: u16) -> Client {
+        let (status, stream, head) = send_request(port, &upgrade_request("/bench", ""));
+        assert!(
+            status.starts_with("HTTP/1.1 101"),
+            "upgrade refused: {}",
+            String::from_utf8_lossy(&head)
+        );
+        assert!(String::from_utf8_lossy(&head).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let bytes = masked_frame(fin, opcode, payload);
+        self.stream.write_all(&bytes).expect("send frame");
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, 1, text.as_bytes());
+    }
+
+    pub fn send_close(&mut self, code: u16) {
+        self.send_frame(true, 8, &code.to_be_bytes());
+    }
+
+    /// Reads one server frame, waiting at most `timeout`.
+    pub fn read(&mut self, timeout: Duration) -> Read {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Read::Frame(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Read::Timeout;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Read::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Read::Timeout
+                }
+                Err(_) => return Read::Eof,
+            }
+        }
+    }
+
+    /// The next frame, skipping pings; panics on anything else.
+    pub fn frame(&mut self) -> Frame {
+        loop {
+            match self.read(Duration::from_secs(5)) {
+                Read::Frame(f) if f.opcode == 9 => continue,
+                Read::Frame(f) => return f,
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects a text frame with `text`.
+    pub fn expect_text(&mut self, text: &str) {
+        let frame = self.frame();
+        assert_eq!(
+            (
+                frame.opcode,
+                String::from_utf8_lossy(&frame.payload).to_string()
+            ),
+            (1, text.to_string())
+        );
+    }
+
+    /// Expects a close frame and returns its code.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        let frame = self.frame();
+        assert_eq!(frame.opcode, 8, "expected a close frame, got {frame:?}");
+        frame.close_code()
+    }
+
+    /// Expects nothing but pings for `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.read(left) {
+                Read::Timeout => return,
+                Read::Frame(f) if f.opcode == 9 => {}
+                other => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects the server to close the TCP connection within `timeout`,
+    /// ignoring frames before that.
+    pub fn expect_eof(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left) {
+                Read::Eof => return,
+                Read::Frame(_) => {}
+                Read::Timeout => panic!("the server did not close the connection in {timeout:?}"),
+            }
+        }
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A masked client frame.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Parses one unmasked server frame off the front of `buf`.
+fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < header + len {
+        return None;
+    }
+    let frame = Frame {
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[header..header + len].to_vec(),
+    };
+    Some((frame, header + len))
+}
