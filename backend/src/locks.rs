@@ -217,6 +217,11 @@ pub async fn acquire(
             "only the owner and admins may edit the group",
         ));
     }
+    // Most refusals end here, before the reads a new lease needs: a page
+    // that waits for the lock asks again each time it is released.
+    if let Some(holder) = held_by_other(state, &me, resource).await? {
+        return Ok(Acquire::Locked(holder));
+    }
     let floor = current_fence(state, &group_id).await?.unwrap_or(0) + 1;
     let display_name = display_name(state, me.user_id).await?;
 
@@ -284,6 +289,27 @@ pub async fn acquire(
         _ => Err(ServiceError::Internal(format!(
             "unexpected lock script reply {reply:?}"
         ))),
+    }
+}
+
+/// The holder of `resource` if it is another connection than `me`. Only a
+/// shortcut: the acquire script decides.
+async fn held_by_other(
+    state: &AppState,
+    me: &Conn<'_>,
+    resource: &str,
+) -> Result<Option<LockHolder>, ServiceError> {
+    let mut redis = state.redis.clone();
+    let (gateway_id, conn_id): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        .arg(lock_key(resource))
+        .arg(&["gateway_id", "conn_id"])
+        .query_async(&mut redis)
+        .await?;
+    match gateway_id {
+        Some(g) if g != me.gateway_id || conn_id != Some(me.conn_id) => {
+            holder(state, resource).await
+        }
+        _ => Ok(None),
     }
 }
 
