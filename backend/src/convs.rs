@@ -1,22 +1,43 @@
-//! Conversations: opening a direct one, creating a group, and the
-//! membership checks every conv operation starts with.
+//! Conversations: opening a direct one, creating and reading a group,
+//! listing a user's convs, `read` and `typing`, and the membership checks
+//! every conv operation starts with.
+//!
+//! Membership is one small document per member (docs/internals.md), so a
+//! join or leave of a 100,000-member group is one write; group delivery
+//! goes through the group's topic (see [`crate::delivery`]), which the
+//! connections of members follow: [`group_topics`] names them at `auth`,
+//! and membership changes call [`crate::delivery::change_topics`].
 
 use std::collections::BTreeSet;
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use mongodb::bson::{doc, DateTime};
 use serde::Deserialize;
 
-use oceanchat_protocol::client::{DmOpenResult, GroupCreateResult};
-use oceanchat_protocol::conv::{dm_conv, group_conv};
+use oceanchat_protocol::client::{
+    ConvListResult, ConvSummary, DmOpenResult, Event, GroupCreateResult, GroupGetResult, GroupInfo,
+    MemberInfo, Role,
+};
+use oceanchat_protocol::conv::{conv_kind, dm_conv, group_conv, group_id_of};
+use oceanchat_protocol::internal::{topics, ConnRef, RpcContext};
 use oceanchat_protocol::ErrorCode;
 
+use crate::delivery;
 use crate::error::ServiceError;
+use crate::messages::max_seq;
 use crate::state::AppState;
 use crate::store::{is_duplicate_key, new_id, GroupDoc, MemberDoc};
 
 /// Longest group name, in characters.
 const MAX_GROUP_NAME_CHARS: usize = 100;
+
+/// Members in one `group.get` reply at most. A reply travels as one NATS
+/// message (1 MiB by default) and one member takes about 60 bytes of JSON,
+/// so 5,000 leave ample room; larger groups are read page by page.
+pub const MEMBERS_PAGE_MAX: u32 = 5000;
+
+/// How many convs of one `conv.list` have their last seq read at once.
+const CONV_LIST_PARALLELISM: usize = 16;
 
 /// The member document of `user_id` in `conv`, or `not_member`. A conv
 /// that does not exist has no members, so it gives `not_member` too.
@@ -185,7 +206,193 @@ pub async fn group_create(
         .chain(others.iter().map(|id| MemberDoc::new(&conv, id, "member")));
     state.store.members.insert_many(docs).await?;
     tracing::info!(group_id, owner, members = others.len() + 1, "group created");
+    // Online members' connections follow the group from now on (the
+    // creator's asking connection is subscribed by the reply itself).
+    let mut everyone = others;
+    everyone.push(owner.to_string());
+    if let Err(error) =
+        delivery::change_topics(state, &everyone, &[topics::group(&group_id)], true).await
+    {
+        // The group exists; members get its messages after a reconnect.
+        error.log("group.create topics");
+    }
     Ok(GroupCreateResult { group_id, conv })
+}
+
+/// The topics of every group `user_id` is a member of, for the `auth`
+/// reply: its connection follows them from the start.
+pub async fn group_topics(state: &AppState, user_id: &str) -> Result<Vec<String>, ServiceError> {
+    Ok(state
+        .store
+        .members
+        .clone_with_type::<ConvOnly>()
+        .find(doc! {"user_id": user_id})
+        .projection(doc! {"conv": 1, "_id": 0})
+        .await?
+        .try_filter_map(|m| async move { Ok(group_id_of(&m.conv).map(topics::group)) })
+        .try_collect()
+        .await?)
+}
+
+/// `group.get`: the group and one page of its members, sorted by user id;
+/// only for members.
+pub async fn group_get(
+    state: &AppState,
+    user_id: &str,
+    group_id: &str,
+    members_after: Option<&str>,
+    members_limit: Option<u32>,
+) -> Result<GroupGetResult, ServiceError> {
+    let limit = members_limit.unwrap_or(MEMBERS_PAGE_MAX);
+    if !(1..=MEMBERS_PAGE_MAX).contains(&limit) {
+        return Err(ServiceError::bad_request(format!(
+            "members_limit must be 1 to {MEMBERS_PAGE_MAX}"
+        )));
+    }
+    let conv = group_conv(group_id);
+    require_member(state, user_id, &conv).await?;
+    let group = state
+        .store
+        .groups
+        .find_one(doc! {"_id": group_id})
+        .await?
+        .ok_or_else(|| {
+            ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
+        })?;
+    let mut filter = doc! {"conv": &conv};
+    if let Some(after) = members_after {
+        filter.insert("user_id", doc! {"$gt": after});
+    }
+    // One more than the page tells whether another page follows.
+    let mut members: Vec<MemberInfo> = state
+        .store
+        .members
+        .find(filter)
+        .sort(doc! {"user_id": 1})
+        .limit(i64::from(limit) + 1)
+        .await?
+        .map(|m| m.map(member_info))
+        .try_collect()
+        .await?;
+    let members_next = if members.len() > limit as usize {
+        members.truncate(limit as usize);
+        members.last().map(|m| m.user_id.clone())
+    } else {
+        None
+    };
+    Ok(GroupGetResult {
+        group: GroupInfo {
+            name: group.name,
+            announcement: group.announcement,
+            join_policy: group.join_policy,
+            owner: group.owner,
+            version: group.version as u64,
+        },
+        members,
+        members_next,
+    })
+}
+
+fn member_info(m: MemberDoc) -> MemberInfo {
+    let role = match m.role.as_str() {
+        "owner" => Role::Owner,
+        "admin" => Role::Admin,
+        _ => Role::Member,
+    };
+    MemberInfo {
+        user_id: m.user_id,
+        role,
+        muted: m.muted,
+    }
+}
+
+/// `conv.list`: every conv of `user_id` with its last seq and the user's
+/// read seq.
+pub async fn conv_list(state: &AppState, user_id: &str) -> Result<ConvListResult, ServiceError> {
+    let memberships: Vec<MemberDoc> = state
+        .store
+        .members
+        .find(doc! {"user_id": user_id})
+        .await?
+        .try_collect()
+        .await?;
+    let convs = futures::stream::iter(memberships.into_iter().map(|m| async move {
+        let last_seq = max_seq(state, &m.conv).await?;
+        let kind = conv_kind(&m.conv).map_or("group", |k| k.as_str());
+        Ok::<_, ServiceError>(ConvSummary {
+            kind: kind.to_string(),
+            last_seq,
+            read_seq: m.read_seq.max(0) as u64,
+            conv: m.conv,
+        })
+    }))
+    .buffered(CONV_LIST_PARALLELISM)
+    .try_collect()
+    .await?;
+    Ok(ConvListResult { convs })
+}
+
+/// `read`: raises the user's read seq in `conv` to `seq` (never lowers
+/// it) and, if it rose, tells the members' other connections.
+pub async fn read(
+    state: &AppState,
+    ctx: &RpcContext,
+    user_id: &str,
+    conv: &str,
+    seq: u64,
+) -> Result<(), ServiceError> {
+    require_member(state, user_id, conv).await?;
+    let last = max_seq(state, conv).await?;
+    if seq > last {
+        return Err(ServiceError::bad_request(format!(
+            "seq {seq} is beyond the last message ({last}) of {conv}"
+        )));
+    }
+    let seq_i64 = seq as i64;
+    // Monotonic: the filter matches only a lower read seq, `$max` would
+    // keep the higher one anyway.
+    let raised = state
+        .store
+        .members
+        .update_one(
+            doc! {"conv": conv, "user_id": user_id, "read_seq": {"$lt": seq_i64}},
+            doc! {"$max": {"read_seq": seq_i64}},
+        )
+        .await?
+        .modified_count
+        > 0;
+    if raised {
+        let event = Event::Read {
+            conv: conv.to_string(),
+            user_id: user_id.to_string(),
+            seq,
+        };
+        delivery::deliver_conv_event(state, conv, Some(asking(ctx)), &event).await?;
+    }
+    Ok(())
+}
+
+/// `typing`: tells the members' other connections; nothing is stored.
+pub async fn typing(
+    state: &AppState,
+    ctx: &RpcContext,
+    user_id: &str,
+    conv: &str,
+) -> Result<(), ServiceError> {
+    require_member(state, user_id, conv).await?;
+    let event = Event::Typing {
+        conv: conv.to_string(),
+        user_id: user_id.to_string(),
+    };
+    delivery::deliver_conv_event(state, conv, Some(asking(ctx)), &event).await
+}
+
+/// The connection a request came from.
+fn asking(ctx: &RpcContext) -> ConnRef {
+    ConnRef {
+        gateway_id: ctx.gateway_id.clone(),
+        conn_id: ctx.conn_id,
+    }
 }
 
 /// The members other than the owner, each once, in the order given.

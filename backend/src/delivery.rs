@@ -1,26 +1,25 @@
-//! Delivering an event to every online connection of a set of users.
+//! Delivering events to the online connections of a conv's members.
 //!
-//! Routes live in Redis (`oc:routes:<user>`, one field per connection that
-//! names its gateway). The frame is encoded once; each gateway that holds
-//! at least one recipient gets one NATS message listing its users, never
-//! one message per member. A field counts only while `oc:gw:<gateway>`
-//! names the gateway run (instance) the field was written by; the others
-//! are deleted on the way, so a crashed gateway's routes go away.
-//!
-//! Today the recipients of a message are read from MongoDB for every conv;
-//! group subjects (one publish per group message) will replace the group
-//! path.
+//! Two ways, one per kind of conv:
+//! - A group's events are published once to the group's topic
+//!   (`oc.t.grp.<group_id>`); every gateway with at least one connection of
+//!   a member holds a subscription to it and writes the frame, encoded
+//!   once, to its local members. Nothing here reads the member list, so a
+//!   100,000-member group costs one publish per message.
+//! - A direct conv's two users are read from its id; their routes in Redis
+//!   (`oc:routes:<user>`, one field per connection, naming its gateway)
+//!   give the gateways that hold them, and each such gateway gets one NATS
+//!   message listing its users. A field counts only while
+//!   `oc:gw:<gateway>` names the gateway run (instance) the field was
+//!   written by; the others are deleted on the way, so a crashed gateway's
+//!   routes go away.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bytes::Bytes;
-use futures::TryStreamExt as _;
-use mongodb::bson::doc;
-use serde::Deserialize;
-
 use oceanchat_protocol::client::{encode_event, Event, Message};
+use oceanchat_protocol::conv::group_id_of;
 use oceanchat_protocol::internal::{
-    encode_gateway_message, keys, subjects, ConnRef, GatewayCommand,
+    encode_gateway_message, keys, subjects, topics, ConnRef, GatewayCommand,
 };
 
 use crate::error::ServiceError;
@@ -29,22 +28,60 @@ use crate::state::AppState;
 /// Sends a stored message to every online connection of every member of
 /// its conv, the sender's own included.
 pub async fn deliver_message(state: &AppState, message: Message) -> Result<(), ServiceError> {
-    #[derive(Deserialize)]
-    struct UserOnly {
-        user_id: String,
+    let conv = message.conv.clone();
+    deliver_messages(state, &conv, vec![message]).await
+}
+
+/// Sends stored messages of one conv, in the order given, to every online
+/// connection of every member (the senders' own included).
+pub async fn deliver_messages(
+    state: &AppState,
+    conv: &str,
+    messages: Vec<Message>,
+) -> Result<(), ServiceError> {
+    let frames = messages.into_iter().map(|m| encode_event(&Event::Msg(m)));
+    if let Some(group_id) = group_id_of(conv) {
+        let topic = topics::group(group_id);
+        for frame in frames {
+            publish_topic(state, &topic, None, &frame).await?;
+        }
+        return Ok(());
     }
-    let members: Vec<String> = state
-        .store
-        .members
-        .clone_with_type::<UserOnly>()
-        .find(doc! {"conv": &message.conv})
-        .projection(doc! {"user_id": 1, "_id": 0})
-        .await?
-        .map_ok(|m| m.user_id)
-        .try_collect()
-        .await?;
-    let frame = Bytes::from(encode_event(&Event::Msg(message)));
-    deliver_to_users(state, &members, &frame).await
+    // One route lookup for the whole batch: the recipients are the same.
+    let online = online_by_gateway(state, &dm_users(conv)?).await?;
+    for frame in frames {
+        for (gateway, users) in &online {
+            let command = GatewayCommand::Deliver {
+                users: users.clone(),
+                except: None,
+            };
+            publish_command(state, gateway, &command, &frame).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends an event about a conv (`read`, `typing`) to every online
+/// connection of its members except the connection `except`.
+pub async fn deliver_conv_event(
+    state: &AppState,
+    conv: &str,
+    except: Option<ConnRef>,
+    event: &Event,
+) -> Result<(), ServiceError> {
+    let frame = encode_event(event);
+    match group_id_of(conv) {
+        Some(group_id) => publish_topic(state, &topics::group(group_id), except, &frame).await,
+        None => deliver_to_users_except(state, &dm_users(conv)?, except, &frame).await,
+    }
+}
+
+/// The two users of a direct conv (`dm:<a>:<b>`; user ids hold no `:`).
+fn dm_users(conv: &str) -> Result<Vec<String>, ServiceError> {
+    conv.strip_prefix("dm:")
+        .and_then(|pair| pair.split_once(':'))
+        .map(|(a, b)| vec![a.to_string(), b.to_string()])
+        .ok_or_else(|| ServiceError::Internal(format!("{conv} is no conv of a known kind")))
 }
 
 /// Sends `frame` to every online connection of `users`.
@@ -53,8 +90,19 @@ pub async fn deliver_to_users(
     users: &[String],
     frame: &[u8],
 ) -> Result<(), ServiceError> {
+    deliver_to_users_except(state, users, None, frame).await
+}
+
+/// Sends `frame` to every online connection of `users` but `except`.
+pub async fn deliver_to_users_except(
+    state: &AppState,
+    users: &[String],
+    except: Option<ConnRef>,
+    frame: &[u8],
+) -> Result<(), ServiceError> {
     for (gateway, users) in online_by_gateway(state, users).await? {
-        let command = GatewayCommand::Deliver { users };
+        let except = except.clone().filter(|c| c.gateway_id == gateway);
+        let command = GatewayCommand::Deliver { users, except };
         publish_command(state, &gateway, &command, frame).await?;
     }
     Ok(())
@@ -218,6 +266,13 @@ fn group_by_gateway<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dm_users_come_from_the_conv_id() {
+        let conv = oceanchat_protocol::conv::dm_conv("b1", "a2");
+        assert_eq!(dm_users(&conv).unwrap(), ["a2", "b1"]);
+        assert!(dm_users("g:1").is_err());
+    }
 
     fn routes(fields: &[&str]) -> HashMap<String, String> {
         fields

@@ -3,8 +3,10 @@
 //!
 //! Each request runs in its own task, at most [`MAX_IN_FLIGHT`] at a time;
 //! beyond that the subscription is read no faster than requests finish.
-//! The reply is the client reply body without its id. A new message's
-//! delivery starts only after the sender's reply has gone out.
+//! The reply is the client reply body without its id. New messages are
+//! delivered by the conv's writer in seq order as soon as they are stored
+//! (see [`crate::messages`]), so the `msg` event of a send may reach the
+//! sending connection before or after the send's reply.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use oceanchat_protocol::client::{
 use oceanchat_protocol::internal::{headers as oc_headers, topics, RpcRequest, SessionInfo};
 
 use crate::error::ServiceError;
-use crate::messages::Sent;
+use crate::presence;
 use crate::state::AppState;
 use crate::{convs, delivery, groups, locks, messages, sessions};
 
@@ -193,34 +195,39 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             let session = sessions::lookup(&mut redis, token)
                 .await?
                 .ok_or_else(ServiceError::unauthenticated)?;
-            Ok(Done::reply(&SessionInfo {
-                user_id: session.user_id,
-                session_id: session.session_id,
-            }))
+            // The connection follows its user's groups before the reply
+            // reaches the client, so no group message after it is missed.
+            let subscribe = convs::group_topics(state, &session.user_id).await?;
+            Ok(Done {
+                subscribe,
+                ..Done::reply(&SessionInfo {
+                    user_id: session.user_id,
+                    session_id: session.session_id,
+                })
+            })
         }
         Op::Ping {} => {
             user()?;
             Ok(Done::reply(&Empty {}))
         }
         Op::DmOpen { user_id } => Ok(Done::reply(&convs::dm_open(state, user()?, user_id).await?)),
-        Op::GroupCreate { name, members } => Ok(Done::reply(
-            &convs::group_create(state, user()?, name, members).await?,
-        )),
+        Op::GroupCreate { name, members } => {
+            let created = convs::group_create(state, user()?, name, members).await?;
+            Ok(Done {
+                subscribe: vec![oceanchat_protocol::internal::topics::group(
+                    &created.group_id,
+                )],
+                ..Done::reply(&created)
+            })
+        }
         Op::Send {
             conv,
             client_msg_id,
             body,
         } => {
+            // Stored, then delivered in seq order by the conv's writer.
             let sent = messages::send(state, user()?, conv, client_msg_id, body).await?;
-            let body = reply_ok(&sent.result());
-            Ok(Done {
-                body,
-                deliver: match sent {
-                    Sent::New(message) => Some(message),
-                    Sent::Repeat(_) => None,
-                },
-                ..Done::default()
-            })
+            Ok(Done::reply(&sent.result()))
         }
         Op::Sync { convs, limit } => Ok(Done::reply(
             &messages::sync(state, user()?, convs, *limit).await?,
@@ -302,9 +309,46 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             &groups::members_mute(state, &request.ctx, group_id, lock_token, user_id, *muted)
                 .await?,
         )),
-        other => Err(ServiceError::bad_request(format!(
-            "{} is not served by this backend version",
-            other.name()
-        ))),
+        Op::GroupGet {
+            group_id,
+            members_after,
+            members_limit,
+        } => Ok(Done::reply(
+            &convs::group_get(
+                state,
+                user()?,
+                group_id,
+                members_after.as_deref(),
+                *members_limit,
+            )
+            .await?,
+        )),
+        Op::ConvList {} => Ok(Done::reply(&convs::conv_list(state, user()?).await?)),
+        Op::History {
+            conv,
+            before_seq,
+            limit,
+        } => Ok(Done::reply(
+            &messages::history(state, user()?, conv, *before_seq, *limit).await?,
+        )),
+        Op::Read { conv, seq } => {
+            convs::read(state, &request.ctx, user()?, conv, *seq).await?;
+            Ok(Done::reply(&Empty {}))
+        }
+        Op::Typing { conv } => {
+            convs::typing(state, &request.ctx, user()?, conv).await?;
+            Ok(Done::reply(&Empty {}))
+        }
+        Op::PresenceQuery { user_ids } => {
+            user()?;
+            Ok(Done::reply(&presence::query(state, user_ids).await?))
+        }
+        Op::PresenceWatch { user_ids } => {
+            user()?;
+            Ok(Done {
+                subscribe: presence::watch_topics(user_ids)?,
+                ..Done::reply(&Empty {})
+            })
+        }
     }
 }

@@ -379,10 +379,12 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
         tokio::time::timeout(Duration::from_millis(500), commands.next()).await
     {
         let (command, frame) = decode_gateway_message(&message.payload).unwrap();
-        let GatewayCommand::Deliver { users } = command else {
+        let GatewayCommand::Deliver { users, .. } = command else {
             panic!("unexpected command {command:?}");
         };
-        let Event::Msg(msg) = serde_json::from_slice(&frame).unwrap();
+        let Event::Msg(msg) = serde_json::from_slice(&frame).unwrap() else {
+            panic!("not a msg event");
+        };
         assert_eq!(msg.seq, sent["seq"].as_u64().unwrap());
         assert_eq!(msg.msg_id, sent["msg_id"].as_str().unwrap());
         assert_eq!(

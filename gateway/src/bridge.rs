@@ -76,8 +76,12 @@ pub struct RpcReply {
 #[derive(Debug, Clone)]
 pub enum CoreCommand {
     /// Write `frame` (an encoded WebSocket frame) to every local
-    /// connection of these users.
-    Deliver { users: Arc<[String]>, frame: Bytes },
+    /// connection of these users but the connection `except`.
+    Deliver {
+        users: Arc<[String]>,
+        except: Option<u64>,
+        frame: Bytes,
+    },
     /// Close every local connection of this login session.
     CloseSession { session_id: Arc<str>, code: u16 },
     /// Write `frame` to every local subscriber of `topic` except the
@@ -489,8 +493,12 @@ async fn receive_commands(
     let mut messages = futures::stream::select(own, all);
     while let Some(message) = messages.next().await {
         let command = match decode_gateway_message(&message.payload) {
-            Ok((GatewayCommand::Deliver { users }, event)) => CoreCommand::Deliver {
+            Ok((GatewayCommand::Deliver { users, except }, event)) => CoreCommand::Deliver {
                 users: users.into(),
+                // Connection ids are unique within one gateway only.
+                except: except
+                    .filter(|c| c.gateway_id == config.gateway_id)
+                    .map(|c| c.conn_id),
                 frame: codec::text_frame(&event),
             },
             Ok((GatewayCommand::CloseSession { session_id, code }, _)) => {

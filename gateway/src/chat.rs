@@ -93,12 +93,15 @@ impl Chat {
         }
     }
 
-    /// Writes one encoded frame to every local connection of `users`.
-    pub fn deliver(&self, users: &[String], frame: &Bytes) {
+    /// Writes one encoded frame to every local connection of `users` but
+    /// the connection `except`.
+    pub fn deliver(&self, users: &[String], except: Option<u64>, frame: &Bytes) {
         let table = self.inner.users.borrow();
         for user in users {
             for c in table.get(user.as_str()).into_iter().flatten() {
-                c.conn.send(frame.clone());
+                if Some(c.conn.id()) != except {
+                    c.conn.send(frame.clone());
+                }
             }
         }
     }

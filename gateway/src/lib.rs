@@ -159,7 +159,11 @@ async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Recei
     while inbox.recv_many(&mut batch, 256).await > 0 {
         for command in batch.drain(..) {
             match command {
-                CoreCommand::Deliver { users, frame } => core.handler.deliver(&users, &frame),
+                CoreCommand::Deliver {
+                    users,
+                    except,
+                    frame,
+                } => core.handler.deliver(&users, except, &frame),
                 CoreCommand::CloseSession { session_id, code } => {
                     core.handler.close_session(&session_id, code)
                 }

@@ -107,7 +107,16 @@ pub enum Op {
     #[serde(rename = "group.create")]
     GroupCreate { name: String, members: Vec<String> },
     #[serde(rename = "group.get")]
-    GroupGet { group_id: String },
+    GroupGet {
+        group_id: String,
+        /// Members page: those whose `user_id` sorts after this one (the
+        /// `members_next` of the previous page); absent for the first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members_after: Option<String>,
+        /// Members page size; absent for the server's default (and most).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members_limit: Option<u32>,
+    },
     #[serde(rename = "conv.list")]
     ConvList {},
     #[serde(rename = "send")]
@@ -385,7 +394,11 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupGetResult {
     pub group: GroupInfo,
+    /// Sorted by `user_id`; one page of them in a large group.
     pub members: Vec<MemberInfo>,
+    /// Present when more members follow: pass it as `members_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_next: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -576,6 +589,13 @@ mod tests {
         let ops = [
             Op::GroupGet {
                 group_id: "g".into(),
+                members_after: None,
+                members_limit: None,
+            },
+            Op::GroupGet {
+                group_id: "g".into(),
+                members_after: Some("u".into()),
+                members_limit: Some(10),
             },
             Op::ConvList {},
             Op::History {

@@ -199,8 +199,13 @@ pub struct ConnRef {
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum GatewayCommand {
     /// Write the attached event frame to every local connection of these
-    /// users.
-    Deliver { users: Vec<String> },
+    /// users, except the connection `except` (for `read` and `typing` in
+    /// a direct conv).
+    Deliver {
+        users: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<ConnRef>,
+    },
     /// Close every local connection of this login session with `code`.
     CloseSession { session_id: String, code: u16 },
     /// On a topic subject: write the attached frame to every local
@@ -265,6 +270,7 @@ mod tests {
     fn gateway_message_round_trip() {
         let cmd = GatewayCommand::Deliver {
             users: vec!["u1".into(), "u2".into()],
+            except: None,
         };
         let frame = br#"{"ev":"msg","body":"a\nb"}"#;
         let payload = encode_gateway_message(&cmd, frame);
