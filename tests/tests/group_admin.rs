@@ -1,0 +1,253 @@
+//! Group administration (`group.update`, `group.members.*`): every write
+//! needs the live lock token, roles decide who may do what, each change
+//! bumps the version once and is announced with a `group` event.
+
+mod admin;
+
+use oceanchat_protocol::client::{ErrorCode, GroupPatch, Role};
+use oceanchat_tests::{refusal, World, WAIT};
+
+use admin::*;
+
+#[tokio::test]
+async fn writes_need_the_live_lock_token() {
+    let world = World::with(1, 1);
+    let owner = world.user("owner").await;
+    let x = world.user("x").await;
+    let o = owner.connect(&world, 0).await;
+    let o2 = owner.connect(&world, 0).await;
+    let group = o.group_create("club", &[&x.user_id]).await.unwrap();
+    let gid = &group.group_id;
+    let v0 = group_get(&o, gid).await.group.version;
+
+    // Nobody holds the lock: every write is `lock_required`.
+    assert_eq!(
+        refusal(remove(&o, gid, "", &[&x.user_id]).await),
+        ErrorCode::LockRequired
+    );
+    assert_eq!(
+        refusal(remove(&o, gid, "made-up", &[&x.user_id]).await),
+        ErrorCode::LockRequired
+    );
+
+    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
+    // Held, but not with this token, or not by this connection.
+    assert_eq!(
+        refusal(mute(&o, gid, "made-up", &x.user_id, true).await),
+        ErrorCode::LockLost
+    );
+    assert_eq!(
+        refusal(mute(&o2, gid, &lease.token, &x.user_id, true).await),
+        ErrorCode::LockLost
+    );
+    assert_eq!(
+        refusal(update(&o, gid, "", GroupPatch::default(), None).await),
+        ErrorCode::BadRequest,
+        "an empty patch is refused before anything else"
+    );
+    let after = group_get(&o, gid).await;
+    assert_eq!(after.group.version, v0, "refused writes changed nothing");
+    assert!(after.members.iter().all(|m| !m.muted));
+
+    // With the token, from the holding connection: it applies.
+    let v1 = mute(&o, gid, &lease.token, &x.user_id, true).await.unwrap();
+    assert_eq!(v1, v0 + 1);
+    release(&o, &group_resource(gid), &lease.token)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(mute(&o, gid, &lease.token, &x.user_id, false).await),
+        ErrorCode::LockRequired,
+        "a released token writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn update_changes_settings_once_per_version() {
+    let world = World::with(1, 1);
+    let owner = world.user("owner").await;
+    let o = owner.connect(&world, 0).await;
+    let group = o.group_create("club", &[]).await.unwrap();
+    let gid = &group.group_id;
+    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
+    let v0 = group_get(&o, gid).await.group.version;
+
+    let patch = GroupPatch {
+        name: Some("the club".into()),
+        announcement: Some("meet on fridays".into()),
+        join_policy: Some("approval".into()),
+    };
+    let v1 = update(&o, gid, &lease.token, patch, Some(v0))
+        .await
+        .unwrap();
+    assert_eq!(v1, v0 + 1);
+
+    // A page that read version v0 and saves over v1 is told so.
+    let stale = GroupPatch {
+        name: Some("old view".into()),
+        ..GroupPatch::default()
+    };
+    assert_eq!(
+        refusal(update(&o, gid, &lease.token, stale, Some(v0)).await),
+        ErrorCode::VersionConflict
+    );
+    // Without expected_version a patch touches only its own fields.
+    let only_announcement = GroupPatch {
+        announcement: Some("and saturdays".into()),
+        ..GroupPatch::default()
+    };
+    let v2 = update(&o, gid, &lease.token, only_announcement, None)
+        .await
+        .unwrap();
+    assert_eq!(v2, v1 + 1);
+    let bad = GroupPatch {
+        join_policy: Some("whoever".into()),
+        ..GroupPatch::default()
+    };
+    assert_eq!(
+        refusal(update(&o, gid, &lease.token, bad, None).await),
+        ErrorCode::BadRequest
+    );
+
+    let got = group_get(&o, gid).await.group;
+    assert_eq!(got.name, "the club");
+    assert_eq!(got.announcement, "and saturdays");
+    assert_eq!(got.join_policy, "approval");
+    assert_eq!(got.version, v2);
+}
+
+#[tokio::test]
+async fn roles_decide_who_may_change_whom() {
+    let world = World::with(1, 1);
+    let owner = world.user("owner").await;
+    let adm = world.user("adm").await;
+    let adm2 = world.user("admtwo").await;
+    let member = world.user("member").await;
+    let o = owner.connect(&world, 0).await;
+    let a = adm.connect(&world, 0).await;
+    let m = member.connect(&world, 0).await;
+    let group = o
+        .group_create("club", &[&adm.user_id, &adm2.user_id, &member.user_id])
+        .await
+        .unwrap();
+    let gid = &group.group_id;
+    let resource = group_resource(gid);
+
+    // The owner makes two admins.
+    let lease = acquire(&o, &resource).await.unwrap();
+    for u in [&adm.user_id, &adm2.user_id] {
+        set_role(&o, gid, &lease.token, u, Role::Admin)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        refusal(set_role(&o, gid, &lease.token, &member.user_id, Role::Owner).await),
+        ErrorCode::BadRequest,
+        "ownership is not given away"
+    );
+    assert_eq!(
+        refusal(remove(&o, gid, &lease.token, &[&owner.user_id]).await),
+        ErrorCode::Forbidden,
+        "nobody removes the owner"
+    );
+    release(&o, &resource, &lease.token).await.unwrap();
+
+    // An admin manages members, not admins and not the owner.
+    let lease = acquire(&a, &resource).await.unwrap();
+    let forbidden = [
+        set_role(&a, gid, &lease.token, &member.user_id, Role::Admin).await,
+        set_role(&a, gid, &lease.token, &adm2.user_id, Role::Member).await,
+        remove(&a, gid, &lease.token, &[&adm2.user_id]).await,
+        remove(&a, gid, &lease.token, &[&owner.user_id]).await,
+        mute(&a, gid, &lease.token, &adm2.user_id, true).await,
+        mute(&a, gid, &lease.token, &owner.user_id, true).await,
+    ];
+    for result in forbidden {
+        assert_eq!(refusal(result), ErrorCode::Forbidden);
+    }
+    let outsider = world.user("outsider").await;
+    assert_eq!(
+        refusal(mute(&a, gid, &lease.token, &outsider.user_id, true).await),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        refusal(add(&a, gid, &lease.token, &["no-such-user"]).await),
+        ErrorCode::NotFound
+    );
+
+    // Muted members cannot send; unmuted they can again.
+    mute(&a, gid, &lease.token, &member.user_id, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(m.send(&group.conv, "m-1", "hello?").await),
+        ErrorCode::Muted
+    );
+    mute(&a, gid, &lease.token, &member.user_id, false)
+        .await
+        .unwrap();
+    m.send(&group.conv, "m-2", "hello").await.unwrap();
+
+    // A plain member cannot even take the lock.
+    assert_eq!(refusal(acquire(&m, &resource).await), ErrorCode::Forbidden);
+
+    let got = group_get(&o, gid).await;
+    assert_eq!(role_in(&got, &owner.user_id), Some(Role::Owner));
+    assert_eq!(role_in(&got, &adm.user_id), Some(Role::Admin));
+    assert_eq!(role_in(&got, &adm2.user_id), Some(Role::Admin));
+    assert_eq!(role_in(&got, &member.user_id), Some(Role::Member));
+}
+
+#[tokio::test]
+async fn membership_changes_reach_members_and_move_their_subscriptions() {
+    let world = World::with(1, 2);
+    let owner = world.user("owner").await;
+    let x = world.user("x").await;
+    let newbie = world.user("newbie").await;
+    let o = owner.connect(&world, 0).await;
+    let group = o.group_create("club", &[&x.user_id]).await.unwrap();
+    let gid = &group.group_id;
+    // Connected after the group exists: they follow its topic from auth.
+    let xc = x.connect(&world, 1).await;
+    let nc = newbie.connect(&world, 1).await;
+    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
+
+    let v = add(&o, gid, &lease.token, &[&newbie.user_id])
+        .await
+        .unwrap();
+    let (version, change) = next_group_event(&nc, gid, WAIT)
+        .await
+        .expect("the new member hears of its addition");
+    assert_eq!(version, v);
+    assert_eq!(change["kind"], "members_added");
+    assert_eq!(change["user_ids"][0], newbie.user_id.as_str());
+    let (version, _) = next_group_event(&xc, gid, WAIT)
+        .await
+        .expect("existing members hear of it");
+    assert_eq!(version, v);
+
+    // The new member now gets the group's messages.
+    o.send(&group.conv, "o-1", "welcome").await.unwrap();
+    assert_eq!(nc.next_msg(WAIT).await.expect("msg").body, "welcome");
+
+    // Removed: x hears of it, then no longer follows the group.
+    let v = remove(&o, gid, &lease.token, &[&x.user_id]).await.unwrap();
+    let (version, change) = next_group_event(&xc, gid, WAIT)
+        .await
+        .expect("the removed member hears of its removal");
+    assert_eq!(version, v);
+    assert_eq!(change["kind"], "members_removed");
+    // The unsubscribe travels to the gateway after the event: give it a
+    // moment, then a group message must not reach x.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    o.send(&group.conv, "o-2", "members only").await.unwrap();
+    assert_eq!(nc.next_msg(WAIT).await.expect("msg").body, "members only");
+    assert!(
+        xc.next_msg(oceanchat_tests::QUIET).await.is_none(),
+        "a removed member gets no more messages"
+    );
+    assert_eq!(
+        refusal(xc.send(&group.conv, "x-1", "still here?").await),
+        ErrorCode::NotMember
+    );
+}
