@@ -39,12 +39,17 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--addr" => args.addr = value().parse().unwrap_or_else(|_| usage("bad --addr")),
             "--pid" => args.pid = value().parse().unwrap_or_else(|_| usage("bad --pid")),
             "--connections" => {
-                args.connections = value().parse().unwrap_or_else(|_| usage("bad --connections"))
+                args.connections = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --connections"))
             }
             "--step" => args.step = value().parse().unwrap_or_else(|_| usage("bad --step")),
             "--settle-ms" => {

@@ -221,7 +221,9 @@ fn start_signal_thread(cores: Vec<mpsc::Sender<Command>>) -> anyhow::Result<()> 
                 tracing::info!("draining: closing every connection with 1012");
                 for core in &cores {
                     let _ = core
-                        .send(Command::Drain(oceanchat_protocol::CloseCode::SERVICE_RESTART))
+                        .send(Command::Drain(
+                            oceanchat_protocol::CloseCode::SERVICE_RESTART,
+                        ))
                         .await;
                 }
             });
