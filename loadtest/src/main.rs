@@ -1,0 +1,101 @@
+//! `oceanchat-loadtest`: see the crate documentation and `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use oceanchat_loadtest::procstat::Target;
+use oceanchat_loadtest::scenario::{Overrides, Scenario};
+use oceanchat_loadtest::{parent, report, tables, worker};
+
+#[derive(Parser)]
+#[command(
+    name = "oceanchat-loadtest",
+    about = "Load generator for OceanChat and the comparison protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once at start: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a scenario and writes report.json and report.svg.
+    Run {
+        /// A TOML scenario file; without one, the defaults and the flags.
+        scenario: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// A process to sample (CPU, RSS) as NAME=PID; repeat for several.
+        #[arg(long = "pid")]
+        pids: Vec<Target>,
+        /// Where the report files go.
+        #[arg(long, default_value = ".run/loadtest")]
+        out: PathBuf,
+        /// The chat users cache (registered users and tokens, by API URL).
+        #[arg(long, default_value = ".cache/loadtest-users.json")]
+        user_cache: PathBuf,
+    },
+    /// Prints the peer comparison table from the reports under DIR
+    /// (DIR/<server>/<phase>.json, as bench/peers/run writes them).
+    PeersTable { dir: PathBuf },
+    /// Writes the capacity report (markdown) from the reports under DIR.
+    CapacityReport {
+        dir: PathBuf,
+        #[arg(long, default_value = "docs/capacity.md")]
+        out: PathBuf,
+        /// The command that produced the reports, quoted in the document.
+        #[arg(long, default_value = "loadtest/capacity")]
+        command: String,
+    },
+    /// A worker process (started by `run` itself).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker => worker::main(),
+        Command::Run {
+            scenario,
+            overrides,
+            pids,
+            out,
+            user_cache,
+        } => {
+            let mut s = match scenario {
+                Some(path) => Scenario::load(&path)?,
+                None => Scenario::default(),
+            };
+            overrides.apply(&mut s);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = runtime.block_on(parent::run(
+                &s,
+                &pids,
+                parent::Paths {
+                    user_cache: &user_cache,
+                },
+            ))?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)?;
+            std::fs::write(out.join("report.svg"), report::svg(&r))?;
+            println!("{}", r.summary_line());
+            eprintln!("report: {}/report.json and report.svg", out.display());
+            Ok(())
+        }
+        Command::PeersTable { dir } => {
+            print!("{}", tables::peers_table(&dir)?);
+            Ok(())
+        }
+        Command::CapacityReport { dir, out, command } => {
+            let text = tables::capacity_report(&dir, &command)?;
+            std::fs::write(&out, text)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
