@@ -149,7 +149,37 @@ impl Connection {
             let value = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
             request.headers_mut().insert(*name, value);
         }
-        let connecting = tokio_tungstenite::connect_async(request);
+        Self::finish_connect(ws_url, tokio_tungstenite::connect_async(request)).await
+    }
+
+    /// Upgrades a TCP stream the caller opened, e.g. one bound to a chosen
+    /// source address (the load generator spreads its connections over
+    /// 127.0.0.2 onwards so that no address runs out of ports).
+    pub async fn connect_over(
+        stream: tokio::net::TcpStream,
+        ws_url: &str,
+    ) -> Result<Connection, ClientError> {
+        let request = ws_url
+            .into_client_request()
+            .map_err(|e| ClientError::BadRequest {
+                url: ws_url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        Self::finish_connect(ws_url, tokio_tungstenite::client_async(request, stream)).await
+    }
+
+    /// Waits for the upgrade (with the connect timeout) and starts the
+    /// connection's tasks.
+    async fn finish_connect(
+        ws_url: &str,
+        connecting: impl std::future::Future<
+            Output = Result<
+                (WsStream, tungstenite::handshake::client::Response),
+                tungstenite::Error,
+            >,
+        >,
+    ) -> Result<Connection, ClientError> {
         let (stream, _response) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
