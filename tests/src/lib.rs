@@ -98,6 +98,35 @@ impl World {
     }
 }
 
+impl World {
+    /// Registers and logs in `n` users (see [`World::user`]), a few at a
+    /// time: password hashing is what it costs.
+    pub async fn users(&self, prefix: &str, n: usize) -> Vec<User> {
+        use futures::StreamExt as _;
+        futures::stream::iter((0..n).map(|_| self.user(prefix)))
+            .buffered(8)
+            .collect()
+            .await
+    }
+
+    /// A second login of `user`: the same user in another session, as on
+    /// another device.
+    pub async fn login_again(&self, user: &User) -> User {
+        let login = self
+            .api
+            .login(&user.username, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("login {}: {e}", user.username));
+        assert_ne!(login.session_id, user.session_id);
+        User {
+            username: user.username.clone(),
+            user_id: login.user_id,
+            session_id: login.session_id,
+            token: login.token,
+        }
+    }
+}
+
 /// A registered, logged-in user.
 #[derive(Debug, Clone)]
 pub struct User {
