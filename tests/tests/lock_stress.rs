@@ -117,8 +117,11 @@ fn pick(rng: &mut Lcg, targets: &[String], is_owner: bool) -> Change {
     }
 }
 
-async fn session(c: Connection, is_owner: bool, seed: u64, shared: Arc<Shared>) {
+/// One session's loop. A `pauser` certainly freezes past its lease once,
+/// in its first batch of two or more changes.
+async fn session(c: Connection, is_owner: bool, pauser: bool, seed: u64, shared: Arc<Shared>) {
     let mut rng = Lcg(seed);
+    let mut must_pause = pauser;
     let gid = shared.gid.clone();
     let resource = group_resource(&gid);
     watch(&c, &resource).await.unwrap();
@@ -157,9 +160,10 @@ async fn session(c: Connection, is_owner: bool, seed: u64, shared: Arc<Shared>) 
                 break;
             }
             // Rarely, the holder freezes past its lease mid-batch.
-            if i > 0 && !paused && rng.below(40) == 0 {
+            if i > 0 && !paused && (must_pause || rng.below(80) == 0) {
                 tokio::time::sleep(Duration::from_millis(LEASE_MS + 300)).await;
                 paused = true;
+                must_pause = false;
             }
             let change = pick(&mut rng, &shared.targets, is_owner);
             match write(&c, &gid, &lease.token, &change).await {
@@ -233,7 +237,14 @@ async fn twenty_sessions_racing_end_with_exactly_the_acknowledged_changes() {
         for _ in 0..SESSIONS_PER_USER {
             let c = connect_as(&world, editor, (n % 2) as usize).await;
             n += 1;
-            tasks.push(tokio::spawn(session(c, i == 0, n * 7919, shared.clone())));
+            let pauser = n == 1;
+            tasks.push(tokio::spawn(session(
+                c,
+                i == 0,
+                pauser,
+                n * 7919,
+                shared.clone(),
+            )));
         }
     }
     assert_eq!(tasks.len(), 20);
@@ -266,6 +277,10 @@ async fn twenty_sessions_racing_end_with_exactly_the_acknowledged_changes() {
     for editor in &editors[1..] {
         assert_eq!(role_in(&end, &editor.user_id), Some(Role::Admin));
     }
+    assert!(
+        shared.fenced.load(Ordering::SeqCst) >= 1,
+        "the paused holder's stale write was refused"
+    );
     eprintln!(
         "{CHANGES} changes by 20 sessions in {elapsed:?}; {} stale writes fenced, {} lockless writes refused",
         shared.fenced.load(Ordering::SeqCst),
