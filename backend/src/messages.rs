@@ -265,7 +265,7 @@ async fn write_batch(
         let error = match result {
             Ok(_) => {
                 *last_seq = Some(last + todo.len() as u64);
-                stored.extend(todo.drain(..).map(|w| answer_new(w)));
+                stored.extend(todo.drain(..).map(answer_new));
                 break;
             }
             Err(error) => error,
@@ -281,7 +281,7 @@ async fn write_batch(
             break;
         };
         *last_seq = Some(last + refused_at as u64);
-        stored.extend(todo.drain(..refused_at).map(|w| answer_new(w)));
+        stored.extend(todo.drain(..refused_at).map(answer_new));
         let refused = todo.pop_front().expect("the refused send is in the batch");
         let first =
             find_by_client_msg_id(state, conv, &refused.doc.from, &refused.doc.client_msg_id).await;
