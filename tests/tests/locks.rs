@@ -184,7 +184,7 @@ async fn logout_closes_the_sockets_and_frees_their_locks() {
 
 #[tokio::test]
 async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
-    let world = world_with_backend_args(&["--lock-ttl-ms", "600"], 1);
+    let world = world_with_backend_args(&["--lock-ttl-ms", "1000"], 1);
     let owner = world.user("owner").await;
     let member = world.user("member").await;
     let o = owner.connect(&world, 0).await;
@@ -194,7 +194,7 @@ async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
     let resource = group_resource(&group.group_id);
 
     let lease = acquire(&o, &resource).await.unwrap();
-    assert_eq!(lease.ttl_ms, 600);
+    assert_eq!(lease.ttl_ms, 1000);
     watch(&m, &resource).await.unwrap();
     // Renewing keeps it past its first lease.
     for _ in 0..3 {
@@ -204,7 +204,7 @@ async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
     acquire_refused(&o2, &resource).await;
 
     // Not renewed: it lapses, and the next editor takes it.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
     acquire(&o2, &resource).await.unwrap();
     let event = next_lock_event(&m, &resource, WAIT).await.expect("event");
     assert!(event.is_some(), "the new holder is announced");
