@@ -32,7 +32,7 @@ fn target_of(r: &Report) -> Option<&crate::report::TargetReport> {
 
 const ROWS: [Row; 9] = [
     (
-        "user-space memory per idle connection, bytes (19,000 connections)",
+        "user-space memory per idle connection, bytes (RSS slope)",
         false,
         |d| target_of(&load(&d.join("idle.json"))?)?.idle_bytes_per_conn,
     ),
@@ -112,11 +112,18 @@ pub fn peers_table(dir: &Path) -> anyhow::Result<String> {
         }
         out.push('\n');
     }
+    if let Some(r) = load(&dir.join(PEERS[0].0).join("idle.json")) {
+        let _ = writeln!(
+            out,
+            "\nIdle phase: {} connections; memory is (RSS after settling - RSS before) / connections.",
+            r.scenario.connections
+        );
+    }
     // What the latency rows were measured at.
     if let Some(r) = load(&dir.join(PEERS[0].0).join("latency.json")) {
         let _ = writeln!(
             out,
-            "\nCommon load: {} subscribers, {} broadcasts/s of {} bytes ({:.0} deliveries/s offered).",
+            "Common load: {} subscribers, {} broadcasts/s of {} bytes ({:.0} deliveries/s offered).",
             r.scenario.connections,
             r.scenario.total_rate,
             r.scenario.message_size,
