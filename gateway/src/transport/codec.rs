@@ -71,7 +71,9 @@ struct Fragments {
 /// Incremental frame decoder for one connection.
 #[derive(Debug)]
 pub struct Decoder {
-    limits: Limits,
+    /// The limits, as `u32` to keep the decoder (one per connection) small.
+    max_frame_bytes: u32,
+    max_message_bytes: u32,
     /// Bytes received and not yet decoded (at most one partial frame after
     /// [`Decoder::next`] returned `None`).
     pending: BytesMut,
@@ -82,7 +84,8 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(limits: Limits) -> Self {
         Decoder {
-            limits,
+            max_frame_bytes: u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX),
+            max_message_bytes: u32::try_from(limits.max_message_bytes).unwrap_or(u32::MAX),
             pending: BytesMut::new(),
             fragments: None,
         }
@@ -123,7 +126,7 @@ impl Decoder {
             Ok(None) => return Ok(None),
             Err(_) => return Err(DecodeError::Protocol("bad frame header")),
         };
-        if len > self.limits.max_frame_bytes as u64 {
+        if len > u64::from(self.max_frame_bytes) {
             return Err(DecodeError::TooLarge);
         }
         let header_len = cursor.position() as usize;
@@ -172,7 +175,7 @@ impl Decoder {
                 let Some(fragments) = self.fragments.as_mut() else {
                     return Err(DecodeError::Protocol("continuation without a message"));
                 };
-                if fragments.payload.len() + payload.len() > self.limits.max_message_bytes {
+                if fragments.payload.len() + payload.len() > self.max_message_bytes as usize {
                     return Err(DecodeError::TooLarge);
                 }
                 fragments.payload.unsplit(payload);
@@ -186,7 +189,7 @@ impl Decoder {
                 if self.fragments.is_some() {
                     return Err(DecodeError::Protocol("new message inside a fragmented one"));
                 }
-                if payload.len() > self.limits.max_message_bytes {
+                if payload.len() > self.max_message_bytes as usize {
                     return Err(DecodeError::TooLarge);
                 }
                 let is_text = kind == Data::Text;

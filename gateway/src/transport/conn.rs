@@ -17,9 +17,8 @@
 //!   long, by looking at the tick stamps kept here.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -38,10 +37,11 @@ pub type ConnId = u64;
 /// The handle to a connection, shared by everything on its core.
 pub struct Conn {
     id: ConnId,
-    max_queued_bytes: usize,
     /// Frames waiting to be written. Empty (and unallocated) while idle.
-    outbox: RefCell<VecDeque<Bytes>>,
-    queued_bytes: Cell<usize>,
+    outbox: RefCell<Vec<Bytes>>,
+    /// The field sizes keep this struct in a 96-byte allocation.
+    max_queued_bytes: u32,
+    queued_bytes: Cell<u32>,
     /// The close code once a close was asked for; no frame is queued after.
     closing: Cell<Option<u16>>,
     /// The sweep saw the close and stamped `marked` with its tick.
@@ -62,8 +62,8 @@ impl Conn {
     pub(super) fn new(id: ConnId, max_queued_bytes: usize, tick: u32) -> Self {
         Conn {
             id,
-            max_queued_bytes,
-            outbox: RefCell::new(VecDeque::new()),
+            outbox: RefCell::new(Vec::new()),
+            max_queued_bytes: u32::try_from(max_queued_bytes).unwrap_or(u32::MAX),
             queued_bytes: Cell::new(0),
             closing: Cell::new(None),
             close_seen: Cell::new(false),
@@ -91,14 +91,16 @@ impl Conn {
         if self.is_closing() {
             return;
         }
-        let queued = self.queued_bytes.get() + frame.len();
+        let queued = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.queued_bytes.get());
         if queued > self.max_queued_bytes {
             tracing::info!(
                 conn_id = self.id,
                 queued,
                 "outbound queue overflow, closing"
             );
-            *self.outbox.borrow_mut() = VecDeque::new();
+            *self.outbox.borrow_mut() = Vec::new();
             self.queued_bytes.set(0);
             self.overflowed.set(true);
             self.close(
@@ -108,7 +110,7 @@ impl Conn {
             return;
         }
         self.queued_bytes.set(queued);
-        self.outbox.borrow_mut().push_back(frame);
+        self.outbox.borrow_mut().push(frame);
         self.wake();
     }
 
@@ -124,8 +126,10 @@ impl Conn {
             return;
         }
         let frame = codec::close_frame(code, reason);
-        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
-        self.outbox.borrow_mut().push_back(frame);
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_add(len));
+        self.outbox.borrow_mut().push(frame);
         self.closing.set(Some(code));
         self.wake();
     }
@@ -243,14 +247,13 @@ enum NoUpgrade {
     Metrics,
 }
 
-/// The upgrade as a boxed future: it is large (request buffer, parser
-/// state, write futures) and lives only until the upgrade is done.
-pub(super) type Upgrading = Pin<Box<dyn Future<Output = Option<(TcpStream, Vec<u8>)>>>>;
-
-/// Starts the upgrade of an accepted socket; see [`run`].
-pub(super) fn upgrading<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>) -> Upgrading {
-    Box::pin(async move {
-        let mut stream = stream;
+/// Serves an accepted socket: the upgrade runs in a task of its own, and
+/// only once it succeeded is the connection's long-lived task spawned.
+/// The upgrade's state (request buffer, parser, write futures, timeout) is
+/// large and short-lived; this way it never counts toward the task that an
+/// idle connection keeps.
+pub(super) fn start<H: Handler>(mut stream: TcpStream, id: ConnId, core: Rc<Core<H>>) {
+    monoio::spawn(async move {
         let timeout = core.config.handshake_timeout;
         let result = match monoio::time::timeout(timeout, upgrade(&mut stream, &core)).await {
             Ok(result) => result,
@@ -258,34 +261,128 @@ pub(super) fn upgrading<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core
         };
         // Counted before the socket closes, so a peer that sees the close
         // also sees the count.
-        match result {
-            Ok(leftover) => Some((stream, leftover)),
-            Err(NoUpgrade::Metrics) => None,
+        let leftover = match result {
+            Ok(leftover) => leftover,
+            Err(NoUpgrade::Metrics) => return,
             Err(why) => {
                 tracing::debug!(conn_id = id, %why, "upgrade failed");
                 core.metrics().handshake_failures.incr();
-                None
+                return;
             }
+        };
+        let conn = Rc::new(Conn::new(id, core.config.max_queued_bytes, core.tick()));
+        let mut decoder = Decoder::new(core.config.limits);
+        decoder.feed(&leftover);
+        let task = run(stream, conn, decoder, core);
+        if id & 0xffff_ffff_ffff == 1 {
+            tracing::debug!(
+                bytes = std::mem::size_of_val(&task),
+                "size of an upgraded connection's future"
+            );
         }
-    })
+        monoio::spawn(task);
+    });
 }
 
-/// Serves one accepted socket until it closes. Takes the upgrade as an
-/// already boxed future so that this task keeps only a pointer to it.
-pub(super) async fn run<H: Handler>(upgrading: Upgrading, id: ConnId, core: Rc<Core<H>>) {
-    let Some((mut stream, leftover)) = upgrading.await else {
-        return;
-    };
-    let conn = Rc::new(Conn::new(id, core.config.max_queued_bytes, core.tick()));
-    core.opened(&conn);
-    let session = core.handler.on_open(&conn);
-    let mut decoder = Decoder::new(core.config.limits);
-    decoder.feed(&leftover);
-    drop(leftover);
-    let end = serve(&mut stream, &conn, &core, &session, &mut decoder).await;
-    tracing::debug!(conn_id = id, %end, "connection ended");
-    core.closed(&conn);
-    core.handler.on_close(session);
+/// Serves an upgraded connection until it closes. Not an `async fn`: an
+/// `async fn` keeps its arguments in its future besides the locals it moves
+/// them into (rust-lang/rust#62958), an `async move` block uses its
+/// captures in place.
+fn run<H: Handler>(
+    mut stream: TcpStream,
+    conn: Rc<Conn>,
+    mut decoder: Decoder,
+    core: Rc<Core<H>>,
+) -> impl Future<Output = ()> {
+    async move {
+        core.opened(&conn);
+        let session = core.handler.on_open(&conn);
+        // The connection's life is inline: as a separate `async fn` its
+        // arguments would take room in this task's future a second time.
+        let mut peer_closed = false;
+        // Bytes that arrived with the upgrade request.
+        dispatch(&conn, &core, &session, &mut decoder, &mut peer_closed);
+        let end = loop {
+            if peer_closed && conn.is_closing() && conn.outbox.borrow().is_empty() {
+                break End::Closed;
+            }
+            let wake = {
+                // One future waits for readiness, output or abort, so an idle
+                // connection holds nothing else.
+                let mut readable = pin!(stream.readable(false));
+                poll_fn(|cx| {
+                    if conn.abort.get() {
+                        return Poll::Ready(Wake::Abort);
+                    }
+                    if !conn.outbox.borrow().is_empty() {
+                        return Poll::Ready(Wake::Output);
+                    }
+                    conn.waker.set(Some(cx.waker().clone()));
+                    if !peer_closed {
+                        if let Poll::Ready(ready) = readable.as_mut().poll(cx) {
+                            return Poll::Ready(Wake::Readable(ready));
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match wake {
+                Wake::Abort => break End::Aborted,
+                Wake::Readable(Err(e)) => break End::Io(e),
+                Wake::Readable(Ok(())) => {
+                    // Boxed, like the write below: these futures are large and
+                    // short-lived, and inline they would make every idle
+                    // connection's task as large as the largest of them.
+                    let buf = core.pool.take();
+                    let (read, buf) = Box::pin(stream.read(buf)).await;
+                    let result = match read {
+                        Ok(0) => Err(End::PeerGone),
+                        Ok(n) => {
+                            decoder.feed(&buf);
+                            Ok(n)
+                        }
+                        Err(e) => Err(End::Io(e)),
+                    };
+                    core.pool.give(buf);
+                    let n = match result {
+                        Ok(n) => n,
+                        Err(end) => break end,
+                    };
+                    conn.heard.set(core.tick());
+                    core.metrics().bytes_in.add(n as u64);
+                    dispatch(&conn, &core, &session, &mut decoder, &mut peer_closed);
+                }
+                Wake::Output => {
+                    if let Some((out, frames)) = conn.take_output() {
+                        let metrics = core.metrics();
+                        metrics.writes.incr();
+                        metrics.frames_out.add(frames as u64);
+                        metrics.bytes_out.add(out.len() as u64);
+                        // A peer that does not read blocks this write; the
+                        // sweep's abort must still end the connection.
+                        let mut write = Box::pin(stream.write_all(out));
+                        let written = poll_fn(|cx| {
+                            if conn.abort.get() {
+                                return Poll::Ready(None);
+                            }
+                            conn.waker.set(Some(cx.waker().clone()));
+                            write.as_mut().poll(cx).map(|(written, _)| Some(written))
+                        })
+                        .await;
+                        match written {
+                            None => break End::Aborted,
+                            Some(Err(e)) => break End::Io(e),
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                }
+            }
+        };
+        tracing::debug!(conn_id = conn.id, %end, "connection ended");
+        core.closed(&conn);
+        core.handler.on_close(session);
+    }
 }
 
 /// Reads the upgrade request and answers it. Returns any bytes the client
@@ -343,93 +440,6 @@ enum Wake {
     Readable(std::io::Result<()>),
     Output,
     Abort,
-}
-
-/// The connection's life after the upgrade.
-async fn serve<H: Handler>(
-    stream: &mut TcpStream,
-    conn: &Rc<Conn>,
-    core: &Rc<Core<H>>,
-    session: &H::Session,
-    decoder: &mut Decoder,
-) -> End {
-    let mut peer_closed = false;
-    // Bytes that arrived with the upgrade request.
-    dispatch(conn, core, session, decoder, &mut peer_closed);
-    loop {
-        if peer_closed && conn.is_closing() && conn.outbox.borrow().is_empty() {
-            return End::Closed;
-        }
-        let wake = {
-            // One future waits for readiness, output or abort, so an idle
-            // connection holds nothing else.
-            let mut readable = pin!(stream.readable(false));
-            poll_fn(|cx| {
-                if conn.abort.get() {
-                    return Poll::Ready(Wake::Abort);
-                }
-                if !conn.outbox.borrow().is_empty() {
-                    return Poll::Ready(Wake::Output);
-                }
-                conn.waker.set(Some(cx.waker().clone()));
-                if !peer_closed {
-                    if let Poll::Ready(ready) = readable.as_mut().poll(cx) {
-                        return Poll::Ready(Wake::Readable(ready));
-                    }
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        match wake {
-            Wake::Abort => return End::Aborted,
-            Wake::Readable(Err(e)) => return End::Io(e),
-            Wake::Readable(Ok(())) => {
-                let buf = core.pool.take();
-                let (read, buf) = stream.read(buf).await;
-                let result = match read {
-                    Ok(0) => Err(End::PeerGone),
-                    Ok(n) => {
-                        decoder.feed(&buf);
-                        Ok(n)
-                    }
-                    Err(e) => Err(End::Io(e)),
-                };
-                core.pool.give(buf);
-                let n = match result {
-                    Ok(n) => n,
-                    Err(end) => return end,
-                };
-                conn.heard.set(core.tick());
-                core.metrics().bytes_in.add(n as u64);
-                dispatch(conn, core, session, decoder, &mut peer_closed);
-            }
-            Wake::Output => {
-                if let Some((out, frames)) = conn.take_output() {
-                    let metrics = core.metrics();
-                    metrics.writes.incr();
-                    metrics.frames_out.add(frames as u64);
-                    metrics.bytes_out.add(out.len() as u64);
-                    // A peer that does not read blocks this write; the
-                    // sweep's abort must still end the connection.
-                    let mut write = pin!(stream.write_all(out));
-                    let written = poll_fn(|cx| {
-                        if conn.abort.get() {
-                            return Poll::Ready(None);
-                        }
-                        conn.waker.set(Some(cx.waker().clone()));
-                        write.as_mut().poll(cx).map(|(written, _)| Some(written))
-                    })
-                    .await;
-                    match written {
-                        None => return End::Aborted,
-                        Some(Err(e)) => return End::Io(e),
-                        Some(Ok(_)) => {}
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Hands every complete message in the decoder to the handler and answers

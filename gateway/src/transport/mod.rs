@@ -338,15 +338,6 @@ pub async fn serve<H: Handler>(listener: TcpListener, core: Rc<Core<H>>) {
         let _ = stream.set_nodelay(true);
         let id = core.next_id();
         tracing::trace!(conn_id = id, %peer, "accepted");
-        let upgrading = conn::upgrading(stream, id, core.clone());
-        let task = conn::run(upgrading, id, core.clone());
-        if id & 0xffff_ffff_ffff == 1 {
-            tracing::debug!(
-                core = core.index,
-                bytes = std::mem::size_of_val(&task),
-                "size of a connection's future"
-            );
-        }
-        monoio::spawn(task);
+        conn::start(stream, id, core.clone());
     }
 }
