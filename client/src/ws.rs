@@ -654,8 +654,15 @@ mod tests {
             r#"{"ev":"msg","conv":"g:1","seq":1,"msg_id":"m","from":"u","ts":1,"body":"b","client_msg_id":"c"}"#,
         );
         routes.route(r#"{"ev":"typing","conv":"g:1","user_id":"u"}"#);
+        routes.route(r#"{"ev":"from_a_newer_server"}"#);
         assert!(matches!(events.try_recv().unwrap(), Event::Msg(m) if m.seq == 1));
-        assert_eq!(unmatched.try_recv().unwrap()["ev"], json!("typing"));
+        assert!(
+            matches!(events.try_recv().unwrap(), Event::Typing { user_id, .. } if user_id == "u")
+        );
+        assert_eq!(
+            unmatched.try_recv().unwrap()["ev"],
+            json!("from_a_newer_server")
+        );
     }
 
     #[test]
