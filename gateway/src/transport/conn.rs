@@ -288,6 +288,7 @@ pub(super) fn start<H: Handler>(mut stream: TcpStream, id: ConnId, core: Rc<Core
 /// `async fn` keeps its arguments in its future besides the locals it moves
 /// them into (rust-lang/rust#62958), an `async move` block uses its
 /// captures in place.
+#[allow(clippy::manual_async_fn)] // see above: the rewrite costs memory
 fn run<H: Handler>(
     mut stream: TcpStream,
     conn: Rc<Conn>,
