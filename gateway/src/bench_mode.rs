@@ -12,16 +12,16 @@
 //! per process, never one per recipient.
 
 use std::cell::OnceCell;
-use std::future::Future;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Driver};
-use crate::transport::{self, codec, Conn, Core, Handler, Message, TransportConfig};
+use crate::config::Config;
+use crate::cores;
+use crate::transport::{codec, Conn, Core, Handler, Message, TransportConfig};
 
 /// Depth of each core's queue of published frames.
 const QUEUE_DEPTH: usize = 4096;
@@ -88,98 +88,63 @@ impl Handler for Bench {
 
 /// Runs the bench server until SIGTERM or SIGINT, then drains like chat.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let cores = config.cores();
-    let (senders, inboxes): (Vec<_>, Vec<_>) =
-        (0..cores).map(|_| mpsc::channel(QUEUE_DEPTH)).unzip();
+    cores::check_listen(config.listen)?;
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..config.cores())
+        .map(|_| mpsc::channel(QUEUE_DEPTH))
+        .unzip();
     start_signal_thread(senders.clone())?;
 
     let transport = config.transport();
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    let threads: Vec<_> = inboxes
+    let setups: Vec<CoreSetup> = inboxes
         .into_iter()
         .enumerate()
-        .map(|(index, inbox)| {
-            let others: Vec<_> = senders
+        .map(|(index, inbox)| CoreSetup {
+            index: index as u16,
+            listen: config.listen,
+            transport: transport.clone(),
+            others: senders
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != index)
                 .map(|(_, s)| s.clone())
-                .collect();
-            let transport = transport.clone();
-            let (listen, driver) = (config.listen, config.driver);
-            std::thread::Builder::new()
-                .name(format!("core-{index}"))
-                .spawn(move || {
-                    block_on(
-                        driver,
-                        core_main(index as u16, listen, transport, others, inbox, grace),
-                    )?
-                })
+                .collect(),
+            inbox,
+            grace,
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     drop(senders);
-    tracing::info!(
-        listen = %config.listen,
-        cores,
-        driver = ?config.driver,
-        "gateway started in bench mode"
-    );
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error),
-            Err(_) => anyhow::bail!("a core thread panicked"),
-        }
-    }
-    tracing::info!("gateway stopped");
-    Ok(())
-}
-
-/// Runs `future` on a monoio runtime of the chosen driver.
-fn block_on<F: Future>(driver: Driver, future: F) -> anyhow::Result<F::Output> {
-    // Size the io_uring rings for tens of thousands of connections per
-    // core instead of monoio's 1,024 entries.
-    const RING_ENTRIES: u32 = 16 * 1024;
-    Ok(match driver {
-        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(RING_ENTRIES)
-            .enable_timer()
-            .build()
-            .context("io_uring is not available here; use --driver epoll")?
-            .block_on(future),
-        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .context("cannot start the epoll runtime")?
-            .block_on(future),
+    cores::run(config.driver, setups, core_main, || {
+        tracing::info!(
+            listen = %config.listen,
+            cores = config.cores(),
+            driver = ?config.driver,
+            "gateway started in bench mode"
+        )
     })
 }
 
-async fn core_main(
+/// What one core thread needs.
+struct CoreSetup {
     index: u16,
     listen: std::net::SocketAddr,
     transport: TransportConfig,
+    /// The queues of the other cores.
     others: Vec<mpsc::Sender<Command>>,
     inbox: mpsc::Receiver<Command>,
     grace: Duration,
-) -> anyhow::Result<()> {
-    let listener = transport::bind(listen)
-        .with_context(|| format!("core {index} cannot listen on {listen}"))?;
+}
+
+async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
+    let listener = cores::bind(setup.index, setup.listen)?;
     let bench = Bench {
-        others,
+        others: setup.others,
         core: OnceCell::new(),
     };
-    let core = Core::new(index, Rc::new(transport), bench);
+    let core = Core::new(setup.index, Rc::new(setup.transport), bench);
     let _ = core.handler.core.set(Rc::downgrade(&core));
-    monoio::spawn(handle_commands(core.clone(), inbox));
-    transport::serve(listener, core.clone()).await;
-
-    let deadline = Instant::now() + grace;
-    while core.connection_count() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(20)).await;
-    }
+    monoio::spawn(handle_commands(core.clone(), setup.inbox));
+    cores::serve_until_drained(listener, core, setup.grace).await;
     Ok(())
 }
 

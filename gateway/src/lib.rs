@@ -13,26 +13,27 @@
 //! - [`config`]: every setting, with its default.
 //! - [`bench_mode`]: `--mode bench`, the comparison protocol.
 //! - [`metrics`]: per-core counters for `GET /metrics`.
+//! - [`cores`]: one monoio runtime per core, started and joined.
 //! - this file: start-up (cores, bridge) and shutdown.
 
 pub mod bench_mode;
 pub mod bridge;
 pub mod chat;
 pub mod config;
+pub mod cores;
 pub mod metrics;
 pub mod transport;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 
 use crate::bridge::{Bridge, BridgeConfig, CoreCommand};
 use crate::chat::{Chat, ChatConfig};
-use crate::config::{Config, Driver};
+use crate::config::Config;
 use crate::transport::TransportConfig;
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
@@ -40,10 +41,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.mode == config::Mode::Bench {
         return bench_mode::run(config);
     }
-    // Every core binds with SO_REUSEPORT, which would silently share the
-    // port with another process of the same user. Fail clearly instead.
-    std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    cores::check_listen(config.listen)?;
 
     let gateway_id = config.gateway_id();
     let instance = instance_id();
@@ -70,41 +68,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let transport = config.transport();
     let grace = Duration::from_secs(config.shutdown_grace_s);
 
-    let threads: Vec<_> = inboxes
+    let setups: Vec<CoreSetup> = inboxes
         .into_iter()
         .enumerate()
-        .map(|(index, inbox)| {
-            let core = CoreSetup {
-                index: index as u16,
-                listen: config.listen,
-                transport: transport.clone(),
-                chat: chat.clone(),
-                bridge: bridge.clone(),
-                inbox,
-                grace,
-            };
-            let driver = config.driver;
-            std::thread::Builder::new()
-                .name(format!("core-{index}"))
-                .spawn(move || run_core(driver, core))
+        .map(|(index, inbox)| CoreSetup {
+            index: index as u16,
+            listen: config.listen,
+            transport: transport.clone(),
+            chat: chat.clone(),
+            bridge: bridge.clone(),
+            inbox,
+            grace,
         })
-        .collect::<Result<_, _>>()?;
-    tracing::info!(
-        %gateway_id,
-        listen = %config.listen,
-        cores,
-        driver = ?config.driver,
-        "gateway started"
-    );
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error),
-            Err(_) => anyhow::bail!("a core thread panicked"),
-        }
-    }
-    tracing::info!("gateway stopped");
-    Ok(())
+        .collect();
+    cores::run(config.driver, setups, core_main, || {
+        tracing::info!(
+            %gateway_id,
+            listen = %config.listen,
+            cores,
+            driver = ?config.driver,
+            "gateway started"
+        )
+    })
 }
 
 /// What one core thread needs.
@@ -118,38 +103,12 @@ struct CoreSetup {
     grace: Duration,
 }
 
-fn run_core(driver: Driver, setup: CoreSetup) -> anyhow::Result<()> {
-    // Each connection is a few io_uring operations; size the rings for
-    // tens of thousands of them per core instead of monoio's 1,024.
-    const RING_ENTRIES: u32 = 16 * 1024;
-    match driver {
-        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(RING_ENTRIES)
-            .enable_timer()
-            .build()
-            .context("io_uring is not available here; use --driver epoll")?
-            .block_on(core_main(setup)),
-        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .context("cannot start the epoll runtime")?
-            .block_on(core_main(setup)),
-    }
-}
-
 async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
-    let listener = transport::bind(setup.listen)
-        .with_context(|| format!("core {} cannot listen on {}", setup.index, setup.listen))?;
+    let listener = cores::bind(setup.index, setup.listen)?;
     let chat = Chat::new(setup.chat, setup.bridge, setup.index);
     let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
     monoio::spawn(handle_commands(core.clone(), setup.inbox));
-    transport::serve(listener, core.clone()).await;
-
-    // Draining: give connections the grace period to finish their close.
-    let deadline = Instant::now() + setup.grace;
-    while core.connection_count() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cores::serve_until_drained(listener, core, setup.grace).await;
     Ok(())
 }
 
