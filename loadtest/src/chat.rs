@@ -5,7 +5,7 @@
 //! once per backend and cached with their tokens in a JSON file keyed by
 //! the API URL, because registering hashes a password (slow on purpose).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -124,31 +124,52 @@ pub async fn prepare(s: &Scenario, cache_path: &Path) -> anyhow::Result<Vec<Chat
     let users = &users[..s.users as usize];
 
     // Groups of consecutive users; each user's first group is where it sends.
-    let mut first_group: BTreeMap<u32, String> = BTreeMap::new();
+    let online = s.online();
+    let online_conns = |members: &mut dyn Iterator<Item = u32>| -> u32 {
+        members.filter(|&m| m < online).count() as u32 * s.connections_per_user
+    };
+    let mut first_group: BTreeMap<u32, (String, u32)> = BTreeMap::new();
     let mut offset = 0u32;
     for (kind, spec) in s.groups.iter().enumerate() {
         for g in 0..spec.count {
             let members: Vec<u32> = (0..spec.size).map(|i| (offset + i) % s.users).collect();
             offset = (offset + spec.size) % s.users;
             let conv = create_group(s, users, &members, &format!("lt-{kind}-{g}")).await?;
+            let fanout = online_conns(&mut members.iter().copied());
             for m in members {
-                first_group.entry(m).or_insert_with(|| conv.clone());
+                first_group
+                    .entry(m)
+                    .or_insert_with(|| (conv.clone(), fanout));
             }
         }
     }
 
+    // Senders outside every group write to a direct conv with the next
+    // user; the convs are opened a few at a time (one connection each).
     let senders = s.sender_count();
-    let mut send_to: BTreeMap<u32, String> = BTreeMap::new();
+    let lonely: Vec<u32> = (0..senders)
+        .filter(|u| !first_group.contains_key(u))
+        .collect();
+    let opened: Vec<anyhow::Result<(u32, String)>> = futures::stream::iter(lonely)
+        .map(|u| async move {
+            let peer = &users[((u + 1) % s.users) as usize];
+            let conn = connect_authed(&s.targets[0], &users[u as usize].token).await?;
+            let conv = conn.dm_open(&peer.user_id).await?;
+            Ok((u, conv))
+        })
+        .buffer_unordered(HTTP_CONCURRENCY)
+        .collect()
+        .await;
+    let mut send_to: BTreeMap<u32, (String, u32)> = BTreeMap::new();
+    for dm in opened {
+        let (u, conv) = dm.context("opening a direct conv")?;
+        let fanout = online_conns(&mut [u, (u + 1) % s.users].into_iter());
+        send_to.insert(u, (conv, fanout));
+    }
     for u in 0..senders {
-        let conv = match first_group.get(&u) {
-            Some(conv) => conv.clone(),
-            None => {
-                let peer = &users[((u + 1) % s.users) as usize];
-                let conn = connect_authed(&s.targets[0], &users[u as usize].token).await?;
-                conn.dm_open(&peer.user_id).await?
-            }
-        };
-        send_to.insert(u, conv);
+        if let Some(group) = first_group.get(&u) {
+            send_to.insert(u, group.clone());
+        }
     }
 
     let mut conns = Vec::new();
@@ -160,11 +181,12 @@ pub async fn prepare(s: &Scenario, cache_path: &Path) -> anyhow::Result<Vec<Chat
                 token: users[u as usize].token.clone(),
                 target,
                 send_to: if c == 0 {
-                    send_to.get(&u).cloned()
+                    send_to.get(&u).map(|(conv, _)| conv.clone())
                 } else {
                     None
                 },
                 sender_index: u,
+                fanout: send_to.get(&u).map_or(0, |(_, fanout)| *fanout),
             });
         }
     }
@@ -275,17 +297,13 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
     };
     let conn = Rc::new(conn);
 
-    if let Some(conv) = plan.send_to.clone() {
-        tokio::task::spawn_local(send_loop(
-            shared.clone(),
-            conn.clone(),
-            conv,
-            plan.sender_index,
-            go,
-        ));
+    if plan.send_to.is_some() {
+        tokio::task::spawn_local(send_loop(shared.clone(), conn.clone(), k, go));
     }
 
-    // Receive until the end of the drain.
+    // Receive until the end of the drain. Delivery is at least once, so a
+    // (conv, seq) this connection has seen counts as a duplicate.
+    let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
     loop {
         let left = go.end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -293,15 +311,30 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
         }
         match conn.next_event(left).await {
             Some(Event::Msg(m)) => {
-                if let Some((b'L', sent_ns, _)) = body::read(m.body.as_bytes()) {
-                    let latency = body::latency_us(sent_ns, body::now_ns());
-                    shared.local.borrow_mut().record(latency);
+                let Some((b'L', sent_ns, _)) = body::read(m.body.as_bytes()) else {
+                    continue;
+                };
+                let latency = body::latency_us(sent_ns, body::now_ns());
+                let first = seen.entry(m.conv).or_default().insert(m.seq);
+                let mut local = shared.local.borrow_mut();
+                if first {
+                    local.record(latency);
+                } else {
+                    local.counters.duplicates += 1;
                 }
             }
             #[allow(unreachable_patterns)] // other event kinds may come
             Some(_) => {}
             None => {
-                if let Some(info) = conn.close_info() {
+                // Either the time is up or the connection ended; for the
+                // latter, wait for its close code (the events end first).
+                if Instant::now() >= go.end {
+                    break;
+                }
+                let info = conn
+                    .closed(go.end.saturating_duration_since(Instant::now()))
+                    .await;
+                if let Some(info) = info {
                     let mut local = shared.local.borrow_mut();
                     local.counters.dropped += 1;
                     local.counters.error(&format!("close:{}", info.code));
@@ -332,15 +365,11 @@ async fn open(url: &str, global: u32, s: &Scenario, token: &str) -> Result<Conne
     Ok(conn)
 }
 
-/// Sends to `conv` on the scenario's schedule until the stop time.
-async fn send_loop(
-    shared: Rc<Shared>,
-    conn: Rc<Connection>,
-    conv: String,
-    sender_index: u32,
-    go: crate::worker::Go,
-) {
+/// Sends to the conv of chat connection `plan` on the scenario's schedule
+/// until the stop time.
+async fn send_loop(shared: Rc<Shared>, conn: Rc<Connection>, plan: usize, go: crate::worker::Go) {
     let s = &shared.task.scenario;
+    let sender_index = shared.task.chat[plan].sender_index;
     let rate = s.sender_rate();
     let senders = s.sender_count().max(1);
     if rate > 0.0 {
@@ -359,10 +388,10 @@ async fn send_loop(
             tokio::task::spawn_local(send_one(
                 shared.clone(),
                 conn.clone(),
-                conv.clone(),
-                sender_index,
+                plan,
                 k,
                 due_ns,
+                go.end,
             ));
             k += 1;
         }
@@ -370,7 +399,7 @@ async fn send_loop(
     // Closed loop: `window` sends in flight, each followed by the think time.
     let mut tasks = Vec::new();
     for w in 0..s.window.max(1) {
-        let (shared, conn, conv) = (shared.clone(), conn.clone(), conv.clone());
+        let (shared, conn) = (shared.clone(), conn.clone());
         tasks.push(tokio::task::spawn_local(async move {
             let think = Duration::from_millis(shared.task.scenario.think_time_ms);
             let mut k = w;
@@ -378,10 +407,10 @@ async fn send_loop(
                 send_one(
                     shared.clone(),
                     conn.clone(),
-                    conv.clone(),
-                    sender_index,
+                    plan,
                     k,
                     body::now_ns(),
+                    go.end,
                 )
                 .await;
                 k += shared.task.scenario.window.max(1);
@@ -394,26 +423,36 @@ async fn send_loop(
     }
 }
 
+/// Sends message `k` of chat connection `plan`, stamped `sent_ns`, and
+/// counts its reply. The connection is closed at `end`: a send still
+/// waiting then counts as `unanswered_at_end`, not as a close.
 async fn send_one(
     shared: Rc<Shared>,
     conn: Rc<Connection>,
-    conv: String,
-    sender_index: u32,
+    plan: usize,
     k: u32,
     sent_ns: u64,
+    end: Instant,
 ) {
     let s = &shared.task.scenario;
+    let plan = &shared.task.chat[plan];
+    let (sender_index, fanout) = (plan.sender_index, plan.fanout);
+    let conv = plan.send_to.as_deref().expect("only senders send");
     let text = body::string(b'L', sent_ns, sender_index, s.message_size);
     let client_msg_id = format!("lt{sender_index}-{}-{k}", shared.task.t0_ns);
     shared.local.borrow_mut().counters.sent += 1;
     let started = Instant::now();
-    let result = conn.send(&conv, &client_msg_id, &text).await;
+    let result = conn.send(conv, &client_msg_id, &text).await;
     let mut local = shared.local.borrow_mut();
     match result {
         Ok(_) => {
             local.counters.acked += 1;
+            local.counters.expected += u64::from(fanout);
             let us = started.elapsed().as_micros() as u64;
             local.ack_latency.saturating_record(us.max(1));
+        }
+        Err(ClientError::Closed(_)) if Instant::now() >= end => {
+            local.counters.error("unanswered_at_end")
         }
         Err(e) => local.counters.error(&error_code(&e)),
     }

@@ -62,8 +62,18 @@ pub struct Counters {
     /// Chat: `ok` replies to `send`. Echo: round trips completed.
     pub acked: u64,
     /// Messages received that carry a send time (each one is a latency
-    /// sample in the histogram).
+    /// sample in the histogram). Chat: a repeated `(conv, seq)` on one
+    /// connection counts once (delivery is at least once).
     pub delivered: u64,
+    /// Chat: deliveries the acked sends should cause (each acked send adds
+    /// the number of online connections of its conv's members), to compare
+    /// with `delivered`.
+    #[serde(default)]
+    pub expected: u64,
+    /// Chat: `msg` events a connection had already seen (same conv and
+    /// seq), not counted in `delivered`.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Failed requests and abnormal closes, by error or close code.
     pub errors: BTreeMap<String, u64>,
 }
@@ -77,6 +87,8 @@ impl Counters {
         self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
+        self.expected += other.expected;
+        self.duplicates += other.duplicates;
         for (code, n) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }

@@ -36,6 +36,11 @@ pub struct ChatConn {
     /// The sender's number among all senders (for spreading their
     /// schedules).
     pub sender_index: u32,
+    /// Senders: how many connections should receive each message sent to
+    /// `send_to` (every online connection of every member, the sender's
+    /// own included).
+    #[serde(default)]
+    pub fanout: u32,
 }
 
 /// Parent to worker, after the task.
