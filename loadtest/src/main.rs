@@ -48,6 +48,9 @@ enum Command {
         /// The command that produced the reports, quoted in the document.
         #[arg(long, default_value = "loadtest/capacity")]
         command: String,
+        /// The source revision measured (e.g. a commit), quoted likewise.
+        #[arg(long, default_value = "")]
+        revision: String,
     },
     /// A worker process (started by `run` itself).
     #[command(hide = true)]
@@ -91,8 +94,13 @@ fn main() -> anyhow::Result<()> {
             print!("{}", tables::peers_table(&dir)?);
             Ok(())
         }
-        Command::CapacityReport { dir, out, command } => {
-            let text = tables::capacity_report(&dir, &command)?;
+        Command::CapacityReport {
+            dir,
+            out,
+            command,
+            revision,
+        } => {
+            let text = tables::capacity_report(&dir, &command, &revision)?;
             std::fs::write(&out, text)?;
             eprintln!("wrote {}", out.display());
             Ok(())

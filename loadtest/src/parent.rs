@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::body;
 use crate::procstat::{self, Target};
-use crate::report::{Buckets, ConnectSummary, Machine, Report, RunSummary, TargetReport};
+use crate::report::{
+    Buckets, ConnectSummary, Machine, MachineLoad, Report, RunSummary, TargetReport,
+};
 use crate::scenario::{Protocol, Scenario};
 use crate::stats::LatencySummary;
 use crate::wire::{ChatConn, FromWorker, ToWorker, WorkerTask};
@@ -38,6 +40,8 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
     };
     let workers = s.worker_count();
     let mut reports: Vec<TargetReport> = targets.iter().map(TargetReport::from).collect();
+    let mut load = MachineLoad::default();
+    let mut machine_at_go = None;
     let sample_all = |reports: &[TargetReport]| -> Vec<Option<procstat::ProcSample>> {
         reports.iter().map(|t| procstat::sample(t.pid)).collect()
     };
@@ -122,6 +126,8 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
                 if let Some(until) = settle_until {
                     if go_at.is_none() && Instant::now() >= until {
                         go_at = Some(send_go(&mut procs, &mut reports, &sample_all).await?);
+                        load.loadavg_start = procstat::loadavg();
+                        machine_at_go = procstat::machine_cpu_s().map(|(busy, _)| (busy, Instant::now()));
                     }
                 }
             }
@@ -137,6 +143,13 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
     for (t, sample) in reports.iter_mut().zip(samples) {
         t.end = sample;
     }
+    load.loadavg_end = procstat::loadavg();
+    if let (Some((busy0, at)), Some((busy1, _))) = (machine_at_go, procstat::machine_cpu_s()) {
+        let wall = at.elapsed().as_secs_f64();
+        if wall > 0.0 {
+            load.busy_cores = (busy1 - busy0) / wall;
+        }
+    }
     let run_wall_s = go_at.map_or(0.0, |g| g.elapsed().as_secs_f64());
 
     let (all, running, latency, ack_latency) = buckets.totals();
@@ -146,6 +159,8 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
         sent: running.sent,
         acked: running.acked,
         delivered: running.delivered,
+        expected: running.expected,
+        duplicates: running.duplicates,
         dropped: all.dropped,
         errors: all.errors.clone(),
         sent_per_s: running.sent as f64 / seconds,
@@ -161,6 +176,7 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
         scenario: s.clone(),
         started_unix_s,
         machine: Machine::this(),
+        load,
         workers,
         connect: ConnectSummary {
             attempted: u64::from(s.total_connections()),

@@ -43,6 +43,39 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` writes them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The whole machine's (busy, total) CPU seconds so far, summed over its
+/// cores, from the first line of `/proc/stat`.
+pub fn machine_cpu_s() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_cpu(stat.lines().next()?, clock_ticks())
+}
+
+/// `cpu user nice system idle iowait irq softirq steal ...`: idle and
+/// iowait are the idle time, the rest busy (guest time is already in user).
+fn parse_machine_cpu(line: &str, ticks_per_s: f64) -> Option<(f64, f64)> {
+    let fields: Vec<f64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: f64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some(((total - idle) / ticks_per_s, total / ticks_per_s))
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -79,6 +112,14 @@ mod tests {
         assert_eq!(parse_cpu_s(stat, 100.0), Some(3.0));
         let status = "Name:\tx\nVmPeak:\t 10 kB\nVmRSS:\t   5120 kB\n";
         assert_eq!(parse_rss_kb(status), Some(5120));
+    }
+
+    #[test]
+    fn machine_cpu_counts_idle_and_iowait_as_idle() {
+        let line = "cpu  100 0 50 800 50 0 0 0 0 0";
+        assert_eq!(parse_machine_cpu(line, 100.0), Some((1.5, 10.0)));
+        assert_eq!(parse_machine_cpu("intr 1 2", 100.0), None);
+        assert_eq!(loadavg().split(' ').count(), 3);
     }
 
     #[test]

@@ -128,7 +128,10 @@ impl Machine {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Online CPUs, not this process's affinity (the capacity run
+            // pins the load generator to one core).
+            // SAFETY: sysconf only reads a configuration value.
+            cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
@@ -137,6 +140,16 @@ impl Machine {
             memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         }
     }
+}
+
+/// How busy the machine was around the measured part of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineLoad {
+    /// The first three fields of `/proc/loadavg` (1, 5, 15 minutes).
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    /// Busy cores over the measured part, from `/proc/stat`.
+    pub busy_cores: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,6 +169,12 @@ pub struct RunSummary {
     pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
+    /// Chat: deliveries the acked sends should have caused.
+    #[serde(default)]
+    pub expected: u64,
+    /// Chat: repeated deliveries (not in `delivered`).
+    #[serde(default)]
+    pub duplicates: u64,
     pub dropped: u64,
     pub errors: BTreeMap<String, u64>,
     pub sent_per_s: f64,
@@ -228,6 +247,11 @@ pub struct Report {
     /// Unix seconds at the start.
     pub started_unix_s: u64,
     pub machine: Machine,
+    /// What else ran: `/proc/loadavg` when the measured part began and
+    /// when it ended, and the cores the whole machine was busy in it (the
+    /// target processes, the load generator and anyone else).
+    #[serde(default)]
+    pub load: MachineLoad,
     pub workers: u32,
     pub connect: ConnectSummary,
     pub run: RunSummary,
@@ -252,6 +276,13 @@ impl Report {
             r.latency.p999_us as f64 / 1000.0,
             r.errors.values().sum::<u64>()
         );
+        if r.expected > 0 {
+            let _ = write!(
+                line,
+                ", delivered {} of {} expected ({} duplicates)",
+                r.delivered, r.expected, r.duplicates
+            );
+        }
         for t in &self.targets {
             let _ = write!(line, "; {} cpu {:.0}%", t.name, t.run_cpu_util * 100.0);
             if let Some(b) = t.idle_bytes_per_conn {
@@ -480,6 +511,7 @@ mod tests {
             },
             started_unix_s: 0,
             machine: Machine::default(),
+            load: MachineLoad::default(),
             workers: 1,
             connect: ConnectSummary::default(),
             run: RunSummary::default(),

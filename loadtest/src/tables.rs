@@ -151,8 +151,8 @@ fn number(v: f64) -> String {
 }
 
 /// The capacity report (see `loadtest/capacity`).
-pub fn capacity_report(dir: &Path, command: &str) -> anyhow::Result<String> {
-    crate::capacity::report(dir, command).context("building the capacity report")
+pub fn capacity_report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<String> {
+    crate::capacity::report(dir, command, revision).context("building the capacity report")
 }
 
 #[cfg(test)]
