@@ -49,6 +49,8 @@ pub struct Conn {
     close_seen: Cell<bool>,
     /// End now, without waiting for the peer (it stopped answering).
     abort: Cell<bool>,
+    /// The peer sent its close frame or broke the protocol: read no more.
+    peer_closed: Cell<bool>,
     /// The close was for an outbound queue overflow (4008).
     overflowed: Cell<bool>,
     /// Core tick at which the peer last sent anything.
@@ -69,6 +71,7 @@ impl Conn {
             closing: Cell::new(None),
             close_seen: Cell::new(false),
             abort: Cell::new(false),
+            peer_closed: Cell::new(false),
             overflowed: Cell::new(false),
             heard: Cell::new(tick),
             marked: Cell::new(tick),
@@ -360,12 +363,10 @@ fn run<H: Handler>(
         let session = core.handler.on_open(&conn);
         // The connection's life is inline: as a separate `async fn` its
         // arguments would take room in this task's future a second time.
-        let mut peer_closed = false;
-        let fd = stream.as_raw_fd();
         // Bytes that arrived with the upgrade request.
-        dispatch(&conn, &core, &session, &mut decoder, &mut peer_closed);
+        dispatch(&conn, &core, &session, &mut decoder);
         let end = loop {
-            if peer_closed && conn.is_closing() && conn.outbox.borrow().is_empty() {
+            if conn.peer_closed.get() && conn.is_closing() && conn.outbox.borrow().is_empty() {
                 break End::Closed;
             }
             let wake = {
@@ -377,7 +378,7 @@ fn run<H: Handler>(
                         return Poll::Ready(Wake::Abort);
                     }
                     if !conn.outbox.borrow().is_empty() {
-                        match conn.send_now(fd) {
+                        match conn.send_now(stream.as_raw_fd()) {
                             Ok(SentNow::All { frames, bytes }) => {
                                 let metrics = core.metrics();
                                 metrics.writes.incr();
@@ -394,7 +395,7 @@ fn run<H: Handler>(
                         }
                     }
                     conn.waker.set(Some(cx.waker().clone()));
-                    if !peer_closed {
+                    if !conn.peer_closed.get() {
                         if let Poll::Ready(ready) = readable.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Readable(ready));
                         }
@@ -429,7 +430,7 @@ fn run<H: Handler>(
                     };
                     conn.heard.set(core.tick());
                     core.metrics().bytes_in.add(n as u64);
-                    dispatch(&conn, &core, &session, &mut decoder, &mut peer_closed);
+                    dispatch(&conn, &core, &session, &mut decoder);
                 }
                 Wake::Output => {
                     if let Some((out, frames)) = conn.take_output() {
@@ -541,7 +542,6 @@ fn dispatch<H: Handler>(
     core: &Rc<Core<H>>,
     session: &H::Session,
     decoder: &mut Decoder,
-    peer_closed: &mut bool,
 ) {
     loop {
         let incoming = match decoder.decode() {
@@ -550,7 +550,7 @@ fn dispatch<H: Handler>(
             Err(error) => {
                 tracing::debug!(conn_id = conn.id(), %error, "closing on a bad frame");
                 conn.close(error.close_code(), &error.to_string());
-                *peer_closed = true;
+                conn.peer_closed.set(true);
                 return;
             }
         };
@@ -569,7 +569,7 @@ fn dispatch<H: Handler>(
             Incoming::Ping(payload) => conn.send(codec::pong_frame(&payload)),
             Incoming::Pong(_) => {}
             Incoming::Close(code, _) => {
-                *peer_closed = true;
+                conn.peer_closed.set(true);
                 // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
                 conn.close(code.unwrap_or(1000), "");
                 return;
