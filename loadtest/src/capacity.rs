@@ -321,6 +321,14 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
     let whole = fit(&points);
     if let Some((a, b)) = whole {
         let _ = writeln!(o, "| **all** | **{:.1}** | **{:.3}** |", a * 1e6, b * 1e6);
+        let _ = writeln!(
+            o,
+            "\nThe model has one cost per stored message whatever the conv, so whatever a group \
+             message costs more than a direct one to store shows up as b in the processes that do \
+             no work per delivery (SecantusDB, the backend, Redis). The processes that do work per \
+             delivery are the gateways (framing and the socket write) and NATS (one topic message \
+             per gateway, not per member)."
+        );
     }
 
     // Bytes: memory growth and disk growth per stored message.
