@@ -387,7 +387,11 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
 
     // --- the seed scenario ---------------------------------------------------
     let g = &loaded[3];
-    let _ = writeln!(o, "\n## The seed scenario: a 1,000-member group\n");
+    let _ = writeln!(
+        o,
+        "\n## The seed scenario: a group of {} members\n",
+        g.scenario.groups.first().map_or(0, |s| s.size)
+    );
     let _ = writeln!(
         o,
         "{} members, all online (one connection each, over both gateways), {} senders at {} \
