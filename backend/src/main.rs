@@ -5,6 +5,12 @@ use clap::Parser as _;
 use oceanchat_backend::{run, Config};
 use tracing_subscriber::EnvFilter;
 
+// The same allocator as the gateway: it hands freed memory back sooner than
+// glibc's per-thread arenas, which matters after bursts of password hashing
+// on blocking threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
