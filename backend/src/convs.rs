@@ -127,8 +127,9 @@ pub async fn dm_open(
     Ok(DmOpenResult { conv })
 }
 
-/// Makes `user_id` a plain member of `conv` unless it already is one.
-async fn add_member_if_absent(
+/// Makes `user_id` a plain member of `conv` unless it already is one (an
+/// upsert: a retried or repeated add never makes a second document).
+pub(crate) async fn add_member_if_absent(
     state: &AppState,
     conv: &str,
     user_id: &str,

@@ -38,7 +38,6 @@ use crate::delivery;
 use crate::error::ServiceError;
 use crate::locks::{self, Resource};
 use crate::state::AppState;
-use crate::store::MemberDoc;
 
 /// Longest group name, in characters (as `group.create`).
 const MAX_NAME_CHARS: usize = 100;
@@ -87,28 +86,7 @@ pub async fn members_add(
 
     let version = admin.commit(state, Document::new(), None).await?;
     for user_id in &added {
-        let fresh = MemberDoc::new(&admin.conv, user_id, "member");
-        // An upsert, so a retried or repeated add never makes a second
-        // document (the unique index (conv, user_id) backs this up).
-        let result = state
-            .store
-            .members
-            .update_one(
-                doc! {"conv": &admin.conv, "user_id": user_id},
-                doc! {"$setOnInsert": {
-                    "role": &fresh.role,
-                    "muted": fresh.muted,
-                    "read_seq": fresh.read_seq,
-                    "joined_at": fresh.joined_at,
-                }},
-            )
-            .upsert(true)
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if crate::store::is_duplicate_key(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::convs::add_member_if_absent(state, &admin.conv, user_id).await?;
     }
     tracing::info!(group_id, version, added = added.len(), "members added");
     let change = json!({"kind": "members_added", "user_ids": &added});
