@@ -324,7 +324,8 @@ struct Topics {
 }
 
 struct TopicSubscription {
-    /// Bit `i` is set while core `i` has a subscriber.
+    /// Bit `i` is set while core `i` has a subscriber (hence at most
+    /// `config::MAX_CORES` cores).
     cores: u128,
     forwarder: tokio::task::JoinHandle<()>,
 }

@@ -21,6 +21,10 @@ pub enum Mode {
     Bench,
 }
 
+/// The most runtime threads one gateway runs: the bridge keeps which cores
+/// follow a topic in a 128-bit mask. Beyond that, run more gateways.
+pub const MAX_CORES: usize = 128;
+
 /// Which io driver the cores run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Driver {
@@ -123,10 +127,12 @@ impl Config {
             .unwrap_or_else(|| format!("gw-{}", self.listen.port()))
     }
 
+    /// Runtime threads: `--cores`, else every core, at most
+    /// [`MAX_CORES`].
     pub fn cores(&self) -> usize {
         self.cores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+            .clamp(1, MAX_CORES)
     }
 
     pub fn auth_timeout(&self) -> Duration {
