@@ -410,21 +410,19 @@ fn run<H: Handler>(
                 Wake::Sent => {}
                 Wake::Readable(Err(e)) => break End::Io(e),
                 Wake::Readable(Ok(())) => {
-                    // Boxed, like the write below: these futures are large and
-                    // short-lived, and inline they would make every idle
-                    // connection's task as large as the largest of them.
-                    let buf = core.pool.take();
-                    let (read, buf) = Box::pin(stream.read(buf)).await;
-                    let result = match read {
-                        Ok(0) => Err(End::PeerGone),
-                        Ok(n) => {
+                    let mut buf = core.pool.take();
+                    let result = match recv_now(stream.as_raw_fd(), &mut buf) {
+                        Ok(Some(0)) => Err(End::PeerGone),
+                        Ok(Some(n)) => {
                             decoder.feed(&buf);
                             Ok(n)
                         }
+                        Ok(None) => Ok(0),
                         Err(e) => Err(End::Io(e)),
                     };
                     core.pool.give(buf);
                     let n = match result {
+                        Ok(0) => continue,
                         Ok(n) => n,
                         Err(end) => break end,
                     };
@@ -462,6 +460,37 @@ fn run<H: Handler>(
         core.closed(&conn);
         core.handler.on_close(session);
     }
+}
+
+/// Reads what the socket holds into `buf`'s spare room, without waiting:
+/// `Ok(None)` when nothing was there after all. Called once the readiness
+/// wait fired, so the read happens in the same event-loop turn as the
+/// wakeup: with an io_uring read operation it would take one more trip
+/// through the ring, and input that arrived together would be handled (and
+/// its output written) in separate turns.
+fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the kernel writes at most `spare.len()` bytes into the
+    // buffer's spare room, which `set_len` then covers.
+    let read = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if read < 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(error),
+        };
+    }
+    let read = read as usize;
+    // SAFETY: `read` bytes of the spare room were just written.
+    unsafe { buf.set_len(buf.len() + read) };
+    Ok(Some(read))
 }
 
 /// Reads the upgrade request and answers it. Returns any bytes the client
