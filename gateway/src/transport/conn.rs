@@ -8,9 +8,12 @@
 //! Memory per idle connection is what this file is shaped by:
 //! - the upgrade runs in its own boxed future, freed once it is done, so
 //!   its buffers and state never count toward the long-lived task;
-//! - while idle the task waits for readiness without a buffer, reads into a
-//!   buffer borrowed from the core's pool only once data is there, and
-//!   writes everything queued in one operation;
+//! - the socket is used by readiness (epoll; under io_uring the epoll
+//!   instance is itself watched through the ring), so an idle connection
+//!   has no operation in flight, only its registration;
+//! - while idle the task waits without a buffer, reads into a buffer
+//!   borrowed from the core's pool only once data is there, and writes
+//!   everything queued in one system call;
 //! - the outbox and the decoder release their allocations when empty;
 //! - no timer per connection: the core's sweep (see `Core::sweep`) sends
 //!   pings, drops silent peers and ends close handshakes that take too
@@ -18,18 +21,20 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use bytes::Bytes;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::codec::{self, Decoder, Incoming};
 use super::handshake::{self, Refusal, Request};
 use super::{Core, Handler, Message};
+use crate::metrics::CoreMetrics;
 
 /// Connection ids are unique within the process: the core index sits in
 /// the top 16 bits.
@@ -160,83 +165,57 @@ impl Conn {
         }
     }
 
-    /// Takes everything queued as one buffer, leaving no allocation behind;
-    /// also says how many frames it holds.
-    fn take_output(&self) -> Option<(Bytes, usize)> {
-        let frames = std::mem::take(&mut *self.outbox.borrow_mut());
-        self.queued_bytes.set(0);
-        match frames.len() {
-            0 => None,
-            1 => frames.into_iter().next().map(|frame| (frame, 1)),
-            count => {
-                // One gathered buffer, so the frames leave in one write.
-                let total = frames.iter().map(Bytes::len).sum();
-                let mut out = BytesMut::with_capacity(total);
-                for frame in frames {
-                    out.extend_from_slice(&frame);
-                }
-                Some((out.freeze(), count))
-            }
-        }
-    }
-
-    /// Writes what the socket takes right now of the queued frames, in one
-    /// `sendmsg` with a gather list and without waiting: most writes go out
-    /// whole this way, and the task's wait for readability stays armed (an
-    /// io_uring write would have to cancel it and arm it again, three
-    /// operations per delivered batch instead of one system call). What
-    /// the socket does not take stays queued for the waiting write path.
-    fn send_now(&self, fd: RawFd) -> std::io::Result<SentNow> {
-        const MAX_IOVECS: usize = 64;
+    /// Writes the queued frames, a gather list of up to 64 per `writev`,
+    /// until all are out (the outbox's allocation is then released) or the
+    /// socket is full, in which case the task is woken once it drains.
+    fn poll_flush(
+        &self,
+        mut stream: Pin<&mut TcpStreamPoll>,
+        cx: &mut Context<'_>,
+        metrics: &CoreMetrics,
+    ) -> Poll<std::io::Result<()>> {
+        const MAX_SLICES: usize = 64;
         let mut outbox = self.outbox.borrow_mut();
-        let count = outbox.len().min(MAX_IOVECS);
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
-        for (slot, frame) in iov.iter_mut().zip(outbox.iter()) {
-            slot.iov_base = frame.as_ptr() as *mut libc::c_void;
-            slot.iov_len = frame.len();
-        }
-        // SAFETY: zeroed msghdr is a valid "no name, no control" header.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_iov = iov.as_mut_ptr();
-        header.msg_iovlen = count as _;
-        // SAFETY: the iovecs point into frames the outbox owns and keeps
-        // alive for the call; the kernel only reads them.
-        let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if sent < 0 {
-            let error = std::io::Error::last_os_error();
-            return match error.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {
-                    Ok(SentNow::Partly)
-                }
-                _ => Err(error),
-            };
-        }
-        let mut left = sent as usize;
-        let mut whole = 0;
-        for frame in outbox.iter_mut() {
-            if left < frame.len() {
-                bytes::Buf::advance(frame, left);
-                break;
+        while !outbox.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = outbox.len().min(MAX_SLICES);
+            for (slice, frame) in slices.iter_mut().zip(outbox.iter()) {
+                *slice = IoSlice::new(frame);
             }
-            left -= frame.len();
-            whole += 1;
+            // One frame goes by `send`: cheaper in the kernel than `writev`.
+            let written = if count == 1 {
+                stream.as_mut().poll_write(cx, &outbox[0])
+            } else {
+                stream.as_mut().poll_write_vectored(cx, &slices[..count])
+            };
+            let sent = match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(sent)) => sent,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let mut left = sent;
+            let mut whole = 0;
+            for frame in outbox.iter_mut() {
+                if left < frame.len() {
+                    bytes::Buf::advance(frame, left);
+                    break;
+                }
+                left -= frame.len();
+                whole += 1;
+            }
+            outbox.drain(..whole);
+            let sent32 = u32::try_from(sent).unwrap_or(u32::MAX);
+            self.queued_bytes
+                .set(self.queued_bytes.get().saturating_sub(sent32));
+            metrics.writes.incr();
+            metrics.frames_out.add(whole as u64);
+            metrics.bytes_out.add(sent as u64);
         }
-        outbox.drain(..whole);
-        let sent = u32::try_from(sent).unwrap_or(u32::MAX);
-        self.queued_bytes
-            .set(self.queued_bytes.get().saturating_sub(sent));
-        if outbox.is_empty() {
-            *outbox = Vec::new();
-            Ok(SentNow::All {
-                frames: whole,
-                bytes: sent as usize,
-            })
-        } else {
-            Ok(SentNow::Partly)
-        }
+        *outbox = Vec::new();
+        Poll::Ready(Ok(()))
     }
 
     /// What the core's sweep does with this connection at `tick`.
@@ -315,7 +294,20 @@ enum NoUpgrade {
 /// The upgrade's state (request buffer, parser, write futures, timeout) is
 /// large and short-lived; this way it never counts toward the task that an
 /// idle connection keeps.
-pub(super) fn start<H: Handler>(mut stream: TcpStream, id: ConnId, core: Rc<Core<H>>) {
+pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>) {
+    // Readiness-based I/O (epoll, itself watched through the ring under
+    // io_uring): a connection stays registered for its whole life, so
+    // waiting to read costs nothing per message, where an io_uring poll
+    // would have to be armed again after every read; reads and writes are
+    // plain non-blocking system calls made in the turn that found the
+    // socket ready.
+    let mut stream = match stream.try_into_poll_io() {
+        Ok(stream) => stream,
+        Err((error, _)) => {
+            tracing::warn!(conn_id = id, %error, "cannot register the socket for readiness");
+            return;
+        }
+    };
     monoio::spawn(async move {
         let timeout = core.config.handshake_timeout;
         let result = match monoio::time::timeout(timeout, upgrade(&mut stream, &core)).await {
@@ -353,7 +345,7 @@ pub(super) fn start<H: Handler>(mut stream: TcpStream, id: ConnId, core: Rc<Core
 /// captures in place.
 #[allow(clippy::manual_async_fn)] // see above: the rewrite costs memory
 fn run<H: Handler>(
-    mut stream: TcpStream,
+    mut stream: TcpStreamPoll,
     conn: Rc<Conn>,
     mut decoder: Decoder,
     core: Rc<Core<H>>,
@@ -369,90 +361,49 @@ fn run<H: Handler>(
             if conn.peer_closed.get() && conn.is_closing() && conn.outbox.borrow().is_empty() {
                 break End::Closed;
             }
-            let wake = {
-                // One future waits for readiness, output or abort, so an idle
-                // connection holds nothing else.
-                let mut readable = pin!(stream.readable(false));
-                poll_fn(|cx| {
-                    if conn.abort.get() {
-                        return Poll::Ready(Wake::Abort);
+            // One wait for input, room to write, output or abort, so an
+            // idle connection holds nothing else (no buffer: a read borrows
+            // one from the core's pool only while it runs).
+            let wake = poll_fn(|cx| {
+                if conn.abort.get() {
+                    return Poll::Ready(Wake::Abort);
+                }
+                if !conn.outbox.borrow().is_empty() {
+                    match conn.poll_flush(Pin::new(&mut stream), cx, core.metrics()) {
+                        // The close frame may have left: let the loop
+                        // decide whether we are done.
+                        Poll::Ready(Ok(())) if conn.is_closing() => return Poll::Ready(Wake::Sent),
+                        Poll::Ready(Ok(())) | Poll::Pending => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Wake::Failed(e)),
                     }
-                    if !conn.outbox.borrow().is_empty() {
-                        match conn.send_now(stream.as_raw_fd()) {
-                            Ok(SentNow::All { frames, bytes }) => {
-                                let metrics = core.metrics();
-                                metrics.writes.incr();
-                                metrics.frames_out.add(frames as u64);
-                                metrics.bytes_out.add(bytes as u64);
-                                if conn.is_closing() {
-                                    // The close frame may have left: let
-                                    // the loop decide whether we are done.
-                                    return Poll::Ready(Wake::Sent);
-                                }
-                            }
-                            Ok(SentNow::Partly) => return Poll::Ready(Wake::Output),
-                            Err(e) => return Poll::Ready(Wake::WriteFailed(e)),
-                        }
-                    }
-                    conn.waker.set(Some(cx.waker().clone()));
-                    if !conn.peer_closed.get() {
-                        if let Poll::Ready(ready) = readable.as_mut().poll(cx) {
-                            return Poll::Ready(Wake::Readable(ready));
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
+                }
+                conn.waker.set(Some(cx.waker().clone()));
+                if conn.peer_closed.get() {
+                    return Poll::Pending;
+                }
+                let mut buf = core.pool.take();
+                let read = poll_read_into(Pin::new(&mut stream), cx, &mut buf);
+                if let Poll::Ready(Ok(n)) = read {
+                    decoder.feed(&buf[..n]);
+                }
+                core.pool.give(buf);
+                match read {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Wake::PeerGone),
+                    Poll::Ready(Ok(n)) => Poll::Ready(Wake::Read(n)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Wake::Failed(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
             match wake {
                 Wake::Abort => break End::Aborted,
-                Wake::WriteFailed(e) => break End::Io(e),
+                Wake::Failed(e) => break End::Io(e),
+                Wake::PeerGone => break End::PeerGone,
                 Wake::Sent => {}
-                Wake::Readable(Err(e)) => break End::Io(e),
-                Wake::Readable(Ok(())) => {
-                    let mut buf = core.pool.take();
-                    let result = match recv_now(stream.as_raw_fd(), &mut buf) {
-                        Ok(Some(0)) => Err(End::PeerGone),
-                        Ok(Some(n)) => {
-                            decoder.feed(&buf);
-                            Ok(n)
-                        }
-                        Ok(None) => Ok(0),
-                        Err(e) => Err(End::Io(e)),
-                    };
-                    core.pool.give(buf);
-                    let n = match result {
-                        Ok(0) => continue,
-                        Ok(n) => n,
-                        Err(end) => break end,
-                    };
+                Wake::Read(n) => {
                     conn.heard.set(core.tick());
                     core.metrics().bytes_in.add(n as u64);
                     dispatch(&conn, &core, &session, &mut decoder);
-                }
-                Wake::Output => {
-                    if let Some((out, frames)) = conn.take_output() {
-                        let metrics = core.metrics();
-                        metrics.writes.incr();
-                        metrics.frames_out.add(frames as u64);
-                        metrics.bytes_out.add(out.len() as u64);
-                        // A peer that does not read blocks this write; the
-                        // sweep's abort must still end the connection.
-                        let mut write = Box::pin(stream.write_all(out));
-                        let written = poll_fn(|cx| {
-                            if conn.abort.get() {
-                                return Poll::Ready(None);
-                            }
-                            conn.waker.set(Some(cx.waker().clone()));
-                            write.as_mut().poll(cx).map(|(written, _)| Some(written))
-                        })
-                        .await;
-                        match written {
-                            None => break End::Aborted,
-                            Some(Err(e)) => break End::Io(e),
-                            Some(Ok(_)) => {}
-                        }
-                    }
                 }
             }
         };
@@ -462,48 +413,38 @@ fn run<H: Handler>(
     }
 }
 
-/// Reads what the socket holds into `buf`'s spare room, without waiting:
-/// `Ok(None)` when nothing was there after all. Called once the readiness
-/// wait fired, so the read happens in the same event-loop turn as the
-/// wakeup: with an io_uring read operation it would take one more trip
-/// through the ring, and input that arrived together would be handled (and
-/// its output written) in separate turns.
-fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: the kernel writes at most `spare.len()` bytes into the
-    // buffer's spare room, which `set_len` then covers.
-    let read = unsafe {
-        libc::recv(
-            fd,
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if read < 0 {
-        let error = std::io::Error::last_os_error();
-        return match error.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
-            _ => Err(error),
-        };
+/// Reads what the socket holds into `buf`'s spare room; the count read.
+fn poll_read_into(
+    stream: Pin<&mut TcpStreamPoll>,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+) -> Poll<std::io::Result<usize>> {
+    let mut room = ReadBuf::uninit(buf.spare_capacity_mut());
+    match stream.poll_read(cx, &mut room) {
+        Poll::Ready(Ok(())) => {
+            let n = room.filled().len();
+            // SAFETY: `poll_read` initialised the first `n` bytes of the
+            // spare room.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        other => other.map(|result| result.map(|()| 0)),
     }
-    let read = read as usize;
-    // SAFETY: `read` bytes of the spare room were just written.
-    unsafe { buf.set_len(buf.len() + read) };
-    Ok(Some(read))
 }
 
 /// Reads the upgrade request and answers it. Returns any bytes the client
 /// sent after the request head.
-async fn upgrade<H: Handler>(stream: &mut TcpStream, core: &Core<H>) -> Result<Vec<u8>, NoUpgrade> {
+async fn upgrade<H: Handler>(
+    stream: &mut TcpStreamPoll,
+    core: &Core<H>,
+) -> Result<Vec<u8>, NoUpgrade> {
     let config = &core.config;
     let mut head = Vec::with_capacity(1024);
     loop {
-        let spare = Vec::with_capacity(1024);
-        let (read, spare) = stream.read(spare).await;
-        match read {
+        head.reserve(1024);
+        match stream.read_buf(&mut head).await {
             Ok(0) => return Err(NoUpgrade::PeerGone),
-            Ok(_) => head.extend_from_slice(&spare),
+            Ok(_) => {}
             Err(e) => return Err(NoUpgrade::Io(e)),
         }
         let upgrade = match handshake::parse(&head) {
@@ -514,7 +455,7 @@ async fn upgrade<H: Handler>(stream: &mut TcpStream, core: &Core<H>) -> Result<V
             }
             Ok(Some((Request::Metrics, _))) => {
                 let body = config.metrics.render();
-                let _ = stream.write_all(handshake::metrics_response(&body)).await;
+                let _ = stream.write_all(&handshake::metrics_response(&body)).await;
                 return Err(NoUpgrade::Metrics);
             }
             Err(refusal) => {
@@ -535,33 +476,23 @@ async fn upgrade<H: Handler>(stream: &mut TcpStream, core: &Core<H>) -> Result<V
             let _ = stream.write_all(refusal.response()).await;
             return Err(NoUpgrade::Refused(refusal));
         }
-        let (written, _) = stream
-            .write_all(handshake::accept_response(&upgrade.key))
-            .await;
-        written.map_err(NoUpgrade::Io)?;
+        stream
+            .write_all(&handshake::accept_response(&upgrade.key))
+            .await
+            .map_err(NoUpgrade::Io)?;
         return Ok(head);
     }
 }
 
 /// What woke an idle connection.
 enum Wake {
-    Readable(std::io::Result<()>),
-    /// Output is queued that the socket would not take at once.
-    Output,
+    /// This many bytes were read and fed to the decoder.
+    Read(usize),
+    PeerGone,
     /// Everything queued left while closing.
     Sent,
-    WriteFailed(std::io::Error),
+    Failed(std::io::Error),
     Abort,
-}
-
-/// What [`Conn::send_now`] managed.
-enum SentNow {
-    All {
-        frames: usize,
-        bytes: usize,
-    },
-    /// Part or none of it; the rest is still queued.
-    Partly,
 }
 
 /// Hands every complete message in the decoder to the handler and answers
