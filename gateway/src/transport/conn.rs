@@ -22,6 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -44,8 +45,11 @@ pub type ConnId = u64;
 pub struct Conn {
     id: ConnId,
     /// Frames waiting to be written. Empty (and unallocated) while idle.
+    /// Not empty means a write is due: the connection is on the core's
+    /// flush queue, or its task writes (or waits for room to).
     outbox: RefCell<Vec<Bytes>>,
-    /// The field sizes keep this struct in a 96-byte allocation.
+    /// The socket, for the core's flusher; -1 once the task let it go.
+    fd: Cell<RawFd>,
     max_queued_bytes: u32,
     queued_bytes: Cell<u32>,
     /// The close code once a close was asked for; no frame is queued after.
@@ -67,10 +71,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(id: ConnId, max_queued_bytes: usize, tick: u32) -> Self {
+    pub(super) fn new(id: ConnId, fd: RawFd, max_queued_bytes: usize, tick: u32) -> Self {
         Conn {
             id,
             outbox: RefCell::new(Vec::new()),
+            fd: Cell::new(fd),
             max_queued_bytes: u32::try_from(max_queued_bytes).unwrap_or(u32::MAX),
             queued_bytes: Cell::new(0),
             closing: Cell::new(None),
@@ -93,10 +98,12 @@ impl Conn {
         self.closing.get().is_some()
     }
 
-    /// Queues an encoded frame. A connection whose queue would exceed its
-    /// byte limit is too slow to read: it is closed with 4008 and the frame
-    /// is dropped, so memory never grows without bound.
-    pub fn send(&self, frame: Bytes) {
+    /// Queues an encoded frame; the core's flusher writes it at the end of
+    /// this event-loop turn, together with whatever else is queued for this
+    /// connection by then. A connection whose queue would exceed its byte
+    /// limit is too slow to read: it is closed with 4008 and the frame is
+    /// dropped, so memory never grows without bound.
+    pub fn send(self: &Rc<Self>, frame: Bytes) {
         if self.is_closing() {
             return;
         }
@@ -109,8 +116,14 @@ impl Conn {
                 queued,
                 "outbound queue overflow, closing"
             );
-            *self.outbox.borrow_mut() = Vec::new();
-            self.queued_bytes.set(0);
+            // The first frame may be partly written already: it stays, so
+            // that the close frame starts on a frame boundary.
+            let mut outbox = self.outbox.borrow_mut();
+            outbox.truncate(1);
+            let kept = outbox.first().map_or(0, Bytes::len);
+            drop(outbox);
+            self.queued_bytes
+                .set(u32::try_from(kept).unwrap_or(u32::MAX));
             self.overflowed.set(true);
             self.close(
                 oceanchat_protocol::CloseCode::RATE_LIMITED_OR_SLOW,
@@ -119,17 +132,23 @@ impl Conn {
             return;
         }
         self.queued_bytes.set(queued);
-        self.outbox.borrow_mut().push(frame);
-        self.wake();
+        let mut outbox = self.outbox.borrow_mut();
+        let write_due = !outbox.is_empty();
+        outbox.push(frame);
+        drop(outbox);
+        if !write_due {
+            FLUSH.with(|queue| queue.push(self.clone()));
+        }
     }
 
     /// Encodes `payload` as a text frame and queues it.
-    pub fn send_text(&self, payload: &[u8]) {
+    pub fn send_text(self: &Rc<Self>, payload: &[u8]) {
         self.send(codec::text_frame(payload));
     }
 
-    /// Queues a close frame; the connection ends once it is written and the
-    /// peer answered (or the core's close timeout passed).
+    /// Queues a close frame, for the connection's own task to write; the
+    /// connection ends once it is written and the peer answered (or the
+    /// core's close timeout passed).
     pub fn close(&self, code: u16, reason: &str) {
         if self.is_closing() {
             return;
@@ -165,16 +184,16 @@ impl Conn {
         }
     }
 
-    /// Writes the queued frames, a gather list of up to 64 per `writev`,
-    /// until all are out (the outbox's allocation is then released) or the
-    /// socket is full, in which case the task is woken once it drains.
+    /// Writes the queued frames, a gather list of up to [`MAX_SLICES`] per
+    /// `writev`, until all are out (the outbox's allocation is then
+    /// released) or the socket is full, in which case the task is woken
+    /// once it drains.
     fn poll_flush(
         &self,
         mut stream: Pin<&mut TcpStreamPoll>,
         cx: &mut Context<'_>,
         metrics: &CoreMetrics,
     ) -> Poll<std::io::Result<()>> {
-        const MAX_SLICES: usize = 64;
         let mut outbox = self.outbox.borrow_mut();
         while !outbox.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -188,38 +207,75 @@ impl Conn {
             } else {
                 stream.as_mut().poll_write_vectored(cx, &slices[..count])
             };
-            let sent = match written {
+            match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
-                Poll::Ready(Ok(sent)) => sent,
+                Poll::Ready(Ok(sent)) => self.written(&mut outbox, sent, metrics),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };
-            let mut left = sent;
-            let mut whole = 0;
-            for frame in outbox.iter_mut() {
-                if left < frame.len() {
-                    bytes::Buf::advance(frame, left);
-                    break;
-                }
-                left -= frame.len();
-                whole += 1;
-            }
-            outbox.drain(..whole);
-            let sent32 = u32::try_from(sent).unwrap_or(u32::MAX);
-            self.queued_bytes
-                .set(self.queued_bytes.get().saturating_sub(sent32));
-            metrics.writes.incr();
-            metrics.frames_out.add(whole as u64);
-            metrics.bytes_out.add(sent as u64);
         }
-        *outbox = Vec::new();
         Poll::Ready(Ok(()))
     }
 
+    /// Writes what the socket takes right now of the queued frames, for the
+    /// core's flusher. What it does not take, and any error, is left to the
+    /// connection's task, which is woken for it (and for the end of the
+    /// connection once a close frame left).
+    pub(super) fn flush(&self, metrics: &CoreMetrics) {
+        let fd = self.fd.get();
+        if fd < 0 {
+            return;
+        }
+        let mut outbox = self.outbox.borrow_mut();
+        while !outbox.is_empty() {
+            let count = outbox.len().min(MAX_SLICES);
+            let whole: usize = outbox[..count].iter().map(Bytes::len).sum();
+            match send_frames(fd, &outbox[..count]) {
+                Ok(sent) => {
+                    self.written(&mut outbox, sent, metrics);
+                    if sent < whole {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let task_needed = !outbox.is_empty() || self.is_closing();
+        drop(outbox);
+        if task_needed {
+            self.wake();
+        }
+    }
+
+    /// Drops the first `sent` bytes of the queued frames and counts the
+    /// write; an outbox emptied releases its allocation.
+    fn written(&self, outbox: &mut Vec<Bytes>, sent: usize, metrics: &CoreMetrics) {
+        let mut left = sent;
+        let mut whole = 0;
+        for frame in outbox.iter_mut() {
+            if left < frame.len() {
+                bytes::Buf::advance(frame, left);
+                break;
+            }
+            left -= frame.len();
+            whole += 1;
+        }
+        outbox.drain(..whole);
+        if outbox.is_empty() {
+            *outbox = Vec::new();
+        }
+        let sent32 = u32::try_from(sent).unwrap_or(u32::MAX);
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_sub(sent32));
+        metrics.writes.incr();
+        metrics.frames_out.add(whole as u64);
+        metrics.bytes_out.add(sent as u64);
+    }
+
     /// What the core's sweep does with this connection at `tick`.
-    pub(super) fn sweep(&self, tick: u32, timing: &SweepTicks) -> Swept {
+    pub(super) fn sweep(self: &Rc<Self>, tick: u32, timing: &SweepTicks) -> Swept {
         if self.is_closing() {
             if !self.close_seen.get() {
                 self.close_seen.set(true);
@@ -243,6 +299,83 @@ impl Conn {
             return Swept::Pinged;
         }
         Swept::Nothing
+    }
+}
+
+/// Frames per gathered write.
+const MAX_SLICES: usize = 64;
+
+thread_local! {
+    /// This core's connections with frames queued and no write under way
+    /// (a core is one thread). See [`next_flush`].
+    static FLUSH: FlushQueue = FlushQueue::default();
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    conns: RefCell<Vec<Rc<Conn>>>,
+    /// The core's flusher, parked while the queue is empty.
+    waker: Cell<Option<Waker>>,
+}
+
+impl FlushQueue {
+    fn push(&self, conn: Rc<Conn>) {
+        self.conns.borrow_mut().push(conn);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Waits until connections are on this core's flush queue and moves them
+/// into `batch`. The flusher is woken by the first frame queued in an
+/// event-loop turn and runs after the tasks woken before it, so frames
+/// queued together (a burst of broadcasts read at once) leave in one write
+/// per connection, and the connections' own tasks are not woken for it.
+pub(super) async fn next_flush(batch: &mut Vec<Rc<Conn>>) {
+    poll_fn(|cx| {
+        FLUSH.with(|queue| {
+            let mut conns = queue.conns.borrow_mut();
+            if conns.is_empty() {
+                queue.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                std::mem::swap(&mut *conns, batch);
+                Poll::Ready(())
+            }
+        })
+    })
+    .await
+}
+
+/// One non-blocking `send` (one frame) or `sendmsg` (several); the bytes
+/// the socket took.
+fn send_frames(fd: RawFd, frames: &[Bytes]) -> std::io::Result<usize> {
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let sent = if let [frame] = frames {
+        // SAFETY: the kernel reads `frame.len()` bytes from a live buffer.
+        unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), FLAGS) }
+    } else {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_SLICES];
+        for (slot, frame) in iov.iter_mut().zip(frames) {
+            slot.iov_base = frame.as_ptr() as *mut libc::c_void;
+            slot.iov_len = frame.len();
+        }
+        // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = iov.as_mut_ptr();
+        header.msg_iovlen = frames.len().min(MAX_SLICES) as _;
+        // SAFETY: the iovecs point into frames that outlive the call; the
+        // kernel only reads them.
+        unsafe { libc::sendmsg(fd, &header, FLAGS) }
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }
 
@@ -325,7 +458,12 @@ pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>
                 return;
             }
         };
-        let conn = Rc::new(Conn::new(id, core.config.max_queued_bytes, core.tick()));
+        let conn = Rc::new(Conn::new(
+            id,
+            stream.as_raw_fd(),
+            core.config.max_queued_bytes,
+            core.tick(),
+        ));
         let mut decoder = Decoder::new(core.config.limits);
         decoder.feed(&leftover);
         let task = run(stream, conn, decoder, core);
@@ -358,9 +496,6 @@ fn run<H: Handler>(
         // Bytes that arrived with the upgrade request.
         dispatch(&conn, &core, &session, &mut decoder);
         let end = loop {
-            if conn.peer_closed.get() && conn.is_closing() && conn.outbox.borrow().is_empty() {
-                break End::Closed;
-            }
             // One wait for input, room to write, output or abort, so an
             // idle connection holds nothing else (no buffer: a read borrows
             // one from the core's pool only while it runs).
@@ -369,17 +504,20 @@ fn run<H: Handler>(
                     return Poll::Ready(Wake::Abort);
                 }
                 if !conn.outbox.borrow().is_empty() {
-                    match conn.poll_flush(Pin::new(&mut stream), cx, core.metrics()) {
-                        // The close frame may have left: let the loop
-                        // decide whether we are done.
-                        Poll::Ready(Ok(())) if conn.is_closing() => return Poll::Ready(Wake::Sent),
-                        Poll::Ready(Ok(())) | Poll::Pending => {}
-                        Poll::Ready(Err(e)) => return Poll::Ready(Wake::Failed(e)),
+                    let flushed = conn.poll_flush(Pin::new(&mut stream), cx, core.metrics());
+                    if let Poll::Ready(Err(e)) = flushed {
+                        return Poll::Ready(Wake::Failed(e));
                     }
                 }
                 conn.waker.set(Some(cx.waker().clone()));
                 if conn.peer_closed.get() {
-                    return Poll::Pending;
+                    // Nothing more to read (the peer's close or a protocol
+                    // error already queued ours): done once it is written.
+                    return if conn.outbox.borrow().is_empty() {
+                        Poll::Ready(Wake::Closed)
+                    } else {
+                        Poll::Pending
+                    };
                 }
                 let mut buf = core.pool.take();
                 let read = poll_read_into(Pin::new(&mut stream), cx, &mut buf);
@@ -399,7 +537,7 @@ fn run<H: Handler>(
                 Wake::Abort => break End::Aborted,
                 Wake::Failed(e) => break End::Io(e),
                 Wake::PeerGone => break End::PeerGone,
-                Wake::Sent => {}
+                Wake::Closed => break End::Closed,
                 Wake::Read(n) => {
                     conn.heard.set(core.tick());
                     core.metrics().bytes_in.add(n as u64);
@@ -407,6 +545,9 @@ fn run<H: Handler>(
                 }
             }
         };
+        // The socket closes when this task ends: the flusher must not
+        // write to the number after that.
+        conn.fd.set(-1);
         tracing::debug!(conn_id = conn.id, %end, "connection ended");
         core.closed(&conn);
         core.handler.on_close(session);
@@ -489,8 +630,8 @@ enum Wake {
     /// This many bytes were read and fed to the decoder.
     Read(usize),
     PeerGone,
-    /// Everything queued left while closing.
-    Sent,
+    /// Both close frames went: the handshake is complete.
+    Closed,
     Failed(std::io::Error),
     Abort,
 }

@@ -239,6 +239,19 @@ impl<H: Handler> Core<H> {
         }
     }
 
+    /// Writes the frames queued on this core's connections, once per
+    /// event-loop turn (see [`conn::next_flush`]).
+    async fn flush_forever(self: Rc<Self>) {
+        let mut batch = Vec::new();
+        loop {
+            conn::next_flush(&mut batch).await;
+            let metrics = self.metrics();
+            for conn in batch.drain(..) {
+                conn.flush(metrics);
+            }
+        }
+    }
+
     /// Wakes every [`LAG_PROBE_INTERVAL`] and records how late: a core
     /// busy with one long step shows up here.
     async fn probe_lag_forever(self: Rc<Self>) {
@@ -320,6 +333,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// sweep and lag probe, which run as long as the core's runtime.
 pub async fn serve<H: Handler>(listener: TcpListener, core: Rc<Core<H>>) {
     monoio::spawn(core.clone().sweep_forever());
+    monoio::spawn(core.clone().flush_forever());
     monoio::spawn(core.clone().probe_lag_forever());
     loop {
         let accepted = monoio::select! {
