@@ -72,13 +72,55 @@ const ROWS: [Row; 9] = [
     }),
 ];
 
+/// The rounds of a peer run: its `round-<n>` folders, or the folder itself
+/// for a run of one round without them.
+fn rounds(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut rounds: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.is_dir()
+                && path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("round-"))
+        })
+        .collect();
+    rounds.sort();
+    if rounds.is_empty() {
+        rounds.push(dir.to_path_buf());
+    }
+    rounds
+}
+
+/// The median of the figures found, if any.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
 /// The peer table in markdown: one row per figure, one column per server,
-/// each cell the figure and its ratio to the first server's.
+/// each cell the figure and its ratio to the first server's. A run of
+/// several rounds gives each figure's median over the rounds.
 pub fn peers_table(dir: &Path) -> anyhow::Result<String> {
+    let rounds = rounds(dir);
+    let figure = |read: fn(&Path) -> Option<f64>, key: &str| {
+        median(rounds.iter().filter_map(|r| read(&r.join(key))).collect())
+    };
     let present: Vec<(&str, &str)> = PEERS
         .iter()
         .copied()
-        .filter(|(key, _)| dir.join(key).is_dir())
+        .filter(|(key, _)| rounds.iter().any(|r| r.join(key).is_dir()))
         .collect();
     anyhow::ensure!(
         !present.is_empty(),
@@ -97,9 +139,9 @@ pub fn peers_table(dir: &Path) -> anyhow::Result<String> {
     out.push('\n');
     for (label, _higher_better, read) in ROWS {
         let _ = write!(out, "| {label} |");
-        let reference = read(&dir.join(PEERS[0].0));
+        let reference = figure(read, PEERS[0].0);
         for (key, _) in &present {
-            let cell = match read(&dir.join(key)) {
+            let cell = match figure(read, key) {
                 None => "n/a".to_string(),
                 Some(v) => match reference {
                     Some(r) if r > 0.0 && *key != PEERS[0].0 => {
@@ -112,7 +154,15 @@ pub fn peers_table(dir: &Path) -> anyhow::Result<String> {
         }
         out.push('\n');
     }
-    if let Some(r) = load(&dir.join(PEERS[0].0).join("idle.json")) {
+    if rounds.len() > 1 {
+        let _ = writeln!(
+            out,
+            "\nMedians over {} rounds; each round ran every server once, in turn.",
+            rounds.len()
+        );
+    }
+    let first = &rounds[0];
+    if let Some(r) = load(&first.join(PEERS[0].0).join("idle.json")) {
         let _ = writeln!(
             out,
             "\nIdle phase: {} connections; memory is (RSS after settling - RSS before) / connections.",
@@ -120,7 +170,7 @@ pub fn peers_table(dir: &Path) -> anyhow::Result<String> {
         );
     }
     // What the latency rows were measured at.
-    if let Some(r) = load(&dir.join(PEERS[0].0).join("latency.json")) {
+    if let Some(r) = load(&first.join(PEERS[0].0).join("latency.json")) {
         let _ = writeln!(
             out,
             "Common load: {} subscribers, {} broadcasts/s of {} bytes ({:.0} deliveries/s offered).",
@@ -158,6 +208,13 @@ pub fn capacity_report(dir: &Path, command: &str, revision: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 
     #[test]
     fn numbers_get_thousands_separators() {
