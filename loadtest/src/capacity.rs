@@ -154,11 +154,13 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
     for t in &idle.targets {
         let bytes = t.idle_bytes_per_conn.unwrap_or(0.0);
         let cpu_us = t.run_cpu_util * 1e6 / conns;
-        mem_total += bytes;
+        // A process whose RSS fell over the phase freed memory of its own
+        // (noise, not a saving per connection): it adds nothing.
+        mem_total += bytes.max(0.0);
         cpu_total += cpu_us;
         idle_cpu_by_name.insert(t.name.clone(), cpu_us);
         if t.name.starts_with("gateway") {
-            mem_gateways += bytes;
+            mem_gateways += bytes.max(0.0);
         }
         let _ = writeln!(o, "| {} | {:.0} | {:.3} |", t.name, bytes, cpu_us);
     }
@@ -172,7 +174,8 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
         "Connect rate through the whole stack (tokens issued over HTTP beforehand, WebSocket \
          upgrade, `auth` with its route written to Redis), with the load generator on one core: \
          {:.0} connections/s ({} failed). RSS differences are taken from the kernel's `VmRSS`; a \
-         process that frees memory keeps part of it, so small figures are noisy.\n",
+         process that frees memory keeps part of it, so small figures are noisy, and a negative one \
+         (the process freed more than the connections took) counts as 0 in the sum.\n",
         idle.connect.rate_per_s, idle.connect.failed
     );
 

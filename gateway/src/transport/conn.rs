@@ -2,8 +2,10 @@
 //! flushes the outbox, until either side closes.
 //!
 //! [`Conn`] is the handle the rest of the core holds: it queues frames and
-//! asks for a close, and never touches the socket. The task in [`run`] owns
-//! the socket.
+//! asks for a close. The task in [`run`] owns the socket: it reads, waits
+//! for room to write when the socket is full, and closes it. Queued frames
+//! are written by the core's flusher (see [`next_flush`]), once per
+//! event-loop turn, without waking the task.
 //!
 //! Memory per idle connection is what this file is shaped by:
 //! - the upgrade runs in its own boxed future, freed once it is done, so
