@@ -240,14 +240,19 @@ impl<H: Handler> Core<H> {
     }
 
     /// Writes the frames queued on this core's connections, once per
-    /// event-loop turn (see [`conn::next_flush`]).
+    /// event-loop turn (see [`conn::next_flush`]). A long batch (a fan-out
+    /// to tens of thousands) lets the core's other tasks and its I/O run
+    /// every [`FLUSH_CHUNK`] connections, as one task per connection did.
     async fn flush_forever(self: Rc<Self>) {
         let mut batch = Vec::new();
         loop {
             conn::next_flush(&mut batch).await;
             let metrics = self.metrics();
-            for conn in batch.drain(..) {
+            for (done, conn) in batch.drain(..).enumerate() {
                 conn.flush(metrics);
+                if (done + 1) % FLUSH_CHUNK == 0 {
+                    yield_now().await;
+                }
             }
         }
     }
@@ -298,6 +303,25 @@ impl<H: Handler> Core<H> {
         self.next_conn.set(n);
         (u64::from(self.index) << 48) | n
     }
+}
+
+/// Connections the flusher writes before it lets the core's other tasks run.
+const FLUSH_CHUNK: usize = 256;
+
+/// Lets the core's other runnable tasks (and, between them, its I/O) run
+/// before carrying on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Turns transparent huge pages off for this process, as
