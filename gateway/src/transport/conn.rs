@@ -198,15 +198,15 @@ impl Conn {
     ) -> Poll<std::io::Result<()>> {
         let mut outbox = self.outbox.borrow_mut();
         while !outbox.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = outbox.len().min(MAX_SLICES);
-            for (slice, frame) in slices.iter_mut().zip(outbox.iter()) {
-                *slice = IoSlice::new(frame);
-            }
             // One frame goes by `send`: cheaper in the kernel than `writev`.
-            let written = if count == 1 {
-                stream.as_mut().poll_write(cx, &outbox[0])
+            let written = if let [frame] = outbox.as_slice() {
+                stream.as_mut().poll_write(cx, frame)
             } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let count = outbox.len().min(MAX_SLICES);
+                for (slice, frame) in slices.iter_mut().zip(outbox.iter()) {
+                    *slice = IoSlice::new(frame);
+                }
                 stream.as_mut().poll_write_vectored(cx, &slices[..count])
             };
             match written {
