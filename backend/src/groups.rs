@@ -15,9 +15,11 @@
 //! Then a `group` event goes to the group's topic, and the connections of
 //! added or removed members start or stop following it.
 //!
-//! Roles: the owner outranks admins, admins outrank members. Removing or
-//! muting someone needs a higher rank than theirs; only the owner makes or
-//! removes admins; nobody acts on the owner, and ownership does not move.
+//! Roles (docs/concurrency.md, "Ranks"): the owner outranks admins, admins
+//! outrank members. Removing or muting someone needs a higher rank than
+//! theirs. Any admin may promote a member to admin (the seed's co-admin);
+//! only the owner demotes admins, and only the owner hands ownership on
+//! (`group.transfer`), becoming an admin. Nobody else acts on the owner.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -145,8 +147,8 @@ pub async fn members_remove(
     Ok(VersionResult { version })
 }
 
-/// `group.members.set_role`: admin or member; only the owner decides who
-/// is an admin.
+/// `group.members.set_role`: admin or member. Admins and the owner
+/// promote members to admin; only the owner demotes an admin.
 pub async fn members_set_role(
     state: &AppState,
     ctx: &RpcContext,
@@ -157,27 +159,15 @@ pub async fn members_set_role(
 ) -> Result<VersionResult, ServiceError> {
     if role == Role::Owner {
         return Err(ServiceError::bad_request(
-            "a group has one owner; ownership cannot be given",
+            "a group has one owner; the owner hands it on with group.transfer",
         ));
     }
     let admin = Admin::check(state, ctx, group_id, lock_token).await?;
     let current = admin.member_role(state, user_id).await?;
-    if current == Role::Owner {
-        return Err(forbidden("the owner's role cannot change"));
-    }
-    if (role == Role::Admin || current == Role::Admin) && admin.role != Role::Owner {
-        return Err(forbidden("only the owner makes or removes admins"));
-    }
+    may_set_role(admin.role, current, role)?;
 
     let version = admin.commit(state, Document::new(), None).await?;
-    state
-        .store
-        .members
-        .update_one(
-            doc! {"conv": &admin.conv, "user_id": user_id},
-            doc! {"$set": {"role": role_name(role)}},
-        )
-        .await?;
+    set_member_role(state, &admin.conv, user_id, role).await?;
     tracing::info!(
         group_id,
         version,
@@ -186,6 +176,37 @@ pub async fn members_set_role(
         "role set"
     );
     let change = json!({"kind": "role_set", "user_id": user_id, "role": role});
+    publish(state, group_id, version, change).await;
+    Ok(VersionResult { version })
+}
+
+/// `group.transfer`: the owner makes another member the owner and becomes
+/// an admin.
+pub async fn transfer(
+    state: &AppState,
+    ctx: &RpcContext,
+    group_id: &str,
+    lock_token: &str,
+    user_id: &str,
+) -> Result<VersionResult, ServiceError> {
+    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    if admin.role != Role::Owner {
+        return Err(forbidden("only the owner hands on ownership"));
+    }
+    if admin.user_id == user_id {
+        return Err(ServiceError::bad_request("you are the owner already"));
+    }
+    admin.member_role(state, user_id).await?;
+
+    // The group document names the owner; the member documents follow it.
+    // A backend that dies between these writes leaves the caller still
+    // recorded as owner in its member document, so repeating the request
+    // is allowed and completes the change (every write is a `$set`).
+    let version = admin.commit(state, doc! {"owner": user_id}, None).await?;
+    set_member_role(state, &admin.conv, user_id, Role::Owner).await?;
+    set_member_role(state, &admin.conv, &admin.user_id, Role::Admin).await?;
+    tracing::info!(group_id, version, from = %admin.user_id, to = user_id, "ownership transferred");
+    let change = json!({"kind": "transferred", "from": &admin.user_id, "to": user_id});
     publish(state, group_id, version, change).await;
     Ok(VersionResult { version })
 }
@@ -462,6 +483,36 @@ async fn require_users_exist(state: &AppState, user_ids: &[String]) -> Result<()
     }
 }
 
+/// Who may give `target` a role of `to` when they hold `current` now: a
+/// member becomes an admin by any admin's hand; an admin becomes a member
+/// only by the owner's; the owner's role changes only by `group.transfer`.
+fn may_set_role(actor: Role, current: Role, to: Role) -> Result<(), ServiceError> {
+    match (current, to) {
+        (Role::Owner, _) => Err(forbidden("the owner's role changes only by group.transfer")),
+        (Role::Admin, Role::Member) if actor != Role::Owner => {
+            Err(forbidden("only the owner demotes admins"))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn set_member_role(
+    state: &AppState,
+    conv: &str,
+    user_id: &str,
+    role: Role,
+) -> Result<(), ServiceError> {
+    state
+        .store
+        .members
+        .update_one(
+            doc! {"conv": conv, "user_id": user_id},
+            doc! {"$set": {"role": role_name(role)}},
+        )
+        .await?;
+    Ok(())
+}
+
 fn parse_role(role: &str) -> Result<Role, ServiceError> {
     match role {
         "owner" => Ok(Role::Owner),
@@ -526,6 +577,18 @@ mod tests {
         assert!(distinct_users(&[]).is_err());
         let many = vec!["u".to_string(); MAX_USERS_PER_CHANGE + 1];
         assert!(distinct_users(&many).is_err());
+    }
+
+    #[test]
+    fn admins_promote_and_only_the_owner_demotes() {
+        use Role::*;
+        assert!(may_set_role(Admin, Member, Admin).is_ok(), "co-admin");
+        assert!(may_set_role(Owner, Member, Admin).is_ok());
+        assert!(may_set_role(Owner, Admin, Member).is_ok());
+        assert!(may_set_role(Admin, Admin, Member).is_err());
+        assert!(may_set_role(Admin, Admin, Admin).is_ok(), "a no-op");
+        assert!(may_set_role(Owner, Owner, Admin).is_err());
+        assert!(may_set_role(Admin, Owner, Member).is_err());
     }
 
     #[test]

@@ -309,6 +309,13 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             &groups::members_mute(state, &request.ctx, group_id, lock_token, user_id, *muted)
                 .await?,
         )),
+        Op::GroupTransfer {
+            group_id,
+            lock_token,
+            user_id,
+        } => Ok(Done::reply(
+            &groups::transfer(state, &request.ctx, group_id, lock_token, user_id).await?,
+        )),
         Op::GroupGet {
             group_id,
             members_after,

@@ -190,6 +190,13 @@ pub enum Op {
         user_id: String,
         muted: bool,
     },
+    /// The owner hands ownership to another member and becomes an admin.
+    #[serde(rename = "group.transfer")]
+    GroupTransfer {
+        group_id: String,
+        lock_token: String,
+        user_id: String,
+    },
     #[serde(rename = "ping")]
     Ping {},
 }
@@ -219,6 +226,7 @@ impl Op {
             Op::GroupMembersRemove { .. } => "group.members.remove",
             Op::GroupMembersSetRole { .. } => "group.members.set_role",
             Op::GroupMembersMute { .. } => "group.members.mute",
+            Op::GroupTransfer { .. } => "group.transfer",
             Op::Ping {} => "ping",
         }
     }
@@ -656,6 +664,11 @@ mod tests {
                 lock_token: "t".into(),
                 user_id: "u".into(),
                 muted: true,
+            },
+            Op::GroupTransfer {
+                group_id: "g".into(),
+                lock_token: "t".into(),
+                user_id: "u".into(),
             },
         ];
         for op in ops {

@@ -155,8 +155,9 @@ async fn roles_decide_who_may_change_whom() {
     // An admin manages members, not admins and not the owner.
     let lease = acquire(&a, &resource).await.unwrap();
     let forbidden = [
-        set_role(&a, gid, &lease.token, &member.user_id, Role::Admin).await,
         set_role(&a, gid, &lease.token, &adm2.user_id, Role::Member).await,
+        set_role(&a, gid, &lease.token, &owner.user_id, Role::Member).await,
+        transfer(&a, gid, &lease.token, &adm2.user_id).await,
         remove(&a, gid, &lease.token, &[&adm2.user_id]).await,
         remove(&a, gid, &lease.token, &[&owner.user_id]).await,
         mute(&a, gid, &lease.token, &adm2.user_id, true).await,
@@ -196,6 +197,95 @@ async fn roles_decide_who_may_change_whom() {
     assert_eq!(role_in(&got, &adm.user_id), Some(Role::Admin));
     assert_eq!(role_in(&got, &adm2.user_id), Some(Role::Admin));
     assert_eq!(role_in(&got, &member.user_id), Some(Role::Member));
+}
+
+#[tokio::test]
+async fn admins_make_co_admins_and_only_the_owner_hands_on_ownership() {
+    let world = World::with(1, 1);
+    let owner = world.user("owner").await;
+    let adm = world.user("adm").await;
+    let y = world.user("y").await;
+    let o = owner.connect(&world, 0).await;
+    let a = adm.connect(&world, 0).await;
+    let yc = y.connect(&world, 0).await;
+    let group = o
+        .group_create("club", &[&adm.user_id, &y.user_id])
+        .await
+        .unwrap();
+    let gid = &group.group_id;
+    let resource = group_resource(gid);
+    let lease = acquire(&o, &resource).await.unwrap();
+    set_role(&o, gid, &lease.token, &adm.user_id, Role::Admin)
+        .await
+        .unwrap();
+    release(&o, &resource, &lease.token).await.unwrap();
+
+    // The seed's scenario: admin 2 promotes Y to co-admin.
+    let lease = acquire(&a, &resource).await.unwrap();
+    let v = set_role(&a, gid, &lease.token, &y.user_id, Role::Admin)
+        .await
+        .unwrap();
+    // Y first hears of adm's promotion, then of its own.
+    let change = loop {
+        let (version, change) = next_group_event(&yc, gid, WAIT)
+            .await
+            .expect("Y hears of the promotion");
+        if version == v {
+            break change;
+        }
+    };
+    assert_eq!(change["kind"], "role_set");
+    assert_eq!(change["role"], "admin");
+    // ... but cannot take it back: only the owner demotes.
+    assert_eq!(
+        refusal(set_role(&a, gid, &lease.token, &y.user_id, Role::Member).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(remove(&a, gid, &lease.token, &[&y.user_id]).await),
+        ErrorCode::Forbidden
+    );
+    release(&a, &resource, &lease.token).await.unwrap();
+
+    // The owner hands ownership to Y and becomes an admin.
+    let lease = acquire(&o, &resource).await.unwrap();
+    assert_eq!(
+        refusal(transfer(&o, gid, &lease.token, &owner.user_id).await),
+        ErrorCode::BadRequest
+    );
+    let outsider = world.user("outsider").await;
+    assert_eq!(
+        refusal(transfer(&o, gid, &lease.token, &outsider.user_id).await),
+        ErrorCode::NotMember
+    );
+    let v = transfer(&o, gid, &lease.token, &y.user_id).await.unwrap();
+    let (version, change) = next_group_event(&yc, gid, WAIT)
+        .await
+        .expect("members hear of the transfer");
+    assert_eq!(version, v);
+    assert_eq!(change["kind"], "transferred");
+    assert_eq!(change["from"], owner.user_id.as_str());
+    assert_eq!(change["to"], y.user_id.as_str());
+    // The former owner is an admin now and cannot demote anybody.
+    assert_eq!(
+        refusal(set_role(&o, gid, &lease.token, &adm.user_id, Role::Member).await),
+        ErrorCode::Forbidden
+    );
+    release(&o, &resource, &lease.token).await.unwrap();
+
+    let got = group_get(&o, gid).await;
+    assert_eq!(got.group.owner, y.user_id);
+    assert_eq!(role_in(&got, &y.user_id), Some(Role::Owner));
+    assert_eq!(role_in(&got, &owner.user_id), Some(Role::Admin));
+    assert_eq!(role_in(&got, &adm.user_id), Some(Role::Admin));
+
+    // The new owner demotes the admin it no longer wants.
+    let lease = acquire(&yc, &resource).await.unwrap();
+    set_role(&yc, gid, &lease.token, &adm.user_id, Role::Member)
+        .await
+        .unwrap();
+    let got = group_get(&o, gid).await;
+    assert_eq!(role_in(&got, &adm.user_id), Some(Role::Member));
 }
 
 #[tokio::test]

@@ -17,28 +17,37 @@ use tokio::sync::{oneshot, Barrier};
 
 use admin::*;
 
-/// The seed's cast: an owner (who alone may promote), an admin, user X
-/// and user Y, in a group. Returns the group id and the connections of the
-/// owner and the admin, on different gateways.
+/// The seed's cast: a group whose owner made two admins ("admin 1" and
+/// "admin 2"), with users X and Y as members. Returns the group id, the
+/// users (admin 2, admin 1, X, Y) and the connections of admin 2 and
+/// admin 1, on different gateways. Neither admin is the owner: admin 2
+/// promoting Y to co-admin is the seed's own scenario.
 async fn cast(world: &World) -> (String, [User; 4], Connection, Connection) {
     let owner = world.user("owner").await;
+    let adm2 = world.user("admtwo").await;
     let adm = world.user("adm").await;
     let x = world.user("x").await;
     let y = world.user("y").await;
     let o = owner.connect(world, 0).await;
     let group = o
-        .group_create("club", &[&adm.user_id, &x.user_id, &y.user_id])
+        .group_create(
+            "club",
+            &[&adm2.user_id, &adm.user_id, &x.user_id, &y.user_id],
+        )
         .await
         .unwrap();
     let gid = group.group_id;
     let resource = group_resource(&gid);
     let lease = acquire(&o, &resource).await.unwrap();
-    set_role(&o, &gid, &lease.token, &adm.user_id, Role::Admin)
-        .await
-        .unwrap();
+    for admin in [&adm2.user_id, &adm.user_id] {
+        set_role(&o, &gid, &lease.token, admin, Role::Admin)
+            .await
+            .unwrap();
+    }
     release(&o, &resource, &lease.token).await.unwrap();
+    let a2 = adm2.connect(world, 0).await;
     let a = adm.connect(world, world.gateways.len() - 1).await;
-    (gid, [owner, adm, x, y], o, a)
+    (gid, [adm2, adm, x, y], a2, a)
 }
 
 /// One admin's page: open it (read the group, watch the lock), try to take
@@ -95,7 +104,7 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
     // Two backends: the two admins' requests are served by either, so
     // nothing rests on one process's memory.
     let world = World::with(2, 2);
-    let (gid, [owner, adm, x, y], o, a) = cast(&world).await;
+    let (gid, [adm2, adm, x, y], o, a) = cast(&world).await;
     let (o, a) = (Arc::new(o), Arc::new(a));
     let before = group_get(&o, &gid).await;
     assert_eq!(role_in(&before, &x.user_id), Some(Role::Member));
@@ -144,7 +153,7 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
     assert_eq!(view_1, before.group.version);
     assert_eq!(view_2, before.group.version);
     let (refused, holder_expected) = match (refusals_1.is_empty(), refusals_2.is_empty()) {
-        (false, true) => (&refusals_1, &owner),
+        (false, true) => (&refusals_1, &adm2),
         (true, false) => (&refusals_2, &adm),
         other => panic!("exactly one admin is refused, got {other:?}"),
     };
@@ -153,8 +162,8 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
     assert_eq!(holder.session_id, holder_expected.session_id);
     assert_eq!(
         holder.display_name,
-        if holder_expected.user_id == owner.user_id {
-            "owner"
+        if holder_expected.user_id == adm2.user_id {
+            "admtwo"
         } else {
             "adm"
         }
@@ -178,7 +187,7 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
 #[tokio::test]
 async fn a_client_that_skips_the_lock_cannot_write() {
     let world = World::with(1, 2);
-    let (gid, [_owner, _adm, x, y], o, a) = cast(&world).await;
+    let (gid, [_adm2, _adm, x, y], o, a) = cast(&world).await;
     let before = group_get(&o, &gid).await;
 
     // Nobody holds the lock: both writes are refused.
@@ -190,7 +199,7 @@ async fn a_client_that_skips_the_lock_cannot_write() {
         refusal(set_role(&o, &gid, "", &y.user_id, Role::Admin).await),
         ErrorCode::LockRequired
     );
-    // The admin holds it; the owner, skipping it, still cannot write, even
+    // Admin 1 holds it; admin 2, skipping it, still cannot write, even
     // with a token it made up.
     let lease = acquire(&a, &group_resource(&gid)).await.unwrap();
     assert_eq!(
@@ -208,7 +217,7 @@ async fn a_client_that_skips_the_lock_cannot_write() {
 #[tokio::test]
 async fn a_holder_paused_past_its_lease_cannot_write_once_another_took_the_lock() {
     let world = world_with_backend_args(&["--lock-ttl-ms", "700"], 2);
-    let (gid, [_owner, adm, x, y], o, a) = cast(&world).await;
+    let (gid, [_adm2, adm, x, y], o, a) = cast(&world).await;
     let resource = group_resource(&gid);
 
     // Admin 1 takes the lock, reads the group, then freezes (a stopped

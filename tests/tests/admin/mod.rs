@@ -222,6 +222,22 @@ pub async fn set_role(
     )
 }
 
+pub async fn transfer(
+    c: &Connection,
+    group_id: &str,
+    token: &str,
+    user_id: &str,
+) -> Result<u64, ClientError> {
+    version_of(
+        c.request_as(Op::GroupTransfer {
+            group_id: group_id.to_string(),
+            lock_token: token.to_string(),
+            user_id: user_id.to_string(),
+        })
+        .await,
+    )
+}
+
 pub async fn mute(
     c: &Connection,
     group_id: &str,
