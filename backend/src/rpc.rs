@@ -133,9 +133,7 @@ async fn handle(state: AppState, message: async_nats::Message) {
 }
 
 async fn publish(state: &AppState, subject: async_nats::Subject, body: Vec<u8>) {
-    if let Err(e) = state.nats.publish(subject, Bytes::from(body)).await {
-        tracing::warn!(error = %e, "could not publish a reply");
-    }
+    send_reply(state, subject, None, body).await
 }
 
 /// Sends a reply, with the topic changes for the asking connection as
@@ -153,12 +151,34 @@ async fn reply(state: &AppState, subject: async_nats::Subject, done: Done) {
             headers.insert(name, topics.join(" ").as_str());
         }
     }
-    let sent = state
-        .nats
-        .publish_with_headers(subject, headers, Bytes::from(done.body))
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "could not publish a reply");
+    send_reply(state, subject, Some(headers), done.body).await
+}
+
+/// Publishes a reply. One too large for NATS is answered `internal`
+/// instead, so the client learns of it now rather than by its timeout.
+async fn send_reply(
+    state: &AppState,
+    subject: async_nats::Subject,
+    headers: Option<async_nats::HeaderMap>,
+    body: Vec<u8>,
+) {
+    let bytes = body.len();
+    let sent = match headers {
+        Some(headers) => {
+            state
+                .nats
+                .publish_with_headers(subject.clone(), headers, Bytes::from(body))
+                .await
+        }
+        None => state.nats.publish(subject.clone(), Bytes::from(body)).await,
+    };
+    let Err(e) = sent else { return };
+    tracing::error!(error = %e, bytes, "could not publish a reply");
+    if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+        let body = reply_error(&ErrorBody::new(ErrorCode::Internal, "reply too large"));
+        if let Err(e) = state.nats.publish(subject, Bytes::from(body)).await {
+            tracing::error!(error = %e, "could not publish an error reply");
+        }
     }
 }
 

@@ -445,6 +445,10 @@ pub struct ConvSummary {
 pub struct HistoryResult {
     /// Newest first.
     pub messages: Vec<Message>,
+    /// Older messages remain: ask again with `before_seq` set to the
+    /// oldest seq of this page.
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 /// Result of `presence.query`, and the fields of the `presence` event.

@@ -22,6 +22,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 /// The largest `limit` a `sync` or `history` request may ask for.
 pub const MAX_PAGE_LIMIT: u32 = 500;
 
+/// The most bytes of encoded messages one `sync` or `history` reply
+/// carries; a page always holds at least one message. A 16 KiB body of
+/// control characters encodes to about 96 KiB of JSON, so a page of them
+/// by count alone would pass the 1 MiB a NATS message may carry.
+pub const MAX_PAGE_BYTES: usize = 512 * 1024;
+
+/// The most convs one `sync` may name; a client with more syncs them in
+/// several requests.
+pub const MAX_SYNC_CONVS: usize = 500;
+
 /// Display names: at most this many characters.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 

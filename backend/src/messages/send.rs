@@ -1,5 +1,4 @@
-//! `send`, `sync` and `history`: storing messages with a gap-free `seq`
-//! per conv, in batches, and reading back what a client missed.
+//! `send`: storing messages with a gap-free `seq` per conv, in batches.
 //!
 //! How `seq` stays gap-free (docs/internals.md): a seq is claimed by the
 //! insert that stores the message. This process serialises its own writes
@@ -25,15 +24,14 @@
 //! are in the same batch) or a seq taken by another instance (reload and
 //! re-plan the rest).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt as _, TryStreamExt as _};
 use mongodb::bson::doc;
 use tokio::sync::oneshot;
 
-use oceanchat_protocol::client::{HistoryResult, Message, SendResult, SyncResult};
+use oceanchat_protocol::client::{Message, SendResult};
 use oceanchat_protocol::{limits, ErrorCode};
 
 use crate::convs::require_member;
@@ -64,12 +62,6 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Convs whose queue and last seq are remembered before idle entries are
 /// dropped. A dropped entry costs one query on the conv's next send.
 const MAX_CACHED_CONVS: usize = 50_000;
-
-/// `sync`'s and `history`'s page size when the client names none.
-const DEFAULT_PAGE_LIMIT: u32 = 100;
-
-/// How many convs of one `sync` are read at the same time.
-const SYNC_PARALLELISM: usize = 8;
 
 /// Per conv: the sends waiting to be written, and the writer lock that
 /// serialises this process's writes to the conv, guarding the last seq
@@ -393,107 +385,6 @@ async fn find_by_client_msg_id(
         .await?)
 }
 
-/// Messages after `last_seq_seen` in each conv, oldest first, at most
-/// `limit` per conv. Fails as a whole if the user is not a member of every
-/// conv named.
-pub async fn sync(
-    state: &AppState,
-    user_id: &str,
-    convs: &BTreeMap<String, u64>,
-    limit: Option<u32>,
-) -> Result<SyncResult, ServiceError> {
-    let limit = page_limit(limit)?;
-    crate::convs::require_member_of_all(state, user_id, convs.keys()).await?;
-
-    let pages: Vec<(String, Vec<MessageDoc>)> = futures::stream::iter(
-        convs
-            .iter()
-            .map(|(conv, &last)| page_after(state, conv, last, limit))
-            .collect::<Vec<_>>(),
-    )
-    .buffered(SYNC_PARALLELISM)
-    .try_collect()
-    .await?;
-
-    let mut result = SyncResult {
-        messages: Vec::new(),
-        has_more: BTreeMap::new(),
-    };
-    for (conv, mut docs) in pages {
-        let more = docs.len() > limit as usize;
-        docs.truncate(limit as usize);
-        result.messages.extend(docs.into_iter().map(Message::from));
-        result.has_more.insert(conv, more);
-    }
-    Ok(result)
-}
-
-/// `history`: up to `limit` messages of `conv` before `before_seq` (the
-/// newest when absent), newest first.
-pub async fn history(
-    state: &AppState,
-    user_id: &str,
-    conv: &str,
-    before_seq: Option<u64>,
-    limit: Option<u32>,
-) -> Result<HistoryResult, ServiceError> {
-    let limit = page_limit(limit)?;
-    require_member(state, user_id, conv).await?;
-    let mut filter = doc! {"conv": conv};
-    if let Some(before) = before_seq {
-        filter.insert("seq", doc! {"$lt": seq_bound(before)});
-    }
-    let messages = state
-        .store
-        .messages
-        .find(filter)
-        .sort(doc! {"seq": -1})
-        .limit(i64::from(limit))
-        .await?
-        .map_ok(Message::from)
-        .try_collect()
-        .await?;
-    Ok(HistoryResult { messages })
-}
-
-/// A page size asked for, or the default; `bad_request` outside 1..=500.
-fn page_limit(limit: Option<u32>) -> Result<u32, ServiceError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
-    if !(1..=limits::MAX_PAGE_LIMIT).contains(&limit) {
-        return Err(ServiceError::bad_request(format!(
-            "limit must be 1 to {}",
-            limits::MAX_PAGE_LIMIT
-        )));
-    }
-    Ok(limit)
-}
-
-/// Up to `limit + 1` messages after `last` in `conv`, oldest first: one
-/// more than asked tells whether more remain.
-async fn page_after(
-    state: &AppState,
-    conv: &str,
-    last: u64,
-    limit: u32,
-) -> Result<(String, Vec<MessageDoc>), ServiceError> {
-    let docs = state
-        .store
-        .messages
-        .find(doc! {"conv": conv, "seq": {"$gt": seq_bound(last)}})
-        .sort(doc! {"seq": 1})
-        .limit(i64::from(limit) + 1)
-        .await?
-        .try_collect()
-        .await?;
-    Ok((conv.to_string(), docs))
-}
-
-/// A client's `last_seq_seen` as a BSON bound; no stored seq is above
-/// `i64::MAX`.
-fn seq_bound(last: u64) -> i64 {
-    i64::try_from(last).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,11 +409,5 @@ mod tests {
         let _fresh = locks.get("fresh");
         assert_eq!(locks.len(), 2);
         assert!(Arc::ptr_eq(&held, &locks.get("held")));
-    }
-
-    #[test]
-    fn seq_bounds_saturate() {
-        assert_eq!(seq_bound(5), 5);
-        assert_eq!(seq_bound(u64::MAX), i64::MAX);
     }
 }

@@ -1,0 +1,107 @@
+//! Hostile input: requests shaped to break the service for others get a
+//! clear error or a well-formed answer, and the connection, the other
+//! users and the stored data survive them.
+
+use oceanchat_protocol::client::{HistoryResult, Message, Op};
+use oceanchat_protocol::{limits, ErrorCode};
+use oceanchat_tests::{refusal, World};
+
+/// A body of the largest size, all control characters: JSON escapes each
+/// byte as six (`\u0001`), so one message encodes to about 96 KiB.
+fn escaped_body(i: usize) -> String {
+    let mut body = format!("{i:02}");
+    body.push_str(&"\u{1}".repeat(limits::DEFAULT_MAX_BODY_BYTES - body.len()));
+    body
+}
+
+#[tokio::test]
+async fn pages_of_huge_escaped_bodies_are_cut_by_size() {
+    let world = World::with(1, 1);
+    let mallory = world.user("mallory").await;
+    let bob = world.user("bob").await;
+    let carol = world.user("carol").await;
+    let dave = world.user("dave").await;
+    let m = mallory.connect(&world, 0).await;
+    let group = m
+        .group_create("flood", &[&bob.user_id, &carol.user_id])
+        .await
+        .unwrap();
+    let big: Vec<String> = (0..11).map(escaped_body).collect();
+    for (i, body) in big.iter().enumerate() {
+        m.send(&group.conv, &format!("big-{i}"), body)
+            .await
+            .unwrap();
+    }
+    let b = bob.connect(&world, 0).await;
+    let dm = b.dm_open(&carol.user_id).await.unwrap();
+    for i in 0..3 {
+        b.send(&dm, &format!("small-{i}"), "hi").await.unwrap();
+    }
+
+    // sync: page after page, every message once, in seq order per conv.
+    let mut seen = [(group.conv.as_str(), 0u64), (dm.as_str(), 0u64)];
+    let mut got: Vec<Message> = Vec::new();
+    let mut replies = 0;
+    loop {
+        let page = b
+            .sync(&seen, Some(500))
+            .await
+            .expect("a page, not a timeout");
+        replies += 1;
+        assert!(replies < 20, "sync paging does not end");
+        for m in &page.messages {
+            let cursor = seen.iter_mut().find(|(c, _)| *c == m.conv).unwrap();
+            assert_eq!(m.seq, cursor.1 + 1, "gap-free, oldest first");
+            cursor.1 = m.seq;
+        }
+        got.extend(page.messages);
+        if !page.has_more.values().any(|&more| more) {
+            break;
+        }
+    }
+    assert!(replies > 1, "eleven escaped bodies do not fit one reply");
+    let bodies: Vec<&str> = got
+        .iter()
+        .filter(|m| m.conv == group.conv)
+        .map(|m| m.body.as_str())
+        .collect();
+    assert_eq!(bodies, big.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(got.iter().filter(|m| m.conv == dm).count(), 3);
+
+    // history: newest first, page after page back to the first message.
+    let c = carol.connect(&world, 0).await;
+    let mut before = None;
+    let mut seqs = Vec::new();
+    loop {
+        let page: HistoryResult = c
+            .request_as(Op::History {
+                conv: group.conv.clone(),
+                before_seq: before,
+                limit: Some(500),
+            })
+            .await
+            .expect("a page, not a timeout");
+        assert!(!page.messages.is_empty());
+        seqs.extend(page.messages.iter().map(|m| m.seq));
+        before = page.messages.last().map(|m| m.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=11).rev().collect::<Vec<_>>());
+
+    // A sync naming too many convs is refused before anything is read.
+    let names: Vec<String> = (0..=limits::MAX_SYNC_CONVS)
+        .map(|i| format!("g:{i}"))
+        .collect();
+    let many: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 0)).collect();
+    assert_eq!(refusal(b.sync(&many, None).await), ErrorCode::BadRequest);
+
+    // The connections survive, and others chat as before.
+    b.send(&dm, "after", "still here").await.unwrap();
+    let d = dave.connect(&world, 0).await;
+    let cd = c.dm_open(&dave.user_id).await.unwrap();
+    c.send(&cd, "hello-dave", "hello").await.unwrap();
+    let synced = d.sync(&[(&cd, 0)], None).await.unwrap();
+    assert_eq!(synced.messages.len(), 1);
+}
