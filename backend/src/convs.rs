@@ -54,6 +54,23 @@ pub async fn require_member(
         .ok_or_else(|| not_member(conv))
 }
 
+/// The member document of `user_id` in `conv`: `not_member` as
+/// [`require_member`], `muted` for a member who may not speak.
+pub async fn require_unmuted_member(
+    state: &AppState,
+    user_id: &str,
+    conv: &str,
+) -> Result<MemberDoc, ServiceError> {
+    let member = require_member(state, user_id, conv).await?;
+    if member.muted {
+        return Err(ServiceError::refused(
+            ErrorCode::Muted,
+            "you are muted in this conv",
+        ));
+    }
+    Ok(member)
+}
+
 /// `not_member` unless `user_id` is a member of every conv in `convs`
 /// (which must not repeat a conv).
 pub async fn require_member_of_all<'a>(
@@ -380,7 +397,9 @@ pub async fn typing(
     user_id: &str,
     conv: &str,
 ) -> Result<(), ServiceError> {
-    require_member(state, user_id, conv).await?;
+    // A muted member may not speak, so its typing would only be noise
+    // fanned out to everyone.
+    require_unmuted_member(state, user_id, conv).await?;
     let event = Event::Typing {
         conv: conv.to_string(),
         user_id: user_id.to_string(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::chat::limits::{Rate, RateLimits};
 use crate::metrics::Metrics;
 use crate::transport::{codec::Limits, TransportConfig};
 
@@ -115,6 +116,36 @@ pub struct Config {
     #[arg(long, env = "OC_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 
+    /// `send`s per second one connection may make, sustained; above it
+    /// they get `rate_limited`.
+    #[arg(long, env = "OC_SEND_RATE", default_value_t = 50.0)]
+    pub send_rate: f64,
+
+    /// `send`s one connection may make in a burst above `--send-rate`.
+    #[arg(long, env = "OC_SEND_BURST", default_value_t = 100.0)]
+    pub send_burst: f64,
+
+    /// `typing` notices per second one connection may send, sustained.
+    #[arg(long, env = "OC_TYPING_RATE", default_value_t = 2.0)]
+    pub typing_rate: f64,
+
+    /// `typing` notices one connection may send in a burst.
+    #[arg(long, env = "OC_TYPING_BURST", default_value_t = 10.0)]
+    pub typing_burst: f64,
+
+    /// Other requests (all but `send`, `typing`, `ping`, `auth`) per
+    /// second one connection may make, sustained.
+    #[arg(long, env = "OC_REQUEST_RATE", default_value_t = 50.0)]
+    pub request_rate: f64,
+
+    /// Other requests one connection may make in a burst.
+    #[arg(long, env = "OC_REQUEST_BURST", default_value_t = 200.0)]
+    pub request_burst: f64,
+
+    /// Requests one connection may have awaiting their reply.
+    #[arg(long, env = "OC_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: u32,
+
     /// Seconds connections get to close after SIGTERM (they are sent 1012).
     #[arg(long, env = "OC_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
@@ -137,6 +168,19 @@ impl Config {
 
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn rate_limits(&self) -> RateLimits {
+        let rate = |per_second: f64, burst: f64| Rate {
+            per_second: per_second.max(0.0),
+            burst: burst.max(1.0),
+        };
+        RateLimits {
+            sends: rate(self.send_rate, self.send_burst),
+            typing: rate(self.typing_rate, self.typing_burst),
+            requests: rate(self.request_rate, self.request_burst),
+            max_in_flight: self.max_in_flight.max(1),
+        }
     }
 
     pub fn transport(&self) -> TransportConfig {

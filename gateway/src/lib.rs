@@ -59,13 +59,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         },
         senders,
     )?;
+    let transport = config.transport();
     let chat = ChatConfig {
         gateway_id: gateway_id.clone(),
         instance,
         auth_timeout: config.auth_timeout(),
         heartbeat_s: config.heartbeat_s,
+        limits: config.rate_limits(),
+        metrics: transport.metrics.clone(),
     };
-    let transport = config.transport();
     let grace = Duration::from_secs(config.shutdown_grace_s);
 
     let setups: Vec<CoreSetup> = inboxes

@@ -20,6 +20,9 @@ const CLOSE_SLOTS: usize = CLOSE_CODES.len() + 2;
 const CLOSE_OTHER: usize = CLOSE_CODES.len();
 const CLOSE_NONE: usize = CLOSE_CODES.len() + 1;
 
+/// Request limits counted by name (`chat::limits::Limited::slot`).
+pub const RATE_LIMITS: [&str; 4] = ["sends", "typing", "requests", "in_flight"];
+
 /// Upper bounds of the event-loop lag buckets, in seconds.
 const LAG_BOUNDS: [f64; 11] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -78,6 +81,7 @@ pub struct CoreMetrics {
     pub idle_timeouts: Counter,
     pub pings_sent: Counter,
     closes: [Counter; CLOSE_SLOTS],
+    rate_limited: [Counter; RATE_LIMITS.len()],
     lag_buckets: [Counter; LAG_BOUNDS.len() + 1],
     lag_sum_micros: Counter,
 }
@@ -94,6 +98,12 @@ impl CoreMetrics {
                 .unwrap_or(CLOSE_OTHER),
         };
         self.closes[slot].incr();
+    }
+
+    /// Counts a request refused with `rate_limited`, by the limit's slot in
+    /// [`RATE_LIMITS`].
+    pub fn rate_limited(&self, slot: usize) {
+        self.rate_limited[slot].incr();
     }
 
     /// Records how late the event loop woke a timer.
@@ -237,6 +247,21 @@ impl Metrics {
             }
         }
 
+        let name = "oc_gateway_rate_limited_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests refused with rate_limited, by the limit that refused them.\n# TYPE {name} counter"
+        );
+        for (core, metrics) in self.cores.iter().enumerate() {
+            for (limit, counter) in RATE_LIMITS.iter().zip(&metrics.rate_limited) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{core=\"{core}\",limit=\"{limit}\"}} {}",
+                    counter.get()
+                );
+            }
+        }
+
         let name = "oc_gateway_event_loop_lag_seconds";
         let _ = writeln!(
             out,
@@ -277,6 +302,7 @@ mod tests {
         core.closed(Some(4008));
         core.closed(Some(3999));
         core.closed(None);
+        core.rate_limited(0);
         core.lag(Duration::from_micros(300));
         core.lag(Duration::from_millis(30));
         core.lag(Duration::from_secs(5));
@@ -287,6 +313,7 @@ mod tests {
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"4008\"} 1\n"));
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"other\"} 1\n"));
         assert!(text.contains("oc_gateway_closes_total{core=\"1\",code=\"none\"} 1\n"));
+        assert!(text.contains("oc_gateway_rate_limited_total{core=\"1\",limit=\"sends\"} 1\n"));
         assert!(
             text.contains("oc_gateway_event_loop_lag_seconds_bucket{core=\"1\",le=\"0.0005\"} 1\n")
         );

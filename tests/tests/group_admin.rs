@@ -4,7 +4,7 @@
 
 mod admin;
 
-use oceanchat_protocol::client::{ErrorCode, GroupPatch, Role};
+use oceanchat_protocol::client::{ErrorCode, GroupPatch, Op, Role};
 use oceanchat_tests::{refusal, World, WAIT};
 
 use admin::*;
@@ -182,6 +182,16 @@ async fn roles_decide_who_may_change_whom() {
         .unwrap();
     assert_eq!(
         refusal(m.send(&group.conv, "m-1", "hello?").await),
+        ErrorCode::Muted
+    );
+    // Nor does its typing reach the others.
+    assert_eq!(
+        refusal(
+            m.request(Op::Typing {
+                conv: group.conv.clone()
+            })
+            .await
+        ),
         ErrorCode::Muted
     );
     mute(&a, gid, &lease.token, &member.user_id, false)

@@ -105,3 +105,83 @@ async fn pages_of_huge_escaped_bodies_are_cut_by_size() {
     let synced = d.sync(&[(&cd, 0)], None).await.unwrap();
     assert_eq!(synced.messages.len(), 1);
 }
+
+#[tokio::test]
+async fn floods_are_rate_limited_and_the_connection_survives() {
+    let world = World::with_gateway_args(
+        1,
+        1,
+        &[
+            "--send-rate",
+            "1",
+            "--send-burst",
+            "10",
+            "--typing-rate",
+            "0.1",
+            "--typing-burst",
+            "2",
+            "--max-in-flight",
+            "4",
+        ],
+    );
+    let mallory = world.user("mallory").await;
+    let bob = world.user("bob").await;
+    let carol = world.user("carol").await;
+    let m = mallory.connect(&world, 0).await;
+    let conv = m.dm_open(&bob.user_id).await.unwrap();
+
+    // Sends: the burst passes, the rest is refused until tokens come back.
+    let mut stored = Vec::new();
+    let mut limited = 0;
+    for i in 0..30 {
+        match m.send(&conv, &format!("flood-{i}"), "spam").await {
+            Ok(sent) => stored.push(sent.seq),
+            Err(e) => {
+                assert_eq!(refusal::<()>(Err(e)), ErrorCode::RateLimited);
+                limited += 1;
+            }
+        }
+    }
+    assert!((10..=14).contains(&stored.len()), "stored {stored:?}");
+    assert_eq!(limited, 30 - stored.len());
+
+    // Typing has a bucket of its own.
+    let typing = || m.request(Op::Typing { conv: conv.clone() });
+    typing().await.unwrap();
+    typing().await.unwrap();
+    assert_eq!(refusal(typing().await), ErrorCode::RateLimited);
+
+    // Requests awaiting replies are capped per connection.
+    let burst = futures::future::join_all((0..20).map(|_| m.request(Op::ConvList {}))).await;
+    let refused = burst
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.server_error().map(|b| b.code) == Some(ErrorCode::RateLimited)))
+        .count();
+    assert!(refused > 0, "twenty at once pass a cap of four");
+    assert!(burst.iter().filter(|r| r.is_ok()).count() >= 4);
+
+    // Others chat meanwhile, on the same gateway.
+    let c = carol.connect(&world, 0).await;
+    let cb = c.dm_open(&bob.user_id).await.unwrap();
+    for i in 0..5 {
+        c.send(&cb, &format!("hi-{i}"), "hi").await.unwrap();
+    }
+
+    // The flooding connection is still open and sends again once the
+    // bucket refills; what was acknowledged is stored, gap-free.
+    m.ping().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = m.send(&conv, "after", "calm").await.unwrap();
+    stored.push(again.seq);
+    let b = bob.connect(&world, 0).await;
+    let synced = b.sync(&[(&conv, 0), (&cb, 0)], None).await.unwrap();
+    let seqs: Vec<u64> = synced
+        .messages
+        .iter()
+        .filter(|msg| msg.conv == conv)
+        .map(|msg| msg.seq)
+        .collect();
+    assert_eq!(seqs, stored);
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    assert_eq!(synced.messages.len(), stored.len() + 5);
+}

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use oceanchat_protocol::client::{Message, SendResult};
 use oceanchat_protocol::{limits, ErrorCode};
 
-use crate::convs::require_member;
+use crate::convs::require_unmuted_member;
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::http::now_ms;
@@ -156,13 +156,7 @@ pub async fn send(
             format!("body is over {} bytes", state.config.max_body_bytes),
         ));
     }
-    let member = require_member(state, user_id, conv).await?;
-    if member.muted {
-        return Err(ServiceError::refused(
-            ErrorCode::Muted,
-            "you are muted in this conv",
-        ));
-    }
+    require_unmuted_member(state, user_id, conv).await?;
 
     let queue = state.conv_locks.get(conv);
     let (answer, mut answered) = oneshot::channel();

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +19,12 @@ use oceanchat_protocol::internal::{keys, ConnEvent, RpcContext, RpcRequest, Sess
 use oceanchat_protocol::CloseCode;
 
 use crate::bridge::{Bridge, RpcReply};
+use crate::metrics::Metrics;
 use crate::transport::{Conn, Handler, Message};
+
+pub mod limits;
+
+use limits::{ConnLimiter, RateLimits};
 
 /// Malformed frames tolerated per window before closing with 1008.
 const MALFORMED_LIMIT: u32 = 20;
@@ -31,6 +37,9 @@ pub struct ChatConfig {
     pub instance: String,
     pub auth_timeout: Duration,
     pub heartbeat_s: u64,
+    pub limits: RateLimits,
+    /// The registry the transport counts in; refusals are counted here too.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The chat handler of one core. Cheap to clone.
@@ -64,6 +73,7 @@ struct ChatConn {
     malformed: Cell<(u32, Instant)>,
     /// Topics this connection follows.
     topics: RefCell<Vec<Rc<str>>>,
+    limiter: ConnLimiter,
 }
 
 enum Auth {
@@ -159,6 +169,7 @@ impl Handler for Chat {
             closed: Cell::new(false),
             malformed: Cell::new((0, Instant::now())),
             topics: RefCell::default(),
+            limiter: ConnLimiter::new(&self.inner.config.limits, Instant::now()),
         });
         let waiting = Rc::downgrade(&chat_conn);
         let timeout = self.inner.config.auth_timeout;
@@ -198,11 +209,22 @@ impl Handler for Chat {
                         return;
                     }
                 };
+                let limits = &self.inner.config.limits;
+                if let Err(limited) = c.limiter.admit(limits, &op, Instant::now()) {
+                    self.inner
+                        .config
+                        .metrics
+                        .core(self.inner.core)
+                        .rate_limited(limited.slot());
+                    reply_error(c, id, ErrorCode::RateLimited, limited.message());
+                    return;
+                }
                 let payload = encode_rpc(self.context(c, Some(&identity)), op);
                 let chat = self.clone();
                 let c = c.clone();
                 monoio::spawn(async move {
                     let reply = chat.inner.bridge.rpc(payload).await;
+                    c.limiter.done();
                     chat.apply_topics(&c, &reply).await;
                     c.conn.send_text(&with_id(Some(id), &reply.body));
                 });
