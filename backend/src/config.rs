@@ -2,9 +2,11 @@
 //! variables (docs/internals.md lists them).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
+
+use crate::auth::throttle::ThrottleLimits;
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -14,6 +16,11 @@ pub const DEFAULT_MONGO_DB: &str = "oceanchat";
 pub const DEFAULT_SESSION_TTL_S: u64 = 7 * 24 * 3600;
 pub const DEFAULT_MAX_BODY_BYTES: usize = oceanchat_protocol::limits::DEFAULT_MAX_BODY_BYTES;
 pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
+pub const DEFAULT_LOGIN_FAILURES_PER_USER: u64 = 10;
+pub const DEFAULT_LOGIN_FAILURES_PER_IP: u64 = 100;
+pub const DEFAULT_REGISTRATIONS_PER_IP: u64 = 0;
+pub const DEFAULT_THROTTLE_WINDOW_S: u64 = 900;
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.
@@ -64,6 +71,43 @@ pub struct Config {
     #[arg(long, env = "OC_LOCK_TTL_MS", default_value_t = DEFAULT_LOCK_TTL_MS,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub lock_ttl_ms: u64,
+
+    /// Failed logins of one username within the throttle window before
+    /// its logins get `rate_limited`. Default 10; 0 turns it off.
+    #[arg(long, env = "OC_LOGIN_FAILURES_PER_USER", default_value_t = DEFAULT_LOGIN_FAILURES_PER_USER)]
+    pub login_failures_per_user: u64,
+
+    /// Failed logins from one client address within the window before its
+    /// logins get `rate_limited`. Default 100; 0 turns it off.
+    #[arg(long, env = "OC_LOGIN_FAILURES_PER_IP", default_value_t = DEFAULT_LOGIN_FAILURES_PER_IP)]
+    pub login_failures_per_ip: u64,
+
+    /// Registrations from one client address within the window. Default 0
+    /// (off): behind nginx, `limit_req` on the register path does it.
+    #[arg(long, env = "OC_REGISTRATIONS_PER_IP", default_value_t = DEFAULT_REGISTRATIONS_PER_IP)]
+    pub registrations_per_ip: u64,
+
+    /// The window the login and registration counts cover, in seconds.
+    #[arg(long, env = "OC_THROTTLE_WINDOW_S", default_value_t = DEFAULT_THROTTLE_WINDOW_S)]
+    pub throttle_window_s: u64,
+
+    /// Peers whose `X-Real-IP` or `X-Forwarded-For` names the client,
+    /// comma separated. Default loopback: nginx on the same machine.
+    #[arg(long, env = "OC_TRUSTED_PROXIES", value_delimiter = ',', default_value = DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Config {
+    /// The login and registration throttle's limits.
+    pub fn throttle(&self) -> ThrottleLimits {
+        ThrottleLimits {
+            failures_per_user: self.login_failures_per_user,
+            failures_per_ip: self.login_failures_per_ip,
+            registrations_per_ip: self.registrations_per_ip,
+            window_s: self.throttle_window_s.max(1),
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -78,6 +122,14 @@ impl Default for Config {
             session_ttl_s: DEFAULT_SESSION_TTL_S,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+            login_failures_per_user: DEFAULT_LOGIN_FAILURES_PER_USER,
+            login_failures_per_ip: DEFAULT_LOGIN_FAILURES_PER_IP,
+            registrations_per_ip: DEFAULT_REGISTRATIONS_PER_IP,
+            throttle_window_s: DEFAULT_THROTTLE_WINDOW_S,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES
+                .split(',')
+                .map(|ip| ip.parse().expect("valid default proxy address"))
+                .collect(),
         }
     }
 }
@@ -95,6 +147,7 @@ impl fmt::Debug for Config {
             .field("session_ttl_s", &self.session_ttl_s)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("lock_ttl_ms", &self.lock_ttl_ms)
+            .field("throttle", &self.throttle())
             .finish()
     }
 }
@@ -163,5 +216,7 @@ mod tests {
         assert_eq!(parsed.max_body_bytes, 16384);
         assert_eq!(defaults.session_ttl_s, 604_800);
         assert_eq!(defaults.lock_ttl_ms, 30_000);
+        assert_eq!(parsed.trusted_proxies, defaults.trusted_proxies);
+        assert_eq!(defaults.throttle().failures_per_user, 10);
     }
 }

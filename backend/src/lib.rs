@@ -19,10 +19,12 @@
 //! - [`groups`]: group administration under the group's lock.
 //! - [`conn_events`]: connection events from the gateways (`oc.conn`).
 //! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
-//! - [`sessions`]: login sessions in Redis.
+//! - [`auth`]: register, login, logout, password hashing and throttling,
+//!   login sessions in Redis.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
 
+pub mod auth;
 pub mod config;
 pub mod conn_events;
 pub mod convs;
@@ -34,7 +36,6 @@ pub mod locks;
 pub mod messages;
 pub mod presence;
 pub mod rpc;
-pub mod sessions;
 pub mod state;
 pub mod store;
 
@@ -85,9 +86,12 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = tokio::spawn(
-        axum::serve(listener, app(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            listener,
+            app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
     let mut rpc = tokio::spawn(rpc::serve(
         state.clone(),

@@ -22,10 +22,11 @@ use oceanchat_protocol::client::{
 };
 use oceanchat_protocol::internal::{headers as oc_headers, topics, RpcRequest, SessionInfo};
 
+use crate::auth::sessions;
 use crate::error::ServiceError;
 use crate::presence;
 use crate::state::AppState;
-use crate::{convs, delivery, groups, locks, messages, sessions};
+use crate::{convs, delivery, groups, locks, messages};
 
 /// Requests handled at the same time by one instance.
 pub const MAX_IN_FLIGHT: usize = 4096;

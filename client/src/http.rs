@@ -126,10 +126,29 @@ impl HttpApi {
 
     /// `POST /v1/auth/login`; expects 200.
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse, ApiError> {
+        self.login_as(username, password, None).await
+    }
+
+    /// `POST /v1/auth/login` naming the device the session is for.
+    pub async fn login_with_device(
+        &self,
+        username: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<LoginResponse, ApiError> {
+        self.login_as(username, password, Some(device)).await
+    }
+
+    async fn login_as(
+        &self,
+        username: &str,
+        password: &str,
+        device: Option<&str>,
+    ) -> Result<LoginResponse, ApiError> {
         let body = LoginRequest {
             username: username.into(),
             password: password.into(),
-            device: None,
+            device: device.map(Into::into),
         };
         self.post_json("/v1/auth/login", &body, 200).await
     }

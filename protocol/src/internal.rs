@@ -106,6 +106,21 @@ pub mod headers {
 
 /// Redis keys shared by the gateway and the backend.
 pub mod keys {
+    /// Counter: failed logins of a username in the throttle window.
+    pub fn login_failures_user(username: &str) -> String {
+        format!("oc:throttle:login:user:{username}")
+    }
+
+    /// Counter: failed logins from a client address in the window.
+    pub fn login_failures_ip(ip: &str) -> String {
+        format!("oc:throttle:login:ip:{ip}")
+    }
+
+    /// Counter: registrations from a client address in the window.
+    pub fn registrations_ip(ip: &str) -> String {
+        format!("oc:throttle:register:ip:{ip}")
+    }
+
     /// Hash: route field (see [`route_field`]) -> gateway id.
     pub fn routes(user_id: &str) -> String {
         format!("oc:routes:{user_id}")

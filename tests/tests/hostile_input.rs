@@ -4,7 +4,7 @@
 
 use oceanchat_protocol::client::{HistoryResult, Message, Op};
 use oceanchat_protocol::{limits, ErrorCode};
-use oceanchat_tests::{refusal, World};
+use oceanchat_tests::{refusal, World, PASSWORD};
 
 /// A body of the largest size, all control characters: JSON escapes each
 /// byte as six (`\u0001`), so one message encodes to about 96 KiB.
@@ -184,4 +184,47 @@ async fn floods_are_rate_limited_and_the_connection_survives() {
     assert_eq!(seqs, stored);
     assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
     assert_eq!(synced.messages.len(), stored.len() + 5);
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_username() {
+    let world = World::with(1, 1);
+    let victim = world.user("victim").await;
+    let other = world.user("other").await;
+
+    // Ten wrong guesses use up the username's failures (the default)...
+    for i in 0..10 {
+        let e = world
+            .api
+            .login(&victim.username, &format!("wrong-guess-{i}"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::BadCredentials), "{e}");
+    }
+    // ... and then even the right password waits for the window, refused
+    // before any hash is computed.
+    let e = world
+        .api
+        .login(&victim.username, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+    assert_eq!(e.status(), Some(429));
+
+    // Other users log in and chat; the victim's open session still works.
+    let again = world.login_again(&other).await;
+    let o = again.connect(&world, 0).await;
+    let v = victim.connect(&world, 0).await;
+    let conv = o.dm_open(&victim.user_id).await.unwrap();
+    o.send(&conv, "hello", "hello").await.unwrap();
+    let got = v.sync(&[(&conv, 0)], None).await.unwrap();
+    assert_eq!(got.messages.len(), 1);
+
+    // An over-long device name is refused, not stored.
+    let e = world
+        .api
+        .login_with_device(&other.username, PASSWORD, &"d".repeat(65))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
 }
