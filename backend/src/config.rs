@@ -21,6 +21,7 @@ pub const DEFAULT_LOGIN_FAILURES_PER_IP: u64 = 100;
 pub const DEFAULT_REGISTRATIONS_PER_IP: u64 = 0;
 pub const DEFAULT_THROTTLE_WINDOW_S: u64 = 900;
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.
@@ -95,6 +96,12 @@ pub struct Config {
     /// comma separated. Default loopback: nginx on the same machine.
     #[arg(long, env = "OC_TRUSTED_PROXIES", value_delimiter = ',', default_value = DEFAULT_TRUSTED_PROXIES)]
     pub trusted_proxies: Vec<IpAddr>,
+
+    /// Live connections one user may hold over every gateway; an `auth`
+    /// beyond it gets `rate_limited`. Default 100: many devices and tabs,
+    /// not a script's thousands. 0 means no limit.
+    #[arg(long, env = "OC_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: u64,
 }
 
 impl Config {
@@ -130,6 +137,7 @@ impl Default for Config {
                 .split(',')
                 .map(|ip| ip.parse().expect("valid default proxy address"))
                 .collect(),
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
 }
@@ -148,6 +156,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("lock_ttl_ms", &self.lock_ttl_ms)
             .field("throttle", &self.throttle())
+            .field("max_connections_per_user", &self.max_connections_per_user)
             .finish()
     }
 }

@@ -230,6 +230,30 @@ pub async fn online_by_gateway(
     Ok(online)
 }
 
+/// How many live connections `user` holds over every gateway. The
+/// routes hash may still hold fields of dead gateway runs; they are
+/// counted out (and deleted) only when the raw count reaches `at_least`,
+/// so the common case is one `HLEN`.
+pub async fn live_connections(
+    state: &AppState,
+    user: &str,
+    at_least: u64,
+) -> Result<u64, ServiceError> {
+    let mut redis = state.redis.clone();
+    let count: u64 = redis::cmd("HLEN")
+        .arg(keys::routes(user))
+        .query_async(&mut redis)
+        .await?;
+    if count < at_least {
+        return Ok(count);
+    }
+    online_by_gateway(state, &[user.to_string()]).await?;
+    Ok(redis::cmd("HLEN")
+        .arg(keys::routes(user))
+        .query_async(&mut redis)
+        .await?)
+}
+
 /// One connection's route: its user and its field in the user's hash.
 type Conn = (String, String);
 

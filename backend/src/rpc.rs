@@ -216,6 +216,15 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             let session = sessions::lookup(&mut redis, token)
                 .await?
                 .ok_or_else(ServiceError::unauthenticated)?;
+            // Routes are written by the gateway after this reply, so auths
+            // at the same moment may pass the cap by their number.
+            let cap = state.config.max_connections_per_user;
+            if cap > 0 && delivery::live_connections(state, &session.user_id, cap).await? >= cap {
+                return Err(ServiceError::refused(
+                    ErrorCode::RateLimited,
+                    format!("at most {cap} connections per user"),
+                ));
+            }
             // The connection follows its user's groups before the reply
             // reaches the client, so no group message after it is missed.
             let subscribe = convs::group_topics(state, &session.user_id).await?;

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::chat::limits::{Rate, RateLimits};
 use crate::metrics::Metrics;
-use crate::transport::{codec::Limits, TransportConfig};
+use crate::transport::{addresses::AddressSlots, codec::Limits, TransportConfig};
 
 /// What the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +96,22 @@ pub struct Config {
     /// Bytes queued for one slow connection before it is closed with 4008.
     #[arg(long, env = "OC_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_queued_bytes: usize,
+
+    /// Connections one client address may hold on this gateway; 0 means
+    /// no limit. Behind a proxy the address is the one it names (see
+    /// `--trusted-proxies`).
+    #[arg(long, env = "OC_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000)]
+    pub max_connections_per_ip: u32,
+
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` names the client,
+    /// comma separated. Default loopback: nginx on the same machine.
+    #[arg(
+        long,
+        env = "OC_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1"
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 
     /// Connections per process at most (spread evenly over the cores).
     #[arg(long, env = "OC_MAX_CONNECTIONS", default_value_t = 1_000_000)]
@@ -197,6 +213,12 @@ impl Config {
             },
             max_queued_bytes: self.max_queued_bytes,
             max_connections_per_core: self.max_connections.div_ceil(self.cores()),
+            // The comparison protocol of benchmarks counts nothing.
+            per_address: Arc::new(AddressSlots::new(match self.mode {
+                Mode::Chat => self.max_connections_per_ip,
+                Mode::Bench => 0,
+            })),
+            trusted_proxies: self.trusted_proxies.clone(),
             read_buffer_bytes: 4096,
             ping_interval: Duration::from_secs(self.ping_interval_s),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),

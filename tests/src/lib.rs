@@ -51,9 +51,22 @@ impl World {
 
     /// Like [`World::with`], passing `gateway_args` to every gateway.
     pub fn with_gateway_args(backends: usize, gateways: usize, gateway_args: &[&str]) -> World {
+        World::with_args(backends, gateways, &[], gateway_args)
+    }
+
+    /// Like [`World::with`], passing `backend_args` to every backend and
+    /// `gateway_args` to every gateway.
+    pub fn with_args(
+        backends: usize,
+        gateways: usize,
+        backend_args: &[&str],
+        gateway_args: &[&str],
+    ) -> World {
         assert!(backends >= 1, "the HTTP API needs a backend");
         let stack = Stack::start();
-        let backends: Vec<Backend> = (0..backends).map(|_| Backend::start(&stack, &[])).collect();
+        let backends: Vec<Backend> = (0..backends)
+            .map(|_| Backend::start(&stack, backend_args))
+            .collect();
         let gateways = (0..gateways)
             .map(|i| {
                 let id = format!("gw-{}", char::from(b'a' + i as u8));

@@ -2,9 +2,10 @@
 //! clear error or a well-formed answer, and the connection, the other
 //! users and the stored data survive them.
 
+use oceanchat_client::{ClientError, Connection};
 use oceanchat_protocol::client::{HistoryResult, Message, Op};
 use oceanchat_protocol::{limits, ErrorCode};
-use oceanchat_tests::{refusal, World, PASSWORD};
+use oceanchat_tests::{refusal, World, PASSWORD, WAIT};
 
 /// A body of the largest size, all control characters: JSON escapes each
 /// byte as six (`\u0001`), so one message encodes to about 96 KiB.
@@ -227,4 +228,109 @@ async fn password_guessing_is_throttled_per_username() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}");
+}
+
+#[tokio::test]
+async fn connection_caps_per_address_and_per_user() {
+    let world = World::with_args(
+        1,
+        1,
+        &["--max-connections-per-user", "3"],
+        &["--max-connections-per-ip", "5"],
+    );
+    let hog = world.user("hog").await;
+    let other = world.user("other").await;
+    let url = world.ws_url(0);
+    let rejected = |r: Result<Connection, ClientError>| match r {
+        Err(ClientError::Rejected { status, .. }) => status,
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a connection"),
+    };
+
+    // Per user: the fourth live connection's auth is refused; the socket
+    // stays usable for a retry.
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(hog.connect(&world, 0).await);
+    }
+    let fourth = Connection::connect(&url).await.unwrap();
+    assert_eq!(
+        refusal(fourth.auth(&hog.token).await),
+        ErrorCode::RateLimited
+    );
+    mine.pop().unwrap().close().unwrap();
+    // Once its route is gone the slot is free again.
+    let mut retried = None;
+    for _ in 0..50 {
+        match fourth.auth(&hog.token).await {
+            Ok(auth) => {
+                retried = Some(auth);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert!(retried.is_some(), "a closed connection frees its slot");
+
+    // Per address (127.0.0.1 here): with four sockets open, a fifth
+    // passes and the sixth is refused with 429 before any upgrade.
+    let o = other.connect(&world, 0).await;
+    let fifth = Connection::connect(&url).await.unwrap();
+    assert_eq!(rejected(Connection::connect(&url).await), 429);
+    // A trusted proxy (loopback, as nginx on the same machine) names the
+    // client, which has slots of its own.
+    let proxied = Connection::connect_with_headers(&url, &[("x-real-ip", "203.0.113.7")])
+        .await
+        .expect("counted for the address the proxy named");
+    // From any other peer the header is not believed: five upgrades from
+    // 127.0.0.2, each naming another address, all count for 127.0.0.2.
+    let port = world.gateways[0].port();
+    let mut raw = Vec::new();
+    for i in 0..5 {
+        let (status, socket) = raw_upgrade("127.0.0.2", port, &format!("198.51.100.{i}")).await;
+        assert_eq!(status, 101);
+        raw.push(socket);
+    }
+    assert_eq!(raw_upgrade("127.0.0.2", port, "198.51.100.99").await.0, 429);
+
+    // Nothing else is disturbed: the open connections chat on.
+    let conv = o.dm_open(&hog.user_id).await.unwrap();
+    o.send(&conv, "still", "fine").await.unwrap();
+    let got = mine[0].sync(&[(&conv, 0)], None).await.unwrap();
+    assert_eq!(got.messages.len(), 1);
+    // Closing one frees its address slot.
+    fifth.close().unwrap();
+    fifth.closed(WAIT).await.expect("the close completes");
+    let mut reopened = false;
+    for _ in 0..50 {
+        if Connection::connect(&url).await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reopened, "a closed connection gives its address slot back");
+    drop((fourth, proxied, raw));
+}
+
+/// A WebSocket upgrade from `source` naming `forwarded` in `X-Real-IP`:
+/// the answer's status and the open socket.
+async fn raw_upgrade(source: &str, port: u16, forwarded: &str) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-Real-IP: {forwarded}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (status, stream)
 }

@@ -24,6 +24,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,6 +35,7 @@ use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::addresses::{client_address, AddressSlots};
 use super::codec::{self, Decoder, Incoming};
 use super::handshake::{self, Refusal, Request};
 use super::{Core, Handler, Message};
@@ -70,10 +72,19 @@ pub struct Conn {
     marked: Cell<u32>,
     /// The socket task, parked until there is something to do.
     waker: Cell<Option<Waker>>,
+    /// The client address holding a slot in the per-address count, given
+    /// back at close.
+    address: Option<IpAddr>,
 }
 
 impl Conn {
-    pub(super) fn new(id: ConnId, fd: RawFd, max_queued_bytes: usize, tick: u32) -> Self {
+    pub(super) fn new(
+        id: ConnId,
+        fd: RawFd,
+        max_queued_bytes: usize,
+        tick: u32,
+        address: Option<IpAddr>,
+    ) -> Self {
         Conn {
             id,
             outbox: RefCell::new(Vec::new()),
@@ -88,11 +99,17 @@ impl Conn {
             heard: Cell::new(tick),
             marked: Cell::new(tick),
             waker: Cell::new(None),
+            address,
         }
     }
 
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// The client address counted for this connection, if counted.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address
     }
 
     /// True once a close was asked for (by either side).
@@ -429,7 +446,7 @@ enum NoUpgrade {
 /// The upgrade's state (request buffer, parser, write futures, timeout) is
 /// large and short-lived; this way it never counts toward the task that an
 /// idle connection keeps.
-pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>) {
+pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, peer: IpAddr, core: Rc<Core<H>>) {
     // Readiness-based I/O (epoll, itself watched through the ring under
     // io_uring): a connection stays registered for its whole life, so
     // waiting to read costs nothing per message, where an io_uring poll
@@ -445,14 +462,14 @@ pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>
     };
     monoio::spawn(async move {
         let timeout = core.config.handshake_timeout;
-        let result = match monoio::time::timeout(timeout, upgrade(&mut stream, &core)).await {
+        let result = match monoio::time::timeout(timeout, upgrade(&mut stream, &core, peer)).await {
             Ok(result) => result,
             Err(_) => Err(NoUpgrade::Timeout),
         };
         // Counted before the socket closes, so a peer that sees the close
         // also sees the count.
-        let leftover = match result {
-            Ok(leftover) => leftover,
+        let (leftover, address) = match result {
+            Ok(upgraded) => upgraded,
             Err(NoUpgrade::Metrics) => return,
             Err(why) => {
                 tracing::debug!(conn_id = id, %why, "upgrade failed");
@@ -465,6 +482,7 @@ pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, core: Rc<Core<H>>
             stream.as_raw_fd(),
             core.config.max_queued_bytes,
             core.tick(),
+            address,
         ));
         let mut decoder = Decoder::new(core.config.limits);
         decoder.feed(&leftover);
@@ -576,11 +594,12 @@ fn poll_read_into(
 }
 
 /// Reads the upgrade request and answers it. Returns any bytes the client
-/// sent after the request head.
+/// sent after the request head. Also returns the client address when it took a per-address slot.
 async fn upgrade<H: Handler>(
     stream: &mut TcpStreamPoll,
     core: &Core<H>,
-) -> Result<Vec<u8>, NoUpgrade> {
+    peer: IpAddr,
+) -> Result<(Vec<u8>, Option<IpAddr>), NoUpgrade> {
     let config = &core.config;
     let mut head = Vec::with_capacity(1024);
     loop {
@@ -615,6 +634,14 @@ async fn upgrade<H: Handler>(
         } else {
             None
         };
+        let address = client_address(peer, upgrade.forwarded_for, &config.trusted_proxies);
+        // Given back if the answer cannot be written, or the upgrade's
+        // timeout drops this future while it is being written.
+        let slot = match refusal {
+            None => AddressSlot::take(&config.per_address, address),
+            Some(_) => None,
+        };
+        let refusal = refusal.or(slot.is_none().then_some(Refusal::TooManyFromAddress));
         if let Some(refusal) = refusal {
             let _ = stream.write_all(refusal.response()).await;
             return Err(NoUpgrade::Refused(refusal));
@@ -623,7 +650,41 @@ async fn upgrade<H: Handler>(
             .write_all(&handshake::accept_response(&upgrade.key))
             .await
             .map_err(NoUpgrade::Io)?;
-        return Ok(head);
+        return Ok((head, slot.map(AddressSlot::keep)));
+    }
+}
+
+/// A per-address slot held during the upgrade: given back when dropped,
+/// unless kept for the connection.
+struct AddressSlot<'a> {
+    slots: &'a AddressSlots,
+    address: IpAddr,
+    kept: bool,
+}
+
+impl<'a> AddressSlot<'a> {
+    fn take(slots: &'a AddressSlots, address: IpAddr) -> Option<Self> {
+        // `then`, not `then_some`: a slot built for a refusal would give
+        // back, on drop, a slot it never took.
+        slots.try_take(address).then(|| AddressSlot {
+            slots,
+            address,
+            kept: false,
+        })
+    }
+
+    /// The connection now holds the slot; [`Core::closed`] gives it back.
+    fn keep(mut self) -> IpAddr {
+        self.kept = true;
+        self.address
+    }
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.slots.give_back(self.address);
+        }
     }
 }
 

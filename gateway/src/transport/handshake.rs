@@ -14,6 +14,9 @@ pub struct Upgrade {
     pub path: String,
     pub key: String,
     pub origin: Option<String>,
+    /// The client address a proxy named (`X-Real-IP`, else the last
+    /// `X-Forwarded-For` hop); believed only from trusted proxies.
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// What a request head asked for.
@@ -41,6 +44,8 @@ pub enum Refusal {
     OriginNotAllowed,
     #[error("connection limit reached")]
     AtCapacity,
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
 }
 
 impl Refusal {
@@ -64,6 +69,9 @@ impl Refusal {
             }
             Refusal::AtCapacity => {
                 b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Refusal::TooManyFromAddress => {
+                b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
         }
     }
@@ -116,9 +124,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
             path: path.to_string(),
             key: key.to_string(),
             origin: header("origin").map(str::to_string),
+            forwarded_for: forwarded_for(header("x-real-ip"), header("x-forwarded-for")),
         }),
         consumed,
     )))
+}
+
+/// The client address in `X-Real-IP`, else in the last hop of
+/// `X-Forwarded-For` (the one the nearest proxy added).
+fn forwarded_for(real_ip: Option<&str>, forwarded: Option<&str>) -> Option<std::net::IpAddr> {
+    real_ip
+        .and_then(|v| v.parse().ok())
+        .or_else(|| forwarded?.rsplit(',').next()?.trim().parse().ok())
 }
 
 /// The `101 Switching Protocols` answer.
@@ -160,6 +177,28 @@ mod tests {
     }
 
     #[test]
+    fn proxies_name_the_client() {
+        let with = |extra: &str| {
+            let head = String::from_utf8_lossy(GOOD)
+                .replace("Host: a\r\n", &format!("Host: a\r\n{extra}"));
+            match parse(head.as_bytes()).unwrap().unwrap().0 {
+                Request::Upgrade(upgrade) => upgrade.forwarded_for,
+                other => panic!("not an upgrade: {other:?}"),
+            }
+        };
+        assert_eq!(with(""), None);
+        assert_eq!(
+            with("X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n"),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            with("X-Real-IP: 2001:db8::1\r\nX-Forwarded-For: 203.0.113.9\r\n"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(with("X-Real-IP: nonsense\r\n"), None);
+    }
+
+    #[test]
     fn partial_then_too_large() {
         assert_eq!(parse(&GOOD[..20]), Ok(None));
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -179,5 +218,8 @@ mod tests {
         assert!(Refusal::OriginNotAllowed
             .response()
             .starts_with(b"HTTP/1.1 403"));
+        assert!(Refusal::TooManyFromAddress
+            .response()
+            .starts_with(b"HTTP/1.1 429"));
     }
 }

@@ -8,18 +8,20 @@
 //! # Layout
 //! - [`codec`]: RFC 6455 frame decoding and encoding, no I/O.
 //! - [`handshake`]: the HTTP upgrade, no I/O.
+//! - [`addresses`]: connections per client address.
 //! - `conn`: one connection's task and its [`Conn`] handle.
 //! - this file: the [`Handler`] trait, [`TransportConfig`], the accept
 //!   loop and the core's two timers: the sweep (pings, idle and close
 //!   timeouts for every connection at once) and the event-loop lag probe.
 
+pub mod addresses;
 pub mod codec;
 mod conn;
 pub mod handshake;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,10 @@ pub struct TransportConfig {
     pub max_queued_bytes: usize,
     /// Connections one core accepts at most; further ones are closed at once.
     pub max_connections_per_core: usize,
+    /// Connections per client address over the whole process.
+    pub per_address: Arc<addresses::AddressSlots>,
+    /// Peers (proxies) whose `X-Real-IP` / `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
     /// Size of the pooled read buffers.
     pub read_buffer_bytes: usize,
     /// A connection silent this long gets a WebSocket ping (again every
@@ -205,6 +211,9 @@ impl<H: Handler> Core<H> {
 
     fn closed(&self, conn: &Conn) {
         self.conns.borrow_mut().remove(&conn.id());
+        if let Some(ip) = conn.address() {
+            self.config.per_address.give_back(ip);
+        }
         let metrics = self.metrics();
         metrics.connections.sub(1);
         metrics.closed(conn.close_code());
@@ -376,6 +385,6 @@ pub async fn serve<H: Handler>(listener: TcpListener, core: Rc<Core<H>>) {
         let _ = stream.set_nodelay(true);
         let id = core.next_id();
         tracing::trace!(conn_id = id, %peer, "accepted");
-        conn::start(stream, id, core.clone());
+        conn::start(stream, id, peer.ip(), core.clone());
     }
 }
