@@ -22,6 +22,7 @@ pub const DEFAULT_REGISTRATIONS_PER_IP: u64 = 0;
 pub const DEFAULT_THROTTLE_WINDOW_S: u64 = 900;
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
+pub const DEFAULT_MAX_GROUPS_PER_USER: u64 = 5000;
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.
@@ -102,6 +103,13 @@ pub struct Config {
     /// not a script's thousands. 0 means no limit.
     #[arg(long, env = "OC_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
     pub max_connections_per_user: u64,
+
+    /// Groups one user may be a member of; creating a group or adding a
+    /// user already in this many gets `forbidden`. Bounds what one user's
+    /// `auth` carries and what anyone can do to a stranger by adding them.
+    /// 0 means no limit.
+    #[arg(long, env = "OC_MAX_GROUPS_PER_USER", default_value_t = DEFAULT_MAX_GROUPS_PER_USER)]
+    pub max_groups_per_user: u64,
 }
 
 impl Config {
@@ -138,6 +146,7 @@ impl Default for Config {
                 .map(|ip| ip.parse().expect("valid default proxy address"))
                 .collect(),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
         }
     }
 }
@@ -157,6 +166,7 @@ impl fmt::Debug for Config {
             .field("lock_ttl_ms", &self.lock_ttl_ms)
             .field("throttle", &self.throttle())
             .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("max_groups_per_user", &self.max_groups_per_user)
             .finish()
     }
 }

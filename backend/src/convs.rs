@@ -31,6 +31,10 @@ use crate::store::{is_duplicate_key, new_id, GroupDoc, MemberDoc};
 /// Longest group name, in characters.
 const MAX_GROUP_NAME_CHARS: usize = 100;
 
+/// Most members `group.create` may name besides the creator, as many as
+/// one `group.members.add`.
+const MAX_GROUP_CREATE_MEMBERS: usize = 1000;
+
 /// Members in one `group.get` reply at most. A reply travels as one NATS
 /// message (1 MiB by default) and one member takes about 60 bytes of JSON,
 /// so 5,000 leave ample room; larger groups are read page by page.
@@ -189,6 +193,11 @@ pub async fn group_create(
         )));
     }
     let others = other_members(owner, members);
+    if others.len() > MAX_GROUP_CREATE_MEMBERS {
+        return Err(ServiceError::bad_request(format!(
+            "group.create names at most {MAX_GROUP_CREATE_MEMBERS} members; add more with group.members.add"
+        )));
+    }
     if !others.is_empty() {
         let found: BTreeSet<String> = state
             .store
@@ -207,6 +216,10 @@ pub async fn group_create(
             ));
         }
     }
+
+    let mut joining = others.clone();
+    joining.push(owner.to_string());
+    crate::groups::require_room_in_groups(state, &joining).await?;
 
     let group_id = new_id();
     let conv = group_conv(&group_id);

@@ -1,4 +1,6 @@
-//! Group administration: `group.update` and `group.members.*`.
+//! Group administration: `group.update`, `group.members.*`,
+//! `group.transfer`, and `group.leave`, the one change a plain member
+//! makes (to itself, without the lock).
 //!
 //! Every write presents the live token of the lock `group:<id>`
 //! ([`crate::locks`]) and is checked twice: in Redis (`lock_required`,
@@ -24,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use serde::Deserialize;
@@ -85,6 +87,7 @@ pub async fn members_add(
         .into_iter()
         .filter(|u| !present.contains_key(u))
         .collect();
+    require_room_in_groups(state, &added).await?;
 
     let version = admin.commit(state, Document::new(), None).await?;
     for user_id in &added {
@@ -209,6 +212,93 @@ pub async fn transfer(
     let change = json!({"kind": "transferred", "from": &admin.user_id, "to": user_id});
     publish(state, group_id, version, change).await;
     Ok(VersionResult { version })
+}
+
+/// `group.leave`: the asking member leaves. No lock is needed, since one
+/// changes only one's own membership; the owner hands the group on first.
+pub async fn leave(
+    state: &AppState,
+    user_id: &str,
+    group_id: &str,
+) -> Result<VersionResult, ServiceError> {
+    if !topics::valid_id(group_id) {
+        return Err(ServiceError::bad_request("malformed group_id"));
+    }
+    let conv = group_conv(group_id);
+    let member = require_member(state, user_id, &conv).await?;
+    if parse_role(&member.role)? == Role::Owner {
+        return Err(ServiceError::bad_request(
+            "the owner cannot leave; hand the group on with group.transfer first",
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: i64,
+    }
+    let bumped = state
+        .store
+        .groups
+        .clone_with_type::<Versioned>()
+        .find_one_and_update(doc! {"_id": group_id}, doc! {"$inc": {"version": 1}})
+        .projection(doc! {"version": 1})
+        .return_document(ReturnDocument::After)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
+        })?;
+    let version = bumped.version as u64;
+    state
+        .store
+        .members
+        .delete_one(doc! {"conv": &conv, "user_id": user_id})
+        .await?;
+    tracing::info!(group_id, version, user_id, "member left");
+    let left = [user_id.to_string()];
+    let change = json!({"kind": "members_removed", "user_ids": &left, "left": true});
+    publish(state, group_id, version, change).await;
+    if let Err(e) = delivery::change_topics(state, &left, &[topics::group(group_id)], false).await {
+        e.log("group topic unfollow");
+    }
+    Ok(VersionResult { version })
+}
+
+/// `forbidden` for the first of `user_ids` already in the most groups one
+/// user may be in (`--max-groups-per-user`).
+pub async fn require_room_in_groups(
+    state: &AppState,
+    user_ids: &[String],
+) -> Result<(), ServiceError> {
+    let cap = state.config.max_groups_per_user;
+    if cap == 0 {
+        return Ok(());
+    }
+    let counts: Vec<(&str, u64)> = futures::stream::iter(
+        user_ids
+            .iter()
+            .map(|user_id| groups_of(state, user_id))
+            .collect::<Vec<_>>(),
+    )
+    .buffer_unordered(16)
+    .try_collect()
+    .await?;
+    match counts.into_iter().find(|(_, count)| *count >= cap) {
+        Some((user_id, _)) => Err(forbidden(format!(
+            "{user_id} is in {cap} groups already, the most one user may be in"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// How many groups `user_id` is a member of.
+async fn groups_of<'a>(state: &AppState, user_id: &'a str) -> Result<(&'a str, u64), ServiceError> {
+    // Group convs are `g:<id>`: the ids from "g:" up to "g;", the next
+    // character, an index range rather than a pattern.
+    let count = state
+        .store
+        .members
+        .count_documents(doc! {"user_id": user_id, "conv": {"$gte": "g:", "$lt": "g;"}})
+        .await?;
+    Ok((user_id, count))
 }
 
 /// `group.members.mute`: a muted member cannot send (`muted`).

@@ -227,14 +227,12 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             }
             // The connection follows its user's groups before the reply
             // reaches the client, so no group message after it is missed.
-            let subscribe = convs::group_topics(state, &session.user_id).await?;
-            Ok(Done {
-                subscribe,
-                ..Done::reply(&SessionInfo {
-                    user_id: session.user_id,
-                    session_id: session.session_id,
-                })
-            })
+            let topics = convs::group_topics(state, &session.user_id).await?;
+            Ok(Done::reply(&SessionInfo {
+                user_id: session.user_id,
+                session_id: session.session_id,
+                topics,
+            }))
         }
         Op::Ping {} => {
             user()?;
@@ -339,6 +337,9 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             &groups::members_mute(state, &request.ctx, group_id, lock_token, user_id, *muted)
                 .await?,
         )),
+        Op::GroupLeave { group_id } => {
+            Ok(Done::reply(&groups::leave(state, user()?, group_id).await?))
+        }
         Op::GroupTransfer {
             group_id,
             lock_token,

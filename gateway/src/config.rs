@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "OC_REQUEST_BURST", default_value_t = 200.0)]
     pub request_burst: f64,
 
+    /// Users and locks one connection may watch (`presence.watch`,
+    /// `lock.watch`) in all; a watch past it gets `bad_request`.
+    #[arg(long, env = "OC_MAX_WATCHES", default_value_t = 5000)]
+    pub max_watches: usize,
+
     /// Requests one connection may have awaiting their reply.
     #[arg(long, env = "OC_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: u32,

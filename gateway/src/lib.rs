@@ -66,6 +66,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         auth_timeout: config.auth_timeout(),
         heartbeat_s: config.heartbeat_s,
         limits: config.rate_limits(),
+        max_watches: config.max_watches,
         metrics: transport.metrics.clone(),
     };
     let grace = Duration::from_secs(config.shutdown_grace_s);

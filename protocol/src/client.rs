@@ -197,6 +197,9 @@ pub enum Op {
         lock_token: String,
         user_id: String,
     },
+    /// A member leaves a group (the owner hands it on first).
+    #[serde(rename = "group.leave")]
+    GroupLeave { group_id: String },
     #[serde(rename = "ping")]
     Ping {},
 }
@@ -227,6 +230,7 @@ impl Op {
             Op::GroupMembersSetRole { .. } => "group.members.set_role",
             Op::GroupMembersMute { .. } => "group.members.mute",
             Op::GroupTransfer { .. } => "group.transfer",
+            Op::GroupLeave { .. } => "group.leave",
             Op::Ping {} => "ping",
         }
     }
@@ -673,6 +677,9 @@ mod tests {
                 group_id: "g".into(),
                 lock_token: "t".into(),
                 user_id: "u".into(),
+            },
+            Op::GroupLeave {
+                group_id: "g".into(),
             },
         ];
         for op in ops {

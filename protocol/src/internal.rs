@@ -70,10 +70,13 @@ pub mod subjects {
 /// Topic names (see the module docs). A topic is a valid NATS subject
 /// suffix: ids are made of `[A-Za-z0-9_:-]`, never `.`, `*`, `>` or space.
 pub mod topics {
+    /// What every group topic starts with.
+    pub const GROUP_PREFIX: &str = "grp.";
+
     /// Members of a group: its messages and its `read`, `typing` and
     /// `group` events.
     pub fn group(group_id: &str) -> String {
-        format!("grp.{group_id}")
+        format!("{GROUP_PREFIX}{group_id}")
     }
 
     /// Watchers of a user's presence.
@@ -200,6 +203,11 @@ pub struct RpcRequest {
 pub struct SessionInfo {
     pub user_id: String,
     pub session_id: String,
+    /// The group topics the connection follows from now on. In the body,
+    /// not a header: a user in thousands of groups would pass what a
+    /// header may hold, and could then never log in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// One connection of one gateway.

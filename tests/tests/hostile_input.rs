@@ -334,3 +334,84 @@ async fn raw_upgrade(source: &str, port: u16, forwarded: &str) -> (u16, tokio::n
     let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
     (status, stream)
 }
+
+#[tokio::test]
+async fn watches_and_groups_are_capped_and_members_can_leave() {
+    let world = World::with_args(
+        1,
+        1,
+        &["--max-groups-per-user", "3"],
+        &["--max-watches", "5"],
+    );
+    let mallory = world.user("mallory").await;
+    let victim = world.user("victim").await;
+    let carol = world.user("carol").await;
+    let dave = world.user("dave").await;
+    let m = mallory.connect(&world, 0).await;
+
+    // Watches: five in all per connection; a repeat costs nothing.
+    let watch = |ids: &[&str]| {
+        m.request(Op::PresenceWatch {
+            user_ids: ids.iter().map(|s| s.to_string()).collect(),
+        })
+    };
+    watch(&["u1", "u2", "u3"]).await.unwrap();
+    assert_eq!(
+        refusal(watch(&["u4", "u5", "u6"]).await),
+        ErrorCode::BadRequest
+    );
+    watch(&["u1", "u2", "u3"]).await.unwrap();
+    watch(&["u4", "u5"]).await.unwrap();
+    assert_eq!(refusal(watch(&["u6"]).await), ErrorCode::BadRequest);
+    m.ping().await.unwrap();
+
+    // Groups: nobody can put a user in more than the cap.
+    let mut groups = Vec::new();
+    for i in 0..3 {
+        let name = format!("trap-{i}");
+        groups.push(m.group_create(&name, &[&victim.user_id]).await.unwrap());
+    }
+    let c = carol.connect(&world, 0).await;
+    assert_eq!(
+        refusal(c.group_create("one-more", &[&victim.user_id]).await),
+        ErrorCode::Forbidden
+    );
+    // ... while others still make groups.
+    c.group_create("club", &[&dave.user_id]).await.unwrap();
+
+    // The victim logs in (its group topics travel in the reply body) and
+    // leaves a group; it is no longer a member and has room again.
+    let v = victim.connect(&world, 0).await;
+    let left = &groups[0];
+    let version = v
+        .request_as::<oceanchat_protocol::client::VersionResult>(Op::GroupLeave {
+            group_id: left.group_id.clone(),
+        })
+        .await
+        .unwrap()
+        .version;
+    assert!(version >= 2);
+    assert_eq!(
+        refusal(v.send(&left.conv, "gone", "x").await),
+        ErrorCode::NotMember
+    );
+    c.group_create("fresh", &[&victim.user_id]).await.unwrap();
+
+    // The owner cannot leave without handing the group on.
+    assert_eq!(
+        refusal(
+            m.request(Op::GroupLeave {
+                group_id: groups[1].group_id.clone()
+            })
+            .await
+        ),
+        ErrorCode::BadRequest
+    );
+
+    // The groups the victim stayed in still reach it live.
+    m.send(&groups[1].conv, "still-here", "hello")
+        .await
+        .unwrap();
+    let live = v.next_msg(WAIT).await.expect("a live group message");
+    assert_eq!(live.conv, groups[1].conv);
+}

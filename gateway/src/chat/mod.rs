@@ -6,7 +6,7 @@
 //! replies and events go.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use oceanchat_protocol::client::{
     decode_request, error_frame, reply_ok, with_id, AuthResult, Empty, ErrorBody, ErrorCode, Op,
 };
-use oceanchat_protocol::internal::{keys, ConnEvent, RpcContext, RpcRequest, SessionInfo};
+use oceanchat_protocol::internal::{keys, topics, ConnEvent, RpcContext, RpcRequest, SessionInfo};
 use oceanchat_protocol::CloseCode;
 
 use crate::bridge::{Bridge, RpcReply};
@@ -38,6 +38,9 @@ pub struct ChatConfig {
     pub auth_timeout: Duration,
     pub heartbeat_s: u64,
     pub limits: RateLimits,
+    /// Presence and lock topics one connection may follow (group topics
+    /// are bounded by the backend's cap on groups per user).
+    pub max_watches: usize,
     /// The registry the transport counts in; refusals are counted here too.
     pub metrics: Arc<Metrics>,
 }
@@ -72,7 +75,7 @@ struct ChatConn {
     /// Malformed frames in the current window, and when it started.
     malformed: Cell<(u32, Instant)>,
     /// Topics this connection follows.
-    topics: RefCell<Vec<Rc<str>>>,
+    topics: RefCell<HashSet<Rc<str>>>,
     limiter: ConnLimiter,
 }
 
@@ -225,6 +228,14 @@ impl Handler for Chat {
                 monoio::spawn(async move {
                     let reply = chat.inner.bridge.rpc(payload).await;
                     c.limiter.done();
+                    if chat.watches_after(&c, &reply.subscribe) > chat.inner.config.max_watches {
+                        let message = format!(
+                            "a connection watches at most {} users and locks",
+                            chat.inner.config.max_watches
+                        );
+                        reply_error(&c, id, ErrorCode::BadRequest, &message);
+                        return;
+                    }
                     chat.apply_topics(&c, &reply).await;
                     c.conn.send_text(&with_id(Some(id), &reply.body));
                 });
@@ -292,6 +303,21 @@ impl Chat {
         }
     }
 
+    /// How many presence and lock topics `c` would follow after also
+    /// following `topics`.
+    fn watches_after(&self, c: &ChatConn, topics: &[String]) -> usize {
+        if !topics.iter().any(|t| is_watch(t)) {
+            return 0;
+        }
+        let mine = c.topics.borrow();
+        let new = topics
+            .iter()
+            .filter(|t| is_watch(t) && !mine.contains(t.as_str()))
+            .collect::<HashSet<_>>()
+            .len();
+        mine.iter().filter(|t| is_watch(t)).count() + new
+    }
+
     /// Applies the topic changes a reply carries, before the reply is
     /// written, so events after it reach the connection.
     async fn apply_topics(&self, c: &Rc<ChatConn>, reply: &RpcReply) {
@@ -314,7 +340,7 @@ impl Chat {
             let mut table = self.inner.topics.borrow_mut();
             let mut mine = c.topics.borrow_mut();
             for topic in topics {
-                if mine.iter().any(|t| **t == *topic) {
+                if mine.contains(topic.as_str()) {
                     continue;
                 }
                 let key: Rc<str> = topic.as_str().into();
@@ -323,7 +349,7 @@ impl Chat {
                     first_here.push(topic);
                 }
                 followers.push(c.clone());
-                mine.push(key);
+                mine.insert(key);
             }
         }
         for topic in first_here {
@@ -338,7 +364,9 @@ impl Chat {
         {
             let mut mine = c.topics.borrow_mut();
             for topic in topics {
-                mine.retain(|t| **t != **topic);
+                if !mine.remove(topic.as_str()) {
+                    continue;
+                }
                 if remove_from(&self.inner.topics, topic, id) {
                     last_here.push(topic.clone());
                 }
@@ -432,7 +460,7 @@ impl Chat {
                     .push(c.clone());
             }
             *c.auth.borrow_mut() = Auth::Done(identity);
-            chat.apply_topics(&c, &reply).await;
+            chat.follow(&c, info.topics).await;
             let result = AuthResult {
                 user_id: info.user_id,
                 session_id: info.session_id,
@@ -477,6 +505,12 @@ fn parse_session(body: &[u8]) -> Result<SessionInfo, ErrorCode> {
     }
 }
 
+/// Presence and lock topics: what `presence.watch` and `lock.watch` add,
+/// unlike group topics, without bound from the backend.
+fn is_watch(topic: &str) -> bool {
+    !topic.starts_with(topics::GROUP_PREFIX)
+}
+
 /// Removes connection `id` from `table[key]`; true if that left the key
 /// with no connection.
 fn remove_from(table: &Table, key: &str, id: u64) -> bool {
@@ -501,8 +535,11 @@ mod tests {
         let ok = reply_ok(&SessionInfo {
             user_id: "u".into(),
             session_id: "s".into(),
+            topics: vec!["grp.g1".into()],
         });
-        assert_eq!(parse_session(&ok).unwrap().user_id, "u");
+        let info = parse_session(&ok).unwrap();
+        assert_eq!(info.user_id, "u");
+        assert_eq!(info.topics, ["grp.g1"]);
         let bad = oceanchat_protocol::client::reply_error(&ErrorBody::new(
             ErrorCode::Unauthenticated,
             "no",
