@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId, DateTime};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use oceanchat_protocol::client::Message;
 use serde::{Deserialize, Serialize};
@@ -113,14 +113,7 @@ impl Store {
     /// Connects lazily: the driver opens connections on first use, so this
     /// fails only on a malformed URL.
     pub async fn connect(url: &str, db_name: &str) -> Result<Store, mongodb::error::Error> {
-        let mut options = ClientOptions::parse(url).await?;
-        options
-            .server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
-        options
-            .app_name
-            .get_or_insert_with(|| "oceanchat-backend".into());
+        let options = client_options(url).await?;
         let db = Client::with_options(options)?.database(db_name);
         Ok(Store {
             users: db.collection("users"),
@@ -179,6 +172,26 @@ impl Store {
     }
 }
 
+/// The driver's options: the URL's, with this product's timeouts and
+/// write concern where the URL names none.
+async fn client_options(url: &str) -> Result<ClientOptions, mongodb::error::Error> {
+    let mut options = ClientOptions::parse(url).await?;
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+    // "Acknowledged" must mean durable: a majority of the replica set
+    // has the write in its journal before a send is answered ok. A URL
+    // naming its own `w` or `journal` keeps them.
+    let concern = options.write_concern.get_or_insert_with(Default::default);
+    concern.w.get_or_insert(Acknowledgment::Majority);
+    concern.journal.get_or_insert(true);
+    options
+        .app_name
+        .get_or_insert_with(|| "oceanchat-backend".into());
+    Ok(options)
+}
+
 /// Whether a write failed because a unique index refused it.
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
@@ -191,5 +204,25 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
             .any(|w| w.code == DUPLICATE_KEY),
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_wait_for_a_journaled_majority_unless_the_url_says_otherwise() {
+        let plain = client_options("mongodb://127.0.0.1:27017/").await.unwrap();
+        let concern = plain.write_concern.unwrap();
+        assert_eq!(concern.w, Some(Acknowledgment::Majority));
+        assert_eq!(concern.journal, Some(true));
+
+        let own = client_options("mongodb://127.0.0.1:27017/?w=1&journal=false")
+            .await
+            .unwrap();
+        let concern = own.write_concern.unwrap();
+        assert_eq!(concern.w, Some(Acknowledgment::Nodes(1)));
+        assert_eq!(concern.journal, Some(false));
     }
 }

@@ -225,8 +225,15 @@ async fn connect(config: &BridgeConfig) -> anyhow::Result<Clients> {
         .connect(&config.nats_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", config.nats_url))?;
+    // Timeouts, so that a Redis that stops answering fails a route write
+    // (and the `auth` waiting on it, with `unavailable`) instead of
+    // holding it forever.
     let redis = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager()
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_connection_timeout(Some(Duration::from_secs(1))),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
     Ok(Clients { nats, redis })

@@ -260,10 +260,28 @@ async fn write_batch(
         // stopped the batch.
         let Some(refused_at) = first_duplicate(&error) else {
             // Unknown which documents were stored: reload the seq next
-            // time rather than trust the cache. A client retry with the
-            // same client_msg_id is answered from what was stored.
+            // time rather than trust the cache. What the store holds is
+            // answered and delivered; the rest fails, and a client retry
+            // with the same client_msg_id is answered from what was stored.
             *last_seq = None;
-            fail_all(todo, &ServiceError::from(error));
+            let error = ServiceError::from(error);
+            match stored_ids(state, conv, &todo).await {
+                Ok(ids) => {
+                    let (kept, lost): (Vec<_>, Vec<_>) =
+                        todo.drain(..).partition(|w| ids.contains(&w.doc.msg_id));
+                    if !kept.is_empty() {
+                        tracing::warn!(
+                            conv,
+                            stored = kept.len(),
+                            failed = lost.len(),
+                            "batch partly stored"
+                        );
+                    }
+                    stored.extend(kept.into_iter().map(answer_new));
+                    fail_all(lost, &error);
+                }
+                Err(_) => fail_all(todo, &error),
+            }
             break;
         };
         *last_seq = Some(last + refused_at as u64);
@@ -310,6 +328,32 @@ async fn write_batch(
             error.log("delivery");
         }
     }
+}
+
+/// The msg ids among `sends` that the store holds, after a batch failed
+/// midway.
+async fn stored_ids(
+    state: &AppState,
+    conv: &str,
+    sends: &VecDeque<Waiting>,
+) -> Result<std::collections::HashSet<String>, ServiceError> {
+    #[derive(serde::Deserialize)]
+    struct MsgId {
+        msg_id: String,
+    }
+    // By the planned seqs, which the unique `(conv, seq)` index finds.
+    let seqs: Vec<i64> = sends.iter().map(|w| w.doc.seq).collect();
+    let found: Vec<MsgId> = futures::TryStreamExt::try_collect(
+        state
+            .store
+            .messages
+            .clone_with_type::<MsgId>()
+            .find(doc! {"conv": conv, "seq": {"$in": seqs}})
+            .projection(doc! {"msg_id": 1, "_id": 0})
+            .await?,
+    )
+    .await?;
+    Ok(found.into_iter().map(|m| m.msg_id).collect())
 }
 
 /// Answers a stored send; returns its message for delivery.
