@@ -64,6 +64,28 @@ pub struct Config {
     #[arg(long, env = "OC_LOCK_TTL_MS", default_value_t = DEFAULT_LOCK_TTL_MS,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub lock_ttl_ms: u64,
+
+    /// The gateway WebSocket URL the web client connects to, handed to it
+    /// by `GET /config.json`: `ws://` or `wss://`, or a path such as `/ws`
+    /// on the page's own host. Default: none, and the page uses `/ws` on
+    /// its own host, which is what nginx in front serves (deploy/nginx.conf).
+    #[arg(long, env = "OC_PUBLIC_WS_URL", value_parser = parse_public_ws_url)]
+    pub public_ws_url: Option<String>,
+}
+
+/// A `ws://` or `wss://` URL, or an absolute path (`/ws`).
+fn parse_public_ws_url(value: &str) -> Result<String, String> {
+    let ok = value.starts_with("ws://") || value.starts_with("wss://") || value.starts_with('/');
+    if !ok {
+        return Err("must start with ws://, wss:// or / (a path on the page's host)".into());
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+    {
+        return Err("must not contain spaces, quotes or control characters".into());
+    }
+    Ok(value.to_string())
 }
 
 impl Default for Config {
@@ -78,6 +100,7 @@ impl Default for Config {
             session_ttl_s: DEFAULT_SESSION_TTL_S,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+            public_ws_url: None,
         }
     }
 }
@@ -95,6 +118,7 @@ impl fmt::Debug for Config {
             .field("session_ttl_s", &self.session_ttl_s)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("lock_ttl_ms", &self.lock_ttl_ms)
+            .field("public_ws_url", &self.public_ws_url)
             .finish()
     }
 }
@@ -163,5 +187,16 @@ mod tests {
         assert_eq!(parsed.max_body_bytes, 16384);
         assert_eq!(defaults.session_ttl_s, 604_800);
         assert_eq!(defaults.lock_ttl_ms, 30_000);
+        assert_eq!(defaults.public_ws_url, None);
+    }
+
+    #[test]
+    fn public_ws_urls_are_websocket_urls_or_paths() {
+        for good in ["ws://127.0.0.1:9000/ws", "wss://chat.example.com/ws", "/ws"] {
+            assert_eq!(parse_public_ws_url(good).as_deref(), Ok(good));
+        }
+        for bad in ["http://host/ws", "ws", "", "ws://host/a b", "/ws\"quote"] {
+            assert!(parse_public_ws_url(bad).is_err(), "{bad:?}");
+        }
     }
 }

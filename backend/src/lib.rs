@@ -22,6 +22,7 @@
 //! - [`sessions`]: login sessions in Redis.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
+//! - [`web`]: the web client's files and `/config.json`.
 
 pub mod config;
 pub mod conn_events;
@@ -37,6 +38,7 @@ pub mod rpc;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod web;
 
 use std::future::{Future, IntoFuture as _};
 
