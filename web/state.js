@@ -19,6 +19,7 @@ const TYPING_SEND_EVERY_MS = 3000;
 // A later seq may overtake an earlier one by a moment (docs/protocol.md):
 // wait this long before asking for a gap.
 const GAP_WAIT_MS = 400;
+const LIST_REFRESH_MS = 30000;
 
 export class Conv {
   constructor(conv, kind) {
@@ -70,6 +71,13 @@ export class Chat extends EventTarget {
     this.listed = false;
     this.refreshing = null;
     conn.addEventListener('ready', (e) => this.onReady(e.detail.reconnect));
+    // Nothing announces a group to the members it was created with, until
+    // its first message or change: look again now and then, and whenever
+    // the page comes back into view.
+    setInterval(() => this.refreshIfOpen(), LIST_REFRESH_MS);
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') this.refreshIfOpen();
+    });
     conn.addEventListener('event', (e) => this.onEvent(e.detail));
   }
 
@@ -90,6 +98,10 @@ export class Chat extends EventTarget {
       // A drop in the middle: the next `ready` does it all again.
       if (!TRANSIENT.has(e.code)) console.warn('after connecting:', e);
     }
+  }
+
+  refreshIfOpen() {
+    if (this.conn.isOpen) this.refreshList().catch(() => {});
   }
 
   /** conv.list: new convs, unread counts; drops convs we were removed from. */
@@ -478,9 +490,9 @@ export class Chat extends EventTarget {
       this.emit('convs');
       return;
     }
-    if (change.kind === 'members_added' && change.user_ids.includes(me) && !this.convs.has(conv)) {
-      this.refreshList().catch(() => {});
-    }
+    // An event of a group we did not know we were in (`group.create`
+    // announces nothing to those it adds): conv.list tells.
+    if (!this.convs.has(conv)) this.refreshList().catch(() => {});
     if (known) {
       if (change.kind === 'updated' && change.patch) Object.assign(known, change.patch);
       if (version === known.version + 1) known.version = version;

@@ -66,7 +66,8 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
   // Disabled as a whole while this page does not hold the lock.
   const editor = h('fieldset', { class: 'editor', id: 'editor', disabled: true },
     h('legend', { class: 'sr-only' }, 'Group settings'),
-    detailsForm, addForm, membersCard);
+    h('div', { class: 'editor-forms' }, detailsForm, addForm),
+    membersCard);
 
   main.replaceChildren(
     h('div', { class: 'pane-head' },
@@ -160,7 +161,7 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
         h('code', { class: 'member-id', title: m.user_id }, m.user_id)),
       h('span', { class: `role role-${m.role}` }, m.role),
       m.muted ? h('span', { class: 'tag' }, 'muted') : null,
-      h('span', { class: 'member-actions' },
+      m.user_id === me.user_id ? null : h('span', { class: 'member-actions' },
         m.role === 'member'
           ? button('promote', 'Make admin', mine >= RANK.admin, () =>
               write('group.members.set_role', { user_id: m.user_id, role: 'admin' }, `${name} is an admin now`))
