@@ -51,21 +51,28 @@ run('chat', async (browser) => {
   await seeMessage(alice.page, 'Hi Alice, got it');
   await alice.page.waitForFunction(() => document.querySelector('#typing').textContent === '');
 
-  // Alice types too: bob sees it.
+  // Alice answers; bob, who has the conversation open, reads it at once;
+  // then she sees him typing again, next to the receipt.
   await alice.page.focus('#composer');
-  await alice.page.keyboard.type('Good');
+  await alice.page.keyboard.type('Great, see you at the harbour at three');
   await bob.page.waitForFunction(() => /typing/.test(document.querySelector('#typing').textContent), null, { timeout: WAIT_MS });
-  await alice.page.fill('#composer', '');
-  log('both saw each other typing');
+  log('bob saw alice typing');
+  await alice.page.keyboard.press('Enter');
+  await seeMessage(bob.page, 'Great, see you at the harbour at three');
+  await alice.page.waitForSelector('#messages li.msg.mine:last-child [data-receipt="seen"]', { timeout: WAIT_MS });
+  await bob.page.focus('#composer');
+  await bob.page.keyboard.type('On my');
+  await alice.page.waitForFunction(() => /Bob is typing/.test(document.querySelector('#typing').textContent), null, { timeout: WAIT_MS });
+  await screenshot(alice.page, 'chat-desktop');
+  await bob.page.fill('#composer', '');
 
   // Enough messages for more than one page of history.
   for (let i = 1; i <= NOTES; i += 1) await sendMessage(alice.page, `note ${i}`);
   await seeMessage(bob.page, `note ${NOTES}`);
   await seeMessage(alice.page, `note ${NOTES}`);
-  const expected = ['Hello Bob', 'Hi Alice, got it', ...Array.from({ length: NOTES }, (_, i) => `note ${i + 1}`)];
+  const expected = ['Hello Bob', 'Hi Alice, got it', 'Great, see you at the harbour at three', ...Array.from({ length: NOTES }, (_, i) => `note ${i + 1}`)];
   check(JSON.stringify(await shownMessages(bob.page)) === JSON.stringify(expected), 'bob saw every message once, in order');
   await alice.page.waitForSelector('#messages li.msg.mine:last-child [data-receipt="seen"]', { timeout: WAIT_MS });
-  await screenshot(alice.page, 'chat-desktop');
 
   // Bob reloads: still logged in, the newest page of the history is shown;
   // scrolling up loads the older ones, each once.

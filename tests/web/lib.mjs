@@ -91,7 +91,7 @@ export async function register(p, username, displayName) {
   if (displayName) await page.fill('#display-name', displayName);
   await page.fill('#password', PASSWORD);
   await page.click('#login-submit');
-  await page.waitForSelector('#my-id', { timeout: WAIT_MS });
+  await page.waitForSelector('#my-id', { state: 'attached', timeout: WAIT_MS });
   await connected(p);
   return (await page.textContent('#my-id')).trim();
 }
@@ -102,7 +102,7 @@ export async function login(p, username) {
   await page.fill('#username', username);
   await page.fill('#password', PASSWORD);
   await page.click('#login-submit');
-  await page.waitForSelector('#my-id', { timeout: WAIT_MS });
+  await page.waitForSelector('#my-id', { state: 'attached', timeout: WAIT_MS });
   await connected(p);
   return (await page.textContent('#my-id')).trim();
 }
