@@ -79,6 +79,14 @@ export class Chat extends EventTarget {
       if (document.visibilityState === 'visible') this.refreshIfOpen();
     });
     conn.addEventListener('event', (e) => this.onEvent(e.detail));
+    // Presence heard before a drop may be stale by the time it is back:
+    // forget it; the reconnect asks again.
+    conn.addEventListener('state', (e) => {
+      if (e.detail.state !== 'open' && this.presence.size) {
+        this.presence.clear();
+        this.emit('presence');
+      }
+    });
   }
 
   emit(type, detail = {}) {

@@ -38,6 +38,11 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A stack, `gateways` gateways, and a backend whose page connects to the
 /// first one.
 fn web_world(gateways: usize) -> World {
+    web_world_with(gateways, &[])
+}
+
+/// Like [`web_world`], with more flags for the backend.
+fn web_world_with(gateways: usize, backend_args: &[&str]) -> World {
     let stack = Stack::start();
     let gateways: Vec<Gateway> = (0..gateways)
         .map(|i| {
@@ -46,7 +51,9 @@ fn web_world(gateways: usize) -> World {
         })
         .collect();
     let ws_url = gateways[0].ws_url();
-    let backends = vec![Backend::start(&stack, &["--public-ws-url", &ws_url])];
+    let mut args = vec!["--public-ws-url", &ws_url];
+    args.extend_from_slice(backend_args);
+    let backends = vec![Backend::start(&stack, &args)];
     let api = HttpApi::new(&backends[0].http_url());
     World {
         gateways,
@@ -397,4 +404,15 @@ async fn reconnect_after_a_gateway_restart() {
     }
     let took = run.assert_passed().await;
     eprintln!("reconnect scenario: {took:?}");
+}
+
+/// An edit lock that lapses under the page (a short lease, renewals held
+/// back): the page says so, turns read-only, and can take the lock again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lock_turns_the_page_read_only() {
+    let _one = ONE_BROWSER.lock().await;
+    let world = web_world_with(1, &["--lock-ttl-ms", "1500"]);
+    let run = Scenario::start("expiry", &world, &[]);
+    let took = run.assert_passed().await;
+    eprintln!("expiry scenario: {took:?}");
 }
