@@ -97,6 +97,30 @@ oc_install() {
         oc_die "cargo not found: install Rust with rustup (https://rustup.rs), then open a new shell"
 }
 
+# What the browser tests (tests/tests/web_browser.rs) need: Debian's
+# chromium, node (18 or later) with npm, and the packages of tests/web,
+# installed with `npm ci` from the committed package-lock.json whenever it
+# differs from what was installed last. Quiet when nothing is missing.
+oc_install_browser() {
+    local missing=()
+    [[ -x ${OC_CHROMIUM:-/usr/bin/chromium} ]] || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]})); then
+        oc_apt_install "${missing[@]}"
+    fi
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    ((major >= 18)) || oc_die "node $(node --version) is too old for playwright-core (18 or later)"
+
+    local dir="$OC_ROOT/tests/web" stamp="$OC_ROOT/tests/web/node_modules/.oc-installed-lock"
+    if ! cmp -s "$dir/package-lock.json" "$stamp"; then
+        oc_say "installing the browser tests' packages (npm ci in tests/web)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        cp "$dir/package-lock.json" "$stamp"
+    fi
+}
+
 # True when something accepts TCP connections on HOST:PORT.
 oc_port_open() {
     local host=$1 port=$2

@@ -110,6 +110,13 @@ pub struct Config {
     /// 0 means no limit.
     #[arg(long, env = "OC_MAX_GROUPS_PER_USER", default_value_t = DEFAULT_MAX_GROUPS_PER_USER)]
     pub max_groups_per_user: u64,
+
+    /// The gateway WebSocket URL the web client connects to, handed to it
+    /// by `GET /config.json`: `ws://` or `wss://`, or a path such as `/ws`
+    /// on the page's own host. Default: none, and the page uses `/ws` on
+    /// its own host, which is what nginx in front serves (deploy/nginx.conf).
+    #[arg(long, env = "OC_PUBLIC_WS_URL", value_parser = parse_public_ws_url)]
+    pub public_ws_url: Option<String>,
 }
 
 impl Config {
@@ -123,6 +130,21 @@ impl Config {
             trusted_proxies: self.trusted_proxies.clone(),
         }
     }
+}
+
+/// A `ws://` or `wss://` URL, or an absolute path (`/ws`).
+fn parse_public_ws_url(value: &str) -> Result<String, String> {
+    let ok = value.starts_with("ws://") || value.starts_with("wss://") || value.starts_with('/');
+    if !ok {
+        return Err("must start with ws://, wss:// or / (a path on the page's host)".into());
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+    {
+        return Err("must not contain spaces, quotes or control characters".into());
+    }
+    Ok(value.to_string())
 }
 
 impl Default for Config {
@@ -147,6 +169,7 @@ impl Default for Config {
                 .collect(),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
+            public_ws_url: None,
         }
     }
 }
@@ -167,6 +190,7 @@ impl fmt::Debug for Config {
             .field("throttle", &self.throttle())
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("max_groups_per_user", &self.max_groups_per_user)
+            .field("public_ws_url", &self.public_ws_url)
             .finish()
     }
 }
@@ -237,5 +261,16 @@ mod tests {
         assert_eq!(defaults.lock_ttl_ms, 30_000);
         assert_eq!(parsed.trusted_proxies, defaults.trusted_proxies);
         assert_eq!(defaults.throttle().failures_per_user, 10);
+        assert_eq!(defaults.public_ws_url, None);
+    }
+
+    #[test]
+    fn public_ws_urls_are_websocket_urls_or_paths() {
+        for good in ["ws://127.0.0.1:9000/ws", "wss://chat.example.com/ws", "/ws"] {
+            assert_eq!(parse_public_ws_url(good).as_deref(), Ok(good));
+        }
+        for bad in ["http://host/ws", "ws", "", "ws://host/a b", "/ws\"quote"] {
+            assert!(parse_public_ws_url(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
+        .merge(crate::web::routes())
         .with_state(state)
 }
 

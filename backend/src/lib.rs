@@ -23,6 +23,7 @@
 //!   login sessions in Redis.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
+//! - [`web`]: the web client's files and `/config.json`.
 
 pub mod auth;
 pub mod config;
@@ -38,6 +39,7 @@ pub mod presence;
 pub mod rpc;
 pub mod state;
 pub mod store;
+pub mod web;
 
 use std::future::{Future, IntoFuture as _};
 
