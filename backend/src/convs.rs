@@ -18,7 +18,7 @@ use oceanchat_protocol::client::{
     ConvListResult, ConvSummary, DmOpenResult, Event, GroupCreateResult, GroupGetResult, GroupInfo,
     MemberInfo, Role,
 };
-use oceanchat_protocol::conv::{conv_kind, dm_conv, group_conv, group_id_of};
+use oceanchat_protocol::conv::{conv_kind, dm_conv, dm_users_of, group_conv, group_id_of};
 use oceanchat_protocol::internal::{topics, ConnRef, RpcContext};
 use oceanchat_protocol::ErrorCode;
 
@@ -350,10 +350,13 @@ pub async fn conv_list(state: &AppState, user_id: &str) -> Result<ConvListResult
     let convs = futures::stream::iter(memberships.into_iter().map(|m| async move {
         let last_seq = max_seq(state, &m.conv).await?;
         let kind = conv_kind(&m.conv).map_or("group", |k| k.as_str());
+        let peer = dm_users_of(&m.conv).map(|(a, b)| if a == user_id { b } else { a }.to_string());
         Ok::<_, ServiceError>(ConvSummary {
             kind: kind.to_string(),
             last_seq,
             read_seq: m.read_seq.max(0) as u64,
+            group_id: group_id_of(&m.conv).map(str::to_string),
+            peer,
             conv: m.conv,
         })
     }))

@@ -76,10 +76,9 @@ pub async fn deliver_conv_event(
     }
 }
 
-/// The two users of a direct conv (`dm:<a>:<b>`; user ids hold no `:`).
+/// The two users of a direct conv.
 fn dm_users(conv: &str) -> Result<Vec<String>, ServiceError> {
-    conv.strip_prefix("dm:")
-        .and_then(|pair| pair.split_once(':'))
+    oceanchat_protocol::conv::dm_users_of(conv)
         .map(|(a, b)| vec![a.to_string(), b.to_string()])
         .ok_or_else(|| ServiceError::Internal(format!("{conv} is no conv of a known kind")))
 }

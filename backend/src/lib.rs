@@ -13,7 +13,9 @@
 //! - [`http`]: the HTTP routes ([`app`]).
 //! - [`rpc`]: the NATS request service and its dispatch by op.
 //! - [`convs`]: `dm.open`, `group.create`, membership checks.
-//! - [`messages`]: `send` (gap-free seq, idempotent) and `sync`.
+//! - [`messages`]: `send` (gap-free seq, idempotent), `sync` and `history`
+//!   (pages bounded by size).
+//! - [`users`]: `user.lookup` and `users.get`, what others see of a user.
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
 //! - [`locks`]: edit locks (leases in Redis with fencing numbers).
 //! - [`groups`]: group administration under the group's lock.
@@ -39,6 +41,7 @@ pub mod presence;
 pub mod rpc;
 pub mod state;
 pub mod store;
+pub mod users;
 pub mod web;
 
 use std::future::{Future, IntoFuture as _};

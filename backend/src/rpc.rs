@@ -26,7 +26,7 @@ use crate::auth::sessions;
 use crate::error::ServiceError;
 use crate::presence;
 use crate::state::AppState;
-use crate::{convs, delivery, groups, locks, messages};
+use crate::{convs, delivery, groups, locks, messages, users};
 
 /// Requests handled at the same time by one instance.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -337,6 +337,14 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             &groups::members_mute(state, &request.ctx, group_id, lock_token, user_id, *muted)
                 .await?,
         )),
+        Op::UserLookup { username } => {
+            user()?;
+            Ok(Done::reply(&users::lookup(state, username).await?))
+        }
+        Op::UsersGet { user_ids } => {
+            user()?;
+            Ok(Done::reply(&users::get(state, user_ids).await?))
+        }
         Op::GroupLeave { group_id } => {
             Ok(Done::reply(&groups::leave(state, user()?, group_id).await?))
         }

@@ -119,6 +119,12 @@ pub enum Op {
     },
     #[serde(rename = "conv.list")]
     ConvList {},
+    /// A user by username, to open a direct conv with them.
+    #[serde(rename = "user.lookup")]
+    UserLookup { username: String },
+    /// Usernames and display names of users by id (unknown ids are left out).
+    #[serde(rename = "users.get")]
+    UsersGet { user_ids: Vec<String> },
     #[serde(rename = "send")]
     Send {
         conv: String,
@@ -213,6 +219,8 @@ impl Op {
             Op::GroupCreate { .. } => "group.create",
             Op::GroupGet { .. } => "group.get",
             Op::ConvList {} => "conv.list",
+            Op::UserLookup { .. } => "user.lookup",
+            Op::UsersGet { .. } => "users.get",
             Op::Send { .. } => "send",
             Op::Sync { .. } => "sync",
             Op::History { .. } => "history",
@@ -442,6 +450,26 @@ pub struct ConvSummary {
     pub kind: String,
     pub last_seq: u64,
     pub read_seq: u64,
+    /// The group of a `group` conv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The other user of a `dm` conv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// A user as others see it: the result of `user.lookup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// Result of `users.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsersResult {
+    pub users: Vec<UserInfo>,
 }
 
 /// Result of `history`.
@@ -680,6 +708,12 @@ mod tests {
             },
             Op::GroupLeave {
                 group_id: "g".into(),
+            },
+            Op::UserLookup {
+                username: "alice".into(),
+            },
+            Op::UsersGet {
+                user_ids: vec!["u".into()],
             },
         ];
         for op in ops {

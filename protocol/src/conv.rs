@@ -42,6 +42,12 @@ pub fn conv_kind(conv: &str) -> Option<ConvKind> {
     }
 }
 
+/// The two user ids inside a direct conv id (`dm:<a>:<b>`; user ids hold
+/// no `:`).
+pub fn dm_users_of(conv: &str) -> Option<(&str, &str)> {
+    conv.strip_prefix("dm:")?.split_once(':')
+}
+
 /// The group id inside a group conv id.
 pub fn group_id_of(conv: &str) -> Option<&str> {
     conv.strip_prefix("g:")
@@ -55,6 +61,8 @@ mod tests {
     fn dm_conv_is_symmetric() {
         assert_eq!(dm_conv("u1", "u2"), dm_conv("u2", "u1"));
         assert_eq!(dm_conv("u1", "u2"), "dm:u1:u2");
+        assert_eq!(dm_users_of("dm:u1:u2"), Some(("u1", "u2")));
+        assert_eq!(dm_users_of("g:1"), None);
     }
 
     #[test]

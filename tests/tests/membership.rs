@@ -1,6 +1,6 @@
 //! Only members may send to or sync a conv.
 
-use oceanchat_protocol::client::ErrorCode;
+use oceanchat_protocol::client::{ErrorCode, Op};
 use oceanchat_tests::{refusal, World};
 
 #[tokio::test]
@@ -59,4 +59,50 @@ async fn a_non_member_gets_not_member_for_send_and_sync_of_a_group() {
 
     let synced = o.sync(&[(&group.conv, 0)], None).await.unwrap();
     assert_eq!(synced.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn users_are_found_by_name_and_convs_name_their_peer_or_group() {
+    use oceanchat_protocol::client::{ConvListResult, UserInfo, UsersResult};
+    let world = World::with(1, 1);
+    let alice = world.user("alice").await;
+    let bob = world.user("bob").await;
+    let a = alice.connect(&world, 0).await;
+
+    let found: UserInfo = a
+        .request_as(Op::UserLookup {
+            username: bob.username.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.user_id, bob.user_id);
+    assert_eq!(found.username, bob.username);
+    assert_eq!(
+        refusal(
+            a.request(Op::UserLookup {
+                username: "nobody-here".into()
+            })
+            .await
+        ),
+        ErrorCode::NotFound
+    );
+    let got: UsersResult = a
+        .request_as(Op::UsersGet {
+            user_ids: vec![bob.user_id.clone(), "unknownid".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.users, vec![found.clone()]);
+
+    let dm = a.dm_open(&found.user_id).await.unwrap();
+    let group = a.group_create("club", &[&bob.user_id]).await.unwrap();
+    let list: ConvListResult = a.request_as(Op::ConvList {}).await.unwrap();
+    let of = |conv: &str| list.convs.iter().find(|c| c.conv == conv).unwrap().clone();
+    assert_eq!(of(&dm).peer.as_deref(), Some(bob.user_id.as_str()));
+    assert_eq!(of(&dm).group_id, None);
+    assert_eq!(
+        of(&group.conv).group_id.as_deref(),
+        Some(group.group_id.as_str())
+    );
+    assert_eq!(of(&group.conv).peer, None);
 }

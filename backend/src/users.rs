@@ -1,0 +1,75 @@
+//! The user directory: `user.lookup` (by username, to open a direct conv)
+//! and `users.get` (names for the ids a client sees in convs and events).
+//! Only what others may see: id, username, display name.
+
+use futures::TryStreamExt as _;
+use mongodb::bson::doc;
+use serde::Deserialize;
+
+use oceanchat_protocol::client::{UserInfo, UsersResult};
+use oceanchat_protocol::internal::topics;
+use oceanchat_protocol::ErrorCode;
+
+use crate::error::ServiceError;
+use crate::state::AppState;
+
+/// Most ids one `users.get` may name.
+pub const MAX_USERS_PER_REQUEST: usize = 1000;
+
+#[derive(Deserialize)]
+struct Public {
+    #[serde(rename = "_id")]
+    id: String,
+    username: String,
+    display_name: String,
+}
+
+impl From<Public> for UserInfo {
+    fn from(u: Public) -> UserInfo {
+        UserInfo {
+            user_id: u.id,
+            username: u.username,
+            display_name: u.display_name,
+        }
+    }
+}
+
+/// `user.lookup`: the user with `username`, or `not_found`.
+pub async fn lookup(state: &AppState, username: &str) -> Result<UserInfo, ServiceError> {
+    state
+        .store
+        .users
+        .clone_with_type::<Public>()
+        .find_one(doc! {"username": username})
+        .projection(doc! {"_id": 1, "username": 1, "display_name": 1})
+        .await?
+        .map(UserInfo::from)
+        .ok_or_else(|| {
+            ServiceError::refused(ErrorCode::NotFound, format!("no user named {username:?}"))
+        })
+}
+
+/// `users.get`: the users among `user_ids` that exist, in no set order.
+pub async fn get(state: &AppState, user_ids: &[String]) -> Result<UsersResult, ServiceError> {
+    if user_ids.len() > MAX_USERS_PER_REQUEST {
+        return Err(ServiceError::bad_request(format!(
+            "at most {MAX_USERS_PER_REQUEST} user ids per request"
+        )));
+    }
+    if let Some(bad) = user_ids.iter().find(|u| !topics::valid_id(u)) {
+        return Err(ServiceError::bad_request(format!(
+            "invalid user id {bad:?}"
+        )));
+    }
+    let users = state
+        .store
+        .users
+        .clone_with_type::<Public>()
+        .find(doc! {"_id": {"$in": user_ids}})
+        .projection(doc! {"_id": 1, "username": 1, "display_name": 1})
+        .await?
+        .map_ok(UserInfo::from)
+        .try_collect()
+        .await?;
+    Ok(UsersResult { users })
+}
