@@ -60,6 +60,12 @@ pub enum BridgeRequest {
     },
     /// Core `core` has no subscriber to `topic` left.
     Unsubscribe { core: u16, topic: String },
+    /// Write again the routes of live connections (user, field) and
+    /// announce them again (`events`), after Redis lost them.
+    Restore {
+        routes: Vec<(String, String)>,
+        events: Vec<Bytes>,
+    },
 }
 
 /// The backend's answer to a forwarded request: the reply body
@@ -99,6 +105,10 @@ pub enum CoreCommand {
     },
     /// Stop accepting and close every connection with `code`.
     Drain { code: u16 },
+    /// Redis lost this gateway's routes (restarted empty, or was away
+    /// longer than the route TTL): hand every live route to
+    /// [`Bridge::restore`].
+    RestoreRoutes,
 }
 
 /// The cores' side of the bridge: cheap to clone, usable from any thread.
@@ -154,6 +164,14 @@ impl Bridge {
         if self.requests.send(request).await.is_ok() {
             let _ = subscribed.await;
         }
+    }
+
+    /// Writes live routes again (see [`CoreCommand::RestoreRoutes`]).
+    pub async fn restore(&self, routes: Vec<(String, String)>, events: Vec<Bytes>) {
+        let _ = self
+            .requests
+            .send(BridgeRequest::Restore { routes, events })
+            .await;
     }
 
     pub async fn unsubscribe(&self, core: u16, topic: String) {
@@ -246,7 +264,11 @@ async fn serve(
     cores: Vec<mpsc::Sender<CoreCommand>>,
 ) {
     let cores: Arc<[mpsc::Sender<CoreCommand>]> = cores.into();
-    tokio::spawn(heartbeat(config.clone(), clients.redis.clone()));
+    tokio::spawn(heartbeat(
+        config.clone(),
+        clients.redis.clone(),
+        cores.clone(),
+    ));
     tokio::spawn(receive_commands(
         config.clone(),
         clients.nats.clone(),
@@ -262,6 +284,7 @@ async fn serve(
         let mut routes = redis::pipe();
         let mut route_waiters = Vec::new();
         let mut events = Vec::new();
+        let mut deletes = Vec::new();
         for request in batch.drain(..) {
             match request {
                 BridgeRequest::Rpc { payload, reply } => {
@@ -286,7 +309,8 @@ async fn serve(
                     field,
                     event,
                 } => {
-                    routes.hdel(keys::routes(&user_id), field).ignore();
+                    routes.hdel(keys::routes(&user_id), &field).ignore();
+                    deletes.push((user_id, field));
                     events.push(event);
                 }
                 BridgeRequest::Subscribe { core, topic, done } => {
@@ -296,6 +320,20 @@ async fn serve(
                     let _ = done.send(());
                 }
                 BridgeRequest::Unsubscribe { core, topic } => topics.unsubscribe(core, &topic),
+                BridgeRequest::Restore {
+                    routes: restored,
+                    events: announced,
+                } => {
+                    tracing::info!(routes = restored.len(), "writing live routes again");
+                    for (user_id, field) in restored {
+                        routes
+                            .hset(keys::routes(&user_id), field, &config.gateway_id)
+                            .ignore()
+                            .sadd(&run_users, &user_id)
+                            .ignore();
+                    }
+                    events.extend(announced);
+                }
             }
         }
         if routes.is_empty() {
@@ -309,6 +347,9 @@ async fn serve(
             let result: redis::RedisResult<()> = routes.query_async(&mut redis).await;
             if let Err(error) = &result {
                 tracing::warn!(%error, "route update failed");
+                if !deletes.is_empty() {
+                    tokio::spawn(retry_route_deletes(redis.clone(), deletes));
+                }
             }
             for waiter in route_waiters {
                 let _ = waiter.send(result.is_ok());
@@ -320,6 +361,38 @@ async fn serve(
             }
         });
     }
+}
+
+/// Tries again to delete the routes of closed connections, a few times
+/// with growing pauses: a route left behind would count against its
+/// user's connection cap and draw deliveries until this run ends.
+async fn retry_route_deletes(
+    mut redis: redis::aio::ConnectionManager,
+    deletes: Vec<(String, String)>,
+) {
+    let mut pause = Duration::from_millis(500);
+    for _ in 0..6 {
+        tokio::time::sleep(pause).await;
+        let mut pipe = redis::pipe();
+        for (user_id, field) in &deletes {
+            pipe.hdel(keys::routes(user_id), field).ignore();
+        }
+        match pipe.query_async::<()>(&mut redis).await {
+            Ok(()) => {
+                tracing::info!(
+                    routes = deletes.len(),
+                    "route deletes went through on a retry"
+                );
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "route delete retry failed"),
+        }
+        pause *= 2;
+    }
+    tracing::error!(
+        routes = deletes.len(),
+        "gave up deleting routes of closed connections; readers drop them once this gateway run ends"
+    );
 }
 
 /// The NATS subscriptions this gateway holds for topics, and which cores
@@ -455,30 +528,67 @@ async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sende
 
 /// Keeps this gateway run's liveness key alive: it holds the instance id,
 /// so route fields of an earlier run under the same gateway id stay dead.
-async fn heartbeat(config: BridgeConfig, mut redis: redis::aio::ConnectionManager) {
+///
+/// Each renewal also reads the key's previous value. Finding it gone (or
+/// another run's) after the first renewal means Redis lost this run's
+/// state: it restarted without persistence, or was unreachable longer
+/// than the route TTL and the key expired. The run is then registered
+/// again and the cores write every live route again, so deliveries and
+/// presence heal by themselves instead of stopping silently.
+async fn heartbeat(
+    config: BridgeConfig,
+    mut redis: redis::aio::ConnectionManager,
+    cores: Arc<[mpsc::Sender<CoreCommand>]>,
+) {
     let key = keys::gateway_alive(&config.gateway_id);
     let ttl_ms = config.route_ttl.as_millis() as u64;
     let run = format!("{}|{}", config.gateway_id, config.instance);
-    let registered: redis::RedisResult<()> = redis::cmd("SADD")
-        .arg(keys::GATEWAY_RUNS)
-        .arg(&run)
-        .query_async(&mut redis)
-        .await;
-    if let Err(error) = registered {
-        tracing::warn!(%error, "cannot register this gateway run");
-    }
+    let mut registered = false;
+    let mut first = true;
     let mut tick = tokio::time::interval(config.route_ttl / 3);
     loop {
         tick.tick().await;
-        let result: redis::RedisResult<()> = redis::cmd("SET")
+        if !registered {
+            let result: redis::RedisResult<()> = redis::cmd("SADD")
+                .arg(keys::GATEWAY_RUNS)
+                .arg(&run)
+                .query_async(&mut redis)
+                .await;
+            match result {
+                Ok(()) => registered = true,
+                Err(error) => tracing::warn!(%error, "cannot register this gateway run"),
+            }
+        }
+        let previous: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(&key)
             .arg(&config.instance)
             .arg("PX")
             .arg(ttl_ms)
+            .arg("GET")
             .query_async(&mut redis)
             .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "gateway heartbeat failed");
+        let previous = match previous {
+            Ok(previous) => previous,
+            Err(error) => {
+                tracing::warn!(%error, "gateway heartbeat failed");
+                continue;
+            }
+        };
+        let lost = !first && previous.as_deref() != Some(config.instance.as_str());
+        first = false;
+        if lost {
+            tracing::warn!(
+                "Redis lost this gateway's liveness key; registering the run and its routes again"
+            );
+            let result: redis::RedisResult<()> = redis::cmd("SADD")
+                .arg(keys::GATEWAY_RUNS)
+                .arg(&run)
+                .query_async(&mut redis)
+                .await;
+            registered = result.is_ok();
+            for core in cores.iter() {
+                let _ = core.send(CoreCommand::RestoreRoutes).await;
+            }
         }
     }
 }

@@ -140,6 +140,7 @@ async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Recei
                     subscribe,
                 } => core.handler.follow_for_users(&users, &topics, subscribe),
                 CoreCommand::Drain { code } => core.drain(code, "server restart"),
+                CoreCommand::RestoreRoutes => core.handler.restore_routes(),
             }
         }
     }

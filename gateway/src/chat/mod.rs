@@ -152,6 +152,26 @@ impl Chat {
         }
     }
 
+    /// Hands every authenticated local connection's route, and its
+    /// `opened` event, to the bridge to be written again.
+    pub fn restore_routes(&self) {
+        let mut routes = Vec::new();
+        let mut events = Vec::new();
+        for conns in self.inner.users.borrow().values() {
+            for c in conns {
+                if let Auth::Done(identity) = &*c.auth.borrow() {
+                    routes.push((identity.user_id.to_string(), identity.route_field.clone()));
+                    events.push(self.conn_event(c, identity, true));
+                }
+            }
+        }
+        if routes.is_empty() {
+            return;
+        }
+        let bridge = self.inner.bridge.clone();
+        monoio::spawn(async move { bridge.restore(routes, events).await });
+    }
+
     fn conns_of(&self, table: &Table, keys: &[&str]) -> Vec<Rc<ChatConn>> {
         let table = table.borrow();
         keys.iter()
