@@ -80,6 +80,9 @@ pub struct CoreMetrics {
     /// Connections dropped for not answering pings in time.
     pub idle_timeouts: Counter,
     pub pings_sent: Counter,
+    /// Handler callbacks or chat tasks that panicked (each closed its
+    /// connection or failed its request; the core lives on).
+    pub handler_panics: Counter,
     closes: [Counter; CLOSE_SLOTS],
     rate_limited: [Counter; RATE_LIMITS.len()],
     lag_buckets: [Counter; LAG_BOUNDS.len() + 1],
@@ -146,7 +149,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         type Field = fn(&CoreMetrics) -> &Counter;
-        let simple: [(&str, &str, &str, Field); 12] = [
+        let simple: [(&str, &str, &str, Field); 13] = [
             (
                 "oc_gateway_connections",
                 "gauge",
@@ -218,6 +221,12 @@ impl Metrics {
                 "counter",
                 "WebSocket pings sent to silent connections.",
                 |c| &c.pings_sent,
+            ),
+            (
+                "oc_gateway_handler_panics_total",
+                "counter",
+                "Panics caught in connection handlers and chat tasks; each closed its connection.",
+                |c| &c.handler_panics,
             ),
         ];
         for (name, kind, help, field) in simple {

@@ -83,6 +83,8 @@ impl CloseCode {
     pub const NORMAL: u16 = 1000;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_LARGE: u16 = 1009;
+    /// The server failed on this connection (RFC 6455's internal error).
+    pub const INTERNAL_ERROR: u16 = 1011;
     pub const SERVICE_RESTART: u16 = 1012;
     pub const NO_AUTH_IN_TIME: u16 = 4000;
     pub const UNAUTHENTICATED: u16 = 4001;

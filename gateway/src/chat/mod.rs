@@ -7,11 +7,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use oceanchat_protocol::client::{
     decode_request, error_frame, reply_ok, with_id, AuthResult, Empty, ErrorBody, ErrorCode, Op,
 };
@@ -145,7 +148,8 @@ impl Chat {
             if follow {
                 let chat = self.clone();
                 let topics = topics.to_vec();
-                monoio::spawn(async move { chat.follow(&c, topics).await });
+                let conn = c.conn.clone();
+                self.spawn(Some(conn), async move { chat.follow(&c, topics).await });
             } else {
                 self.unfollow(&c, topics);
             }
@@ -170,6 +174,24 @@ impl Chat {
         }
         let bridge = self.inner.bridge.clone();
         monoio::spawn(async move { bridge.restore(routes, events).await });
+    }
+
+    /// Spawns a task of this handler on the core. A panic in it fails
+    /// that task only: it is caught (monoio would let it unwind the core's
+    /// thread), counted and logged, and `conn`, when given, is closed with
+    /// 1011 since its request will never be answered.
+    fn spawn(&self, conn: Option<Rc<Conn>>, task: impl Future<Output = ()> + 'static) {
+        let metrics = self.inner.config.metrics.clone();
+        let core = self.inner.core;
+        monoio::spawn(async move {
+            if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+                metrics.core(core).handler_panics.incr();
+                tracing::error!("chat task panicked");
+                if let Some(conn) = conn {
+                    conn.close(CloseCode::INTERNAL_ERROR, "internal error");
+                }
+            }
+        });
     }
 
     fn conns_of(&self, table: &Table, keys: &[&str]) -> Vec<Rc<ChatConn>> {
@@ -245,7 +267,7 @@ impl Handler for Chat {
                 let payload = encode_rpc(self.context(c, Some(&identity)), op);
                 let chat = self.clone();
                 let c = c.clone();
-                monoio::spawn(async move {
+                self.spawn(Some(c.conn.clone()), async move {
                     let reply = chat.inner.bridge.rpc(payload).await;
                     c.limiter.done();
                     if chat.watches_after(&c, &reply.subscribe) > chat.inner.config.max_watches {
@@ -419,7 +441,7 @@ impl Chat {
         let payload = encode_rpc(self.context(c, None), op);
         let chat = self.clone();
         let c = c.clone();
-        monoio::spawn(async move {
+        self.spawn(Some(c.conn.clone()), async move {
             let reply = chat.inner.bridge.rpc(payload).await;
             let info = match parse_session(&reply.body) {
                 Ok(info) => info,

@@ -510,7 +510,11 @@ fn run<H: Handler>(
 ) -> impl Future<Output = ()> {
     async move {
         core.opened(&conn);
-        let session = core.handler.on_open(&conn);
+        let Some(session) = guarded(&core, &conn, "on_open", || core.handler.on_open(&conn)) else {
+            conn.fd.set(-1);
+            core.closed(&conn);
+            return;
+        };
         // The connection's life is inline: as a separate `async fn` its
         // arguments would take room in this task's future a second time.
         // Bytes that arrived with the upgrade request.
@@ -570,7 +574,35 @@ fn run<H: Handler>(
         conn.fd.set(-1);
         tracing::debug!(conn_id = conn.id, %end, "connection ended");
         core.closed(&conn);
-        core.handler.on_close(session);
+        guarded(&core, &conn, "on_close", || core.handler.on_close(session));
+    }
+}
+
+/// Runs a handler callback. A panic in it is this connection's failure,
+/// not its core's: monoio does not catch panics in tasks, so one would
+/// unwind the core's thread and drop every connection on it. The panic is
+/// counted and logged, and the connection closed with 1011.
+fn guarded<H: Handler, T>(
+    core: &Core<H>,
+    conn: &Conn,
+    what: &'static str,
+    callback: impl FnOnce() -> T,
+) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            core.metrics().handler_panics.incr();
+            tracing::error!(
+                conn_id = conn.id,
+                what,
+                "handler panicked; closing the connection"
+            );
+            conn.close(
+                oceanchat_protocol::CloseCode::INTERNAL_ERROR,
+                "internal error",
+            );
+            None
+        }
     }
 }
 
@@ -722,12 +754,16 @@ fn dispatch<H: Handler>(
         match incoming {
             Incoming::Text(text) => {
                 if !conn.is_closing() {
-                    core.handler.on_message(session, Message::Text(text));
+                    guarded(core, conn, "on_message", || {
+                        core.handler.on_message(session, Message::Text(text))
+                    });
                 }
             }
             Incoming::Binary(data) => {
                 if !conn.is_closing() {
-                    core.handler.on_message(session, Message::Binary(data));
+                    guarded(core, conn, "on_message", || {
+                        core.handler.on_message(session, Message::Binary(data))
+                    });
                 }
             }
             Incoming::Ping(payload) => conn.send(codec::pong_frame(&payload)),
