@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,11 @@ use crate::auth::{login, logout, register};
 use crate::error::ServiceError;
 use crate::state::AppState;
 
+/// The largest HTTP request body accepted: register and login bodies
+/// are well under 1 KiB (a 256-byte password, names of 32 and 64
+/// characters). Larger ones get 413 `too_large` before they are read.
+pub const MAX_REQUEST_BODY_BYTES: usize = 16 * 1024;
+
 /// How long `/readyz` waits for each store.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -30,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
         .merge(crate::web::routes())
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .with_state(state)
 }
 
@@ -54,6 +60,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
+            // A body over the limit stays a 413, in the API's shape.
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ServiceError::refused(
+                    ErrorCode::TooLarge,
+                    format!("request body over {MAX_REQUEST_BODY_BYTES} bytes"),
+                ))
+            }
             Err(rejection) => Err(ServiceError::bad_request(rejection.body_text())),
         }
     }

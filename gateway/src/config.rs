@@ -167,6 +167,18 @@ pub struct Config {
     #[arg(long, env = "OC_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: u32,
 
+    /// When set, `GET /metrics` on the listen address answers only with
+    /// `Authorization: Bearer <token>` (401 otherwise). Unset, it answers
+    /// anyone who reaches the port; nginx in front routes only `/ws`.
+    #[arg(long, env = "OC_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Refuse to start with settings only fit for a developer's machine:
+    /// no `--allowed-origins` (any web page could open sockets with its
+    /// visitors' sessions) or no `--metrics-token`.
+    #[arg(long, env = "OC_PRODUCTION")]
+    pub production: bool,
+
     /// Seconds connections get to close after SIGTERM (they are sent 1012).
     #[arg(long, env = "OC_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
@@ -189,6 +201,21 @@ impl Config {
 
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    /// Settings that `--production` refuses, each with what to do.
+    pub fn production_problems(&self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if !self.production {
+            return problems;
+        }
+        if self.allowed_origins.iter().all(|o| o.is_empty()) {
+            problems.push("--allowed-origins is empty: name the origins of your web clients");
+        }
+        if self.metrics_token.as_deref().unwrap_or("").is_empty() {
+            problems.push("--metrics-token is unset: /metrics would answer anyone");
+        }
+        problems
     }
 
     pub fn rate_limits(&self) -> RateLimits {
@@ -224,6 +251,7 @@ impl Config {
                 Mode::Bench => 0,
             })),
             trusted_proxies: self.trusted_proxies.clone(),
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             read_buffer_bytes: 4096,
             ping_interval: Duration::from_secs(self.ping_interval_s),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),

@@ -41,6 +41,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.mode == config::Mode::Bench {
         return bench_mode::run(config);
     }
+    let problems = config.production_problems();
+    if !problems.is_empty() {
+        anyhow::bail!("--production refuses to start: {}", problems.join("; "));
+    }
     cores::check_listen(config.listen)?;
 
     let gateway_id = config.gateway_id();

@@ -137,3 +137,23 @@ async fn malformed_auth_bodies_are_400_bad_request() {
         assert_error_body(&raw, 400, "bad_request");
     }
 }
+
+#[tokio::test]
+async fn an_oversized_body_is_413_too_large_and_the_api_carries_on() {
+    let world = World::with(1, 0);
+    let name = unique_username("big");
+    let padding = "x".repeat(64 * 1024);
+    let raw = world
+        .api
+        .post_raw(
+            "/v1/auth/register",
+            &format!(
+                r#"{{"username":"{name}","password":"{PASSWORD}","display_name":"{padding}"}}"#
+            ),
+        )
+        .await
+        .unwrap();
+    assert_error_body(&raw, 413, "too_large");
+    // Nothing was stored, and the next request is served as usual.
+    world.api.register(&name, PASSWORD, None).await.unwrap();
+}

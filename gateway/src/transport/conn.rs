@@ -647,9 +647,17 @@ async fn upgrade<H: Handler>(
                 head.drain(..used);
                 upgrade
             }
-            Ok(Some((Request::Metrics, _))) => {
-                let body = config.metrics.render();
-                let _ = stream.write_all(&handshake::metrics_response(&body)).await;
+            Ok(Some((Request::Metrics { bearer }, _))) => {
+                let allowed = match &config.metrics_token {
+                    None => true,
+                    Some(token) => bearer.as_deref() == Some(token.as_str()),
+                };
+                let answer = if allowed {
+                    handshake::metrics_response(&config.metrics.render())
+                } else {
+                    handshake::METRICS_UNAUTHORIZED.to_vec()
+                };
+                let _ = stream.write_all(&answer).await;
                 return Err(NoUpgrade::Metrics);
             }
             Err(refusal) => {

@@ -23,8 +23,11 @@ pub struct Upgrade {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Upgrade(Upgrade),
-    /// A plain `GET /metrics`: the Prometheus counters.
-    Metrics,
+    /// A plain `GET /metrics`: the Prometheus counters, with the bearer
+    /// token the request carried, if any.
+    Metrics {
+        bearer: Option<String>,
+    },
 }
 
 /// Why an upgrade was refused.
@@ -108,7 +111,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
     let path = request.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
     if header("upgrade").is_none() && path == "/metrics" {
-        return Ok(Some((Request::Metrics, consumed)));
+        let bearer = header("authorization")
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_string());
+        return Ok(Some((Request::Metrics { bearer }, consumed)));
     }
     if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
         return Err(Refusal::NotUpgrade);
@@ -137,6 +144,10 @@ fn forwarded_for(real_ip: Option<&str>, forwarded: Option<&str>) -> Option<std::
         .and_then(|v| v.parse().ok())
         .or_else(|| forwarded?.rsplit(',').next()?.trim().parse().ok())
 }
+
+/// The answer to `/metrics` without the configured token.
+pub const METRICS_UNAUTHORIZED: &[u8] =
+    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// The `101 Switching Protocols` answer.
 pub fn accept_response(key: &str) -> Vec<u8> {
@@ -211,7 +222,20 @@ mod tests {
         let plain = b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(parse(plain), Err(Refusal::NotUpgrade));
         let metrics = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(parse(metrics), Ok(Some((Request::Metrics, metrics.len()))));
+        assert_eq!(
+            parse(metrics),
+            Ok(Some((Request::Metrics { bearer: None }, metrics.len())))
+        );
+        let with_token = b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n";
+        assert_eq!(
+            parse(with_token),
+            Ok(Some((
+                Request::Metrics {
+                    bearer: Some("s3cret".into())
+                },
+                with_token.len()
+            )))
+        );
         let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
         assert_eq!(parse(v8.as_bytes()), Err(Refusal::BadVersion));
         assert_eq!(parse(b"\x01\x02 nonsense\r\n\r\n"), Err(Refusal::Malformed));

@@ -89,6 +89,8 @@ pub struct TransportConfig {
     pub close_timeout: Duration,
     /// Every core's counters; cores index it by their own number.
     pub metrics: Arc<Metrics>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl TransportConfig {

@@ -1,0 +1,64 @@
+//! Operator settings: a guarded `/metrics` and `--production`'s refusal
+//! of settings fit only for a developer's machine.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{http_get, Gateway};
+
+fn get_with_token(port: u16, token: &str) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn metrics_need_the_token_when_one_is_set() {
+    let gateway = Gateway::bench("epoll", &["--metrics-token", "s3cret"]);
+    assert_eq!(http_get(gateway.port, "/metrics").0, 401);
+    assert_eq!(get_with_token(gateway.port, "wrong"), 401);
+    assert_eq!(get_with_token(gateway.port, "s3cret"), 200);
+}
+
+#[test]
+fn production_refuses_an_open_origin_list_and_open_metrics() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_oceanchat-gateway"))
+            .args(["--production", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("--allowed-origins"), "{log}");
+    assert!(log.contains("--metrics-token"), "{log}");
+
+    let out = run(&["--allowed-origins", "https://chat.example"]);
+    assert!(!out.status.success());
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("--allowed-origins is empty"), "{log}");
+    assert!(log.contains("--metrics-token"), "{log}");
+}
