@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Helpers sourced by scripts/up and scripts/test: installing what OceanChat
-# needs on a Debian 12 machine, and waiting for ports and HTTP endpoints.
+# Helpers sourced by the scripts: installing what OceanChat needs on a
+# Debian 12 machine, and waiting for ports and HTTP endpoints.
 # Plain bash: /dev/tcp stands in for curl and ss, which a fresh Debian may
 # not have.
 
@@ -119,6 +119,16 @@ oc_install_browser() {
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
         cp "$dir/package-lock.json" "$stamp"
     fi
+}
+
+# Installs the cargo subcommand `cargo NAME` (crate cargo-NAME, from
+# crates.io, at the version its lock file pins) when it is missing. ABOUT
+# says how long that takes, for the message.
+oc_cargo_tool() {
+    local name=$1 about=$2
+    cargo "$name" --version >/dev/null 2>&1 && return 0
+    oc_say "installing cargo-$name (cargo install, $about)"
+    nice -n 10 cargo install --locked "cargo-$name"
 }
 
 # True when something accepts TCP connections on HOST:PORT.

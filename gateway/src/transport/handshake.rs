@@ -86,6 +86,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {
+        // A read can bring the end of a head that had not ended below
+        // the limit, with more than the limit in all: refused as well.
+        Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST_BYTES => {
+            return Err(Refusal::TooLarge)
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_BYTES => {
             return Err(Refusal::TooLarge)
@@ -215,6 +220,27 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.resize(MAX_REQUEST_BYTES, b'a');
         assert_eq!(parse(&huge), Err(Refusal::TooLarge));
+    }
+
+    /// Found by the `handshake` fuzz target: the gateway reads the head
+    /// in pieces and parses what it has, so a head that was incomplete
+    /// just below the limit could end in a read that took it past the
+    /// limit (up to twice the limit) and be accepted.
+    #[test]
+    fn a_complete_head_over_the_limit_is_too_large() {
+        let mut head = GOOD[..GOOD.len() - 2].to_vec();
+        let filler = MAX_REQUEST_BYTES + 1 - head.len() - b"X: \r\n\r\n".len();
+        head.extend_from_slice(b"X: ");
+        head.resize(head.len() + filler, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(head.len(), MAX_REQUEST_BYTES + 1);
+        assert_eq!(parse(&head), Err(Refusal::TooLarge));
+        // One byte less is the largest head accepted.
+        let mut fits = head.clone();
+        fits.remove(GOOD.len() + 1);
+        assert!(
+            matches!(parse(&fits), Ok(Some((Request::Upgrade(_), n))) if n == MAX_REQUEST_BYTES)
+        );
     }
 
     #[test]
