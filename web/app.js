@@ -68,12 +68,12 @@ async function start(session) {
     return;
   }
   const conn = new Connection(url, session.token);
-  const dir = new Directory(session);
+  const dir = new Directory(conn, session);
   const chat = new Chat(conn, session, dir);
   const ctx = { conn, chat, dir, me: session, navigate };
 
   const status = h('div', { id: 'conn-status', class: 'conn-status', role: 'status', 'aria-live': 'polite', dataset: { state: 'connecting' } });
-  const myId = h('code', { id: 'my-id', title: 'Your user id: others open a conversation with you by it' }, session.user_id);
+  const myId = h('code', { id: 'my-id', title: 'Your user id' }, session.user_id);
   const copy = h('button', { type: 'button', class: 'small', id: 'copy-id' }, 'Copy id');
   copy.addEventListener('click', () => copyText(session.user_id, myId, copy));
   const logoutButton = h('button', { type: 'button', class: 'small', id: 'logout' }, 'Log out');
@@ -92,7 +92,7 @@ async function start(session) {
   const header = h('header', { class: 'topbar' },
     h('a', { class: 'brand', href: '#/' }, 'OceanChat'),
     h('div', { class: 'me' },
-      h('span', { class: 'me-name', id: 'me-name' }, session.username),
+      h('span', { class: 'me-name', id: 'me-name', title: 'Others open a conversation with you by your username' }, `@${session.username}`),
       h('span', { class: 'me-id' }, 'id ', myId, ' ', copy),
       logoutButton));
   const aside = h('aside', { class: 'sidebar', 'aria-label': 'Conversations' });
