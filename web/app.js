@@ -68,14 +68,14 @@ async function start(session) {
     return;
   }
   const conn = new Connection(url, session.token);
-  const dir = new Directory(session);
+  const dir = new Directory(conn, session);
   const chat = new Chat(conn, session, dir);
   const ctx = { conn, chat, dir, me: session, navigate };
 
   const status = h('div', { id: 'conn-status', class: 'conn-status', role: 'status', 'aria-live': 'polite', dataset: { state: 'connecting' } });
-  const myId = h('code', { id: 'my-id', title: 'Your user id: others open a conversation with you by it' }, session.user_id);
-  const copy = h('button', { type: 'button', class: 'small', id: 'copy-id' }, 'Copy id');
-  copy.addEventListener('click', () => copyText(session.user_id, myId, copy));
+  // Others find this user by username now; the id stays in the page for
+  // whoever needs it (support, tests), unseen.
+  const myId = h('code', { id: 'my-id', hidden: true }, session.user_id);
   const logoutButton = h('button', { type: 'button', class: 'small', id: 'logout' }, 'Log out');
   logoutButton.addEventListener('click', async () => {
     conn.stop();
@@ -92,8 +92,8 @@ async function start(session) {
   const header = h('header', { class: 'topbar' },
     h('a', { class: 'brand', href: '#/' }, 'OceanChat'),
     h('div', { class: 'me' },
-      h('span', { class: 'me-name', id: 'me-name' }, session.username),
-      h('span', { class: 'me-id' }, 'id ', myId, ' ', copy),
+      h('span', { class: 'me-name', id: 'me-name', title: 'Others open a conversation with you by your username' }, `@${session.username}`),
+      myId,
       logoutButton));
   const aside = h('aside', { class: 'sidebar', 'aria-label': 'Conversations' });
   const main = h('main', { id: 'main', class: 'pane', tabindex: '-1' });
@@ -167,24 +167,6 @@ function showState(el, conn, { state, retryInMs }) {
   tick();
   el.countdown = setInterval(tick, 1000);
   el.append(text, ' ', h('button', { type: 'button', class: 'small', onclick: () => conn.connectNow() }, 'Reconnect now'));
-}
-
-async function copyText(text, source, button) {
-  try {
-    await navigator.clipboard.writeText(text);
-    button.textContent = 'Copied';
-  } catch {
-    // no clipboard outside secure contexts: select it for Ctrl+C
-    const range = document.createRange();
-    range.selectNodeContents(source);
-    const sel = getSelection();
-    sel.removeAllRanges();
-    sel.addRange(range);
-    button.textContent = 'Selected: press Ctrl+C';
-  }
-  setTimeout(() => {
-    button.textContent = 'Copy id';
-  }, 2000);
 }
 
 const session = loadSession();

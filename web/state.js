@@ -10,10 +10,10 @@
 
 import { TRANSIENT } from './protocol.js';
 import { randomId } from './dom.js';
-import { groupIdOf, peerOf } from './names.js';
 
 export const PAGE = 30;
 const SYNC_LIMIT = 200;
+const SYNC_CONVS = 500;
 const TYPING_SHOWN_MS = 6000;
 const TYPING_SEND_EVERY_MS = 3000;
 // A later seq may overtake an earlier one by a moment (docs/protocol.md):
@@ -24,7 +24,9 @@ const LIST_REFRESH_MS = 30000;
 export class Conv {
   constructor(conv, kind) {
     this.conv = conv;
-    this.kind = kind;
+    this.kind = kind; // dm | group, or null until conv.list tells
+    this.groupId = null; // a group conv's group (conv.list)
+    this.peer = null; // a direct conv's other user (conv.list)
     this.lastSeq = 0; // the highest seq known to be stored
     this.readSeq = 0; // this user's read position
     // Every message up to `top` is held or lies before the held window
@@ -136,6 +138,8 @@ export class Chat extends EventTarget {
         fresh.push(c);
       }
       c.kind = summary.kind;
+      c.groupId = summary.group_id || null;
+      c.peer = summary.peer || null;
       c.lastSeq = Math.max(c.lastSeq, summary.last_seq);
       c.readSeq = Math.max(c.readSeq, summary.read_seq);
     }
@@ -148,9 +152,9 @@ export class Chat extends EventTarget {
       ...fresh.filter((c) => c.lastSeq > 0 && !c.lastMsg).map((c) => this.fetchLast(c)),
       ...[...this.convs.values()].map((c) => this.describe(c)),
     ]);
-    this.watch(
-      [...this.convs.values()].map((c) => peerOf(c.conv, this.me.user_id)).filter(Boolean),
-    );
+    const peers = [...this.convs.values()].map((c) => c.peer).filter(Boolean);
+    this.dir.want(peers);
+    this.watch(peers);
     this.emit('convs');
   }
 
@@ -173,7 +177,7 @@ export class Chat extends EventTarget {
 
   /** Loads what the list shows about a conv: a group's name. */
   async describe(c) {
-    const gid = groupIdOf(c.conv);
+    const gid = c.groupId;
     if (!gid || this.groups.has(gid)) return;
     await this.loadGroup(gid).catch(() => {});
   }
@@ -190,14 +194,34 @@ export class Chat extends EventTarget {
     await this.syncConvs([...this.convs.values()]);
   }
 
+  /**
+   * `sync` of `list` (at most SYNC_CONVS convs a request), again and again
+   * from the highest seq held while any conv `has_more`: a reply is cut by
+   * size as well as by count, and convs after a full reply get nothing.
+   */
   async syncConvs(list) {
     let want = list.filter((c) => this.convs.has(c.conv));
     while (want.length) {
-      const convs = {};
-      for (const c of want) convs[c.conv] = c.top;
-      const result = await this.conn.request('sync', { convs, limit: SYNC_LIMIT });
-      for (const m of result.messages) this.addMessage(m);
-      want = want.filter((c) => result.has_more && result.has_more[c.conv]);
+      const more = [];
+      for (let i = 0; i < want.length; i += SYNC_CONVS) {
+        const chunk = want.slice(i, i + SYNC_CONVS);
+        const convs = {};
+        const before = new Map();
+        for (const c of chunk) {
+          convs[c.conv] = c.top;
+          before.set(c, c.top);
+        }
+        const result = await this.conn.request('sync', { convs, limit: SYNC_LIMIT });
+        for (const m of result.messages) this.addMessage(m);
+        const hasMore = result.has_more || {};
+        for (const c of chunk) {
+          if (!hasMore[c.conv] || !this.convs.has(c.conv)) continue;
+          // A conv that has more but gained nothing contiguous (a hole the
+          // server cannot fill) would be asked for the same page forever.
+          if (c.top > before.get(c) || !result.messages.some((m) => m.conv === c.conv)) more.push(c);
+        }
+      }
+      want = more;
     }
   }
 
@@ -213,7 +237,7 @@ export class Chat extends EventTarget {
     if (!c) {
       // A conv we did not know (someone opened a direct conv with us, or
       // added us to a group): hold it and ask the server about it.
-      c = new Conv(m.conv, groupIdOf(m.conv) ? 'group' : 'dm');
+      c = new Conv(m.conv, null);
       c.top = m.seq - 1;
       this.convs.set(m.conv, c);
       this.refreshList().catch(() => {});
@@ -258,7 +282,7 @@ export class Chat extends EventTarget {
     }
     c.loadingOlder = this.conn
       .request('history', args)
-      .then(({ messages }) => {
+      .then(({ messages, has_more: hasMore }) => {
         let added = 0;
         for (const m of messages) {
           if (!c.messages.has(m.seq)) {
@@ -268,7 +292,7 @@ export class Chat extends EventTarget {
           }
         }
         while (c.messages.has(c.top + 1)) c.top += 1;
-        if (messages.length < PAGE || c.lowest === 1) c.olderDone = true;
+        if (!hasMore || c.lowest === 1) c.olderDone = true;
         this.emit('messages', { conv, older: true });
         return added;
       })
@@ -490,17 +514,17 @@ export class Chat extends EventTarget {
   onGroupEvent({ group_id: gid, version, change }) {
     const known = this.groups.get(gid);
     if (known && version <= known.version) return;
-    const conv = `g:${gid}`;
+    const c = this.convOfGroup(gid);
     const me = this.me.user_id;
     if (change.kind === 'members_removed' && change.user_ids.includes(me)) {
       this.groups.delete(gid);
-      this.forget(conv);
+      if (c) this.forget(c.conv);
       this.emit('convs');
       return;
     }
     // An event of a group we did not know we were in (`group.create`
     // announces nothing to those it adds): conv.list tells.
-    if (!this.convs.has(conv)) this.refreshList().catch(() => {});
+    if (!c) this.refreshList().catch(() => {});
     if (known) {
       if (change.kind === 'updated' && change.patch) Object.assign(known, change.patch);
       if (version === known.version + 1) known.version = version;
@@ -509,14 +533,29 @@ export class Chat extends EventTarget {
     }
   }
 
+  /** The conv of group `gid`, if it is in the list. */
+  convOfGroup(gid) {
+    for (const c of this.convs.values()) if (c.groupId === gid) return c;
+    return null;
+  }
+
+  /** `group.leave`: the group goes from the list at once. */
+  async leaveGroup(gid) {
+    await this.conn.request('group.leave', { group_id: gid });
+    const c = this.convOfGroup(gid);
+    this.groups.delete(gid);
+    if (c) this.forget(c.conv);
+    this.emit('convs');
+  }
+
   /** What the list and the chat header call a conv. */
   title(conv) {
-    const gid = groupIdOf(conv);
-    if (gid) {
-      const g = this.groups.get(gid);
+    const c = this.convs.get(conv);
+    if (c && c.groupId) {
+      const g = this.groups.get(c.groupId);
       return g ? g.name : 'Group';
     }
-    const peer = peerOf(conv, this.me.user_id);
-    return peer ? this.dir.label(peer) : conv;
+    if (c && c.peer) return this.dir.label(c.peer);
+    return c && c.kind === 'group' ? 'Group' : 'Conversation';
   }
 }

@@ -1,5 +1,5 @@
 // Two people in two browser contexts: they register, alice opens a direct
-// conversation with bob, they exchange messages both ways, each sees the
+// conversation with bob by his username (a name nobody has is refused), they exchange messages both ways, each sees the
 // other typing, alice sees bob's read receipt and bob's presence; after a
 // reload bob sees the history, older pages loading as he scrolls up.
 
@@ -16,12 +16,19 @@ run('chat', async (browser) => {
   const bobId = await register(bob, 'bob', 'Bob');
   log('registered alice and bob through the page');
 
-  // Alice opens the direct conversation by bob's user id.
+  // Alice opens the direct conversation by bob's username; a name nobody
+  // has is refused with a message.
   await alice.page.click('#new-conv');
-  await alice.page.fill('#dm-user-id', bobId);
-  await alice.page.fill('#dm-name', 'Bob');
+  await alice.page.fill('#dm-username', 'nobody-here');
+  await alice.page.click('#dm-open');
+  await alice.page.waitForSelector('#dm-error:has-text("No user is called @nobody-here")', { timeout: WAIT_MS });
+  await alice.page.fill('#dm-username', 'bob');
   await alice.page.click('#dm-open');
   await alice.page.waitForSelector('#composer');
+  // The chat and the list call him by his display name, from the server.
+  await alice.page.waitForSelector('#chat-title:text-is("Bob")', { timeout: WAIT_MS });
+  await alice.page.waitForSelector('#conv-list a.conv .conv-title:text-is("Bob")', { timeout: WAIT_MS });
+  check(!(await alice.page.textContent('#conv-list')).includes(bobId), "alice's list shows bob's name, not his id");
   await sendMessage(alice.page, 'Hello Bob');
   await seeMessage(alice.page, 'Hello Bob');
   log('alice sent the first message');
@@ -31,6 +38,8 @@ run('chat', async (browser) => {
   await bobConv.waitFor({ timeout: WAIT_MS });
   const preview = await bobConv.locator('.conv-preview').textContent();
   check(preview.includes('Hello Bob'), `bob's list shows the last message, got ${JSON.stringify(preview)}`);
+  const bobTitle = await bobConv.locator('.conv-title').textContent();
+  check(bobTitle === 'Alice', `bob's list names alice by her display name, got ${JSON.stringify(bobTitle)}`);
   await bobConv.click();
   await seeMessage(bob.page, 'Hello Bob');
   await bob.page.waitForSelector('#conv-list a.conv[data-unread="0"]');

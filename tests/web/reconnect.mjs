@@ -11,17 +11,16 @@ import {
   check, connected, log, login, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step,
 } from './lib.mjs';
 
-const BOB_ID = process.env.OC_BOB_ID;
+const BOB_NAME = process.env.OC_BOB_NAME;
 
 run('reconnect', async (browser) => {
-  check(BOB_ID, 'OC_BOB_ID is set');
+  check(BOB_NAME, 'OC_BOB_NAME is set');
   const alice = await person(browser, 'alice');
   const aliceId = await register(alice, 'alice', 'Alice');
   const { page } = alice;
 
   await page.click('#new-conv');
-  await page.fill('#dm-user-id', BOB_ID);
-  await page.fill('#dm-name', 'Bob');
+  await page.fill('#dm-username', BOB_NAME);
   await page.click('#dm-open');
   await page.waitForSelector('#composer');
   await step('bob-joins', { alice_id: aliceId });

@@ -1,28 +1,36 @@
 // The seed's "being operated by admin A" page. Alice (the owner) creates a
-// group with bob, xavier, yvonne and zoe and makes bob an admin. Then both
-// open the group's settings: alice gets the edit lock; bob's page is
-// read-only with a banner naming her. Alice renames the group, adds and
-// mutes zoe and removes xavier, while bob cannot promote yvonne. Alice
-// closes the page; bob's page becomes editable by itself (the `lock`
-// event), and he promotes yvonne. The Rust test then checks the group on
-// the server.
+// group with bob, xavier and yvonne, named by username (a name nobody has
+// is refused), and makes bob an admin; members show by display name and
+// username, not by id. Then both open the group's settings: alice gets the
+// edit lock; bob's page is read-only with a banner naming her. Alice
+// renames the group, adds zoe by username, mutes her and removes xavier,
+// while bob cannot promote yvonne. Alice closes the page; bob's page
+// becomes editable by itself (the `lock` event), and he promotes yvonne.
+// The Rust test then checks the group on the server. Last, bob leaves the
+// group: it goes from his list and from alice's member list.
 
 import {
   check, log, noProblems, person, register, run, screenshot, step, WAIT_MS, WEB_URL, PASSWORD,
 } from './lib.mjs';
 
 /** Registers a user over the HTTP API (no page needed): its user id. */
-async function registerApi(username) {
+async function registerApi(username, displayName) {
   const response = await fetch(new URL('/v1/auth/register', WEB_URL), {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ username, password: PASSWORD }),
+    body: JSON.stringify({ username, password: PASSWORD, display_name: displayName }),
   });
   check(response.status === 201, `register ${username}: ${response.status}`);
   return (await response.json()).user_id;
 }
 
 const member = (id) => `#members li.member[data-user-id="${id}"]`;
+
+/** The names shown in the member list, top to bottom. */
+async function shownMembers(page) {
+  return page.$$eval('#members li.member', (els) =>
+    els.map((e) => `${e.querySelector('.name').textContent} ${e.querySelector('.member-username')?.textContent}`));
+}
 
 async function openSettings(p, groupName) {
   const { page } = p;
@@ -36,13 +44,18 @@ run('settings', async (browser) => {
   const bob = await person(browser, 'bob');
   await register(alice, 'alice', 'Alice');
   const bobId = await register(bob, 'bob', 'Bob');
-  const [xId, yId, zId] = await Promise.all(['xavier', 'yvonne', 'zoe'].map(registerApi));
+  const [xId, yId, zId] = await Promise.all([['xavier', 'Xavier'], ['yvonne', 'Yvonne'], ['zoe', 'Zoe']]
+    .map(([username, displayName]) => registerApi(username, displayName)));
   log('registered alice and bob through the page, xavier, yvonne and zoe over HTTP');
 
-  // Alice creates the group on the page.
+  // Alice creates the group on the page, naming the members by username;
+  // a name nobody has is refused and creates nothing.
   await alice.page.click('#new-conv');
   await alice.page.fill('#group-name', 'Harbour');
-  await alice.page.fill('#group-members', `${bobId}, ${xId}\n${yId}`);
+  await alice.page.fill('#group-members', 'bob, xavier, nobody-here');
+  await alice.page.click('#group-create');
+  await alice.page.waitForSelector('#group-error:has-text("No user is called @nobody-here")', { timeout: WAIT_MS });
+  await alice.page.fill('#group-members', 'bob, xavier\n@Yvonne');
   await alice.page.click('#group-create');
   await alice.page.waitForSelector('#open-settings');
   const groupId = decodeURIComponent(await alice.page.getAttribute('#open-settings', 'href')).replace('#/g/', '');
@@ -51,6 +64,14 @@ run('settings', async (browser) => {
   // ...and makes bob an admin, then closes the settings.
   await alice.page.click('#open-settings');
   await alice.page.waitForSelector('#settings[data-mode="editing"]', { timeout: WAIT_MS });
+  // Members by display name and username (the server's), never by id.
+  await alice.page.waitForSelector(`${member(yId)} .member-username`, { timeout: WAIT_MS });
+  const names = await shownMembers(alice.page);
+  log(`alice's member list: ${JSON.stringify(names)}`);
+  check(JSON.stringify(names) === JSON.stringify(['Alice (you) @alice', 'Bob @bob', 'Xavier @xavier', 'Yvonne @yvonne']),
+    `the member list shows names, got ${JSON.stringify(names)}`);
+  const membersText = await alice.page.textContent('#members');
+  check(![bobId, xId, yId].some((id) => membersText.includes(id)), 'no user id is shown in the member list');
   await alice.page.click(`${member(bobId)} button[data-action="promote"]`);
   await alice.page.waitForSelector(`${member(bobId)}[data-role="admin"]`);
   await alice.page.click('#close-settings');
@@ -80,9 +101,14 @@ run('settings', async (browser) => {
   await alice.page.fill('#group-name-input', 'Harbour crew');
   await alice.page.click('#save-group');
   await alice.page.waitForSelector('#settings-title:has-text("Harbour crew")');
-  await alice.page.fill('#add-members-input', zId);
+  await alice.page.fill('#add-members-input', 'nobody-here');
+  await alice.page.click('#add-members');
+  await alice.page.waitForSelector('#settings-error:has-text("No user is called @nobody-here")', { timeout: WAIT_MS });
+  await alice.page.fill('#add-members-input', 'zoe');
   await alice.page.click('#add-members');
   await alice.page.waitForSelector(member(zId));
+  await alice.page.waitForSelector(`${member(zId)} .name:text-is("Zoe")`, { timeout: WAIT_MS });
+  await alice.page.waitForSelector('#settings-feedback:has-text("Added Zoe")');
   await alice.page.click(`${member(zId)} button[data-action="mute"]`);
   await alice.page.waitForSelector(`${member(zId)}[data-muted="true"]`);
   await alice.page.click(`${member(xId)} button[data-action="remove"]`);
@@ -94,6 +120,9 @@ run('settings', async (browser) => {
   await bob.page.waitForSelector(member(xId), { state: 'detached', timeout: WAIT_MS });
   await bob.page.waitForSelector('#settings-title:has-text("Harbour crew")');
   await bob.page.waitForSelector('#settings[data-mode="locked"]');
+  await bob.page.waitForSelector(`${member(zId)} .name:text-is("Zoe")`, { timeout: WAIT_MS });
+  check(!(await bob.page.isHidden('#leave-group')), 'bob, an admin, may leave');
+  check(await alice.page.isHidden('#leave-group'), 'alice, the owner, may not leave');
   const promoteY = `${member(yId)} button[data-action="promote"]`;
   check(await bob.page.isDisabled(promoteY), "bob's promote button for yvonne is disabled");
   await bob.page.click(promoteY, { force: true });
@@ -125,6 +154,16 @@ run('settings', async (browser) => {
   await bob.page.click('#close-settings');
   await alice.page.click('#open-settings');
   await alice.page.waitForSelector('#settings[data-mode="editing"]', { timeout: WAIT_MS });
+
+  // Bob leaves the group: gone from his list, and from alice's members.
+  await openSettings(bob, 'Harbour crew');
+  await bob.page.waitForSelector('#settings[data-mode="locked"]');
+  bob.page.once('dialog', (dialog) => dialog.accept());
+  await bob.page.click('#leave-group');
+  await bob.page.waitForSelector('#conv-list a.conv:has-text("Harbour crew")', { state: 'detached', timeout: WAIT_MS });
+  await alice.page.waitForSelector(member(bobId), { state: 'detached', timeout: WAIT_MS });
+  await step('check-left', { group_id: groupId, owner: 'alice', left: bobId });
+  log('bob left the group');
 
   noProblems(alice, bob);
 });

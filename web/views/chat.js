@@ -2,7 +2,6 @@
 // top), live messages, the composer, typing, read receipts, presence.
 
 import { h, formatTime, presenceDot, reconcile } from '../dom.js';
-import { groupIdOf, peerOf } from '../names.js';
 import { PAGE } from '../state.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -10,13 +9,13 @@ const NEAR_TOP_PX = 80;
 const NEAR_BOTTOM_PX = 40;
 
 export function chatView(main, { conn, chat, dir, me }, conv) {
-  const peer = peerOf(conv, me.user_id);
-  const gid = groupIdOf(conv);
+  // A direct conv's other user, a group conv's group: from conv.list,
+  // which may answer after this view opens (a reload on a chat's URL).
+  let peer = null;
+  let gid = null;
   const title = h('h1', { id: 'chat-title' });
   const dot = h('span', { class: 'head-dot' });
-  const headLinks = gid
-    ? h('a', { class: 'button small', href: `#/g/${encodeURIComponent(gid)}`, id: 'open-settings' }, 'Group settings')
-    : null;
+  const headLinks = h('span', { class: 'head-links' });
   const olderButton = h('button', { type: 'button', class: 'small older', id: 'load-older' }, 'Load older messages');
   const olderState = h('p', { class: 'muted older-state', id: 'older-state', role: 'status' });
   const log = h('ol', { class: 'messages', id: 'messages', role: 'log', 'aria-label': 'Messages' });
@@ -51,6 +50,18 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
   let stickToBottom = true;
 
   function renderHead() {
+    const c = chat.conv(conv);
+    if (c && c.peer && c.peer !== peer) {
+      peer = c.peer;
+      chat.watch([peer]);
+    }
+    if (c && c.groupId && c.groupId !== gid) {
+      gid = c.groupId;
+      headLinks.replaceChildren(
+        h('a', { class: 'button small', href: `#/g/${encodeURIComponent(gid)}`, id: 'open-settings' }, 'Group settings'));
+      // senders' names go on the messages of a group
+      if (log.querySelector('.msg')) renderMessages();
+    }
     title.textContent = chat.title(conv);
     document.title = `${title.textContent} – OceanChat`;
     if (peer) {
@@ -127,7 +138,7 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
         const seen = receipt && receipt.seq === m.seq ? receipt.text : '';
         return {
           key: `s${m.seq}`,
-          sig: `${seen}|${dir.label(m.from)}`,
+          sig: `${seen}|${dir.label(m.from)}|${gid ? 'group' : ''}`,
           build: () => messageItem(m, seen),
         };
       }),
@@ -249,7 +260,6 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
   conn.addEventListener('ready', onReady);
   document.addEventListener('visibilitychange', onVisible);
 
-  if (peer) chat.watch([peer]);
   renderHead();
   renderMessages();
   renderTyping();

@@ -2,7 +2,6 @@
 // last message and unread count, newest activity first.
 
 import { h, formatTime, presenceDot } from '../dom.js';
-import { peerOf } from '../names.js';
 
 export function convListView(aside, { chat, dir, me }) {
   let selected = null;
@@ -25,7 +24,7 @@ export function convListView(aside, { chat, dir, me }) {
   }
 
   function item(c) {
-    const peer = peerOf(c.conv, me.user_id);
+    const peer = c.peer;
     const last = c.lastMsg;
     const preview = last
       ? `${last.from === me.user_id ? 'You' : dir.label(last.from)}: ${last.body}`

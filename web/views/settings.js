@@ -5,19 +5,24 @@
 // naming the holder, and gets the lock by themselves once it is released
 // (the `lock` event). The lock is renewed every third of its lease while
 // the page is open and released when it closes or the tab goes away; a
-// lease that was lost turns the page read-only and says so.
+// lease that was lost turns the page read-only and says so. Any member
+// but the owner may leave the group here, without the lock.
 
 import { h, formatTime } from '../dom.js';
-import { parseIds } from '../names.js';
+import { lookupAll, parseNames, unknownNames } from '../names.js';
 import { TRANSIENT } from '../protocol.js';
 
 const RANK = { owner: 3, admin: 2, member: 1 };
 // Until a lease length is known: the default of docs/protocol.md.
 const DEFAULT_TTL_MS = 30000;
 
-export function settingsView(main, { conn, chat, dir, me }, gid) {
+export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
   const resource = `group:${gid}`;
-  const conv = `g:${gid}`;
+  // The group's chat, once conv.list has told which it is.
+  const chatHref = () => {
+    const c = chat.convOfGroup(gid);
+    return c ? `#/c/${encodeURIComponent(c.conv)}` : '#/';
+  };
   const s = {
     mode: 'loading', // loading | editing | locked | viewer | lost | offline | gone
     token: null,
@@ -54,7 +59,7 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
   const addForm = h('form', { class: 'card', id: 'add-members-form', 'aria-labelledby': 'add-heading' },
     h('h2', { id: 'add-heading' }, 'Add members'),
     h('div', { class: 'field' },
-      h('label', { for: 'add-members-input' }, 'User ids, separated by commas or new lines'),
+      h('label', { for: 'add-members-input' }, 'Usernames, separated by commas or new lines'),
       addInput),
     h('div', { class: 'actions' }, addButton));
 
@@ -63,24 +68,42 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
     h('h2', { id: 'members-heading' }, 'Members'),
     memberList);
 
+  const leaveButton = h('button', { type: 'button', class: 'danger', id: 'leave-group' }, 'Leave group');
+  const leaveCard = h('section', { class: 'card', id: 'leave-card', 'aria-labelledby': 'leave-heading', hidden: true },
+    h('h2', { id: 'leave-heading' }, 'Leave the group'),
+    h('p', {}, 'You stop receiving its messages; an admin can add you again.'),
+    h('div', { class: 'actions' }, leaveButton));
+
   // Disabled as a whole while this page does not hold the lock.
   const editor = h('fieldset', { class: 'editor', id: 'editor', disabled: true },
     h('legend', { class: 'sr-only' }, 'Group settings'),
     h('div', { class: 'editor-forms' }, detailsForm, addForm),
     membersCard);
 
+  const back = h('a', { class: 'back', href: chatHref() }, h('span', { 'aria-hidden': 'true' }, '← '), 'Back to the chat');
   main.replaceChildren(
-    h('div', { class: 'pane-head' },
-      h('a', { class: 'back', href: `#/c/${encodeURIComponent(conv)}` }, h('span', { 'aria-hidden': 'true' }, '← '), 'Back to the chat'),
-      heading,
-      closeButton),
+    h('div', { class: 'pane-head' }, back, heading, closeButton),
     h('div', { class: 'pane-body settings', dataset: { mode: 'loading' }, id: 'settings' },
-      banner, feedback, actionError, editor),
+      banner, feedback, actionError, editor, leaveCard),
   );
   const body = main.querySelector('#settings');
 
   closeButton.addEventListener('click', () => {
-    location.hash = `#/c/${encodeURIComponent(conv)}`;
+    location.hash = chatHref();
+  });
+
+  leaveButton.addEventListener('click', async () => {
+    if (!confirm(`Leave ${s.group ? s.group.name : 'this group'}?`)) return;
+    actionError.textContent = '';
+    try {
+      await chat.leaveGroup(gid);
+      alive = false;
+      navigate('');
+    } catch (e) {
+      actionError.textContent = e.code === 'bad_request' && myRole() === 'owner'
+        ? 'The owner cannot leave: hand the group on first.'
+        : e.message || e.code;
+    }
   });
 
   // --- rendering -------------------------------------------------------------
@@ -158,7 +181,9 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
     return h('li', { class: 'member', dataset: { userId: m.user_id, role: m.role, muted: String(m.muted) } },
       h('span', { class: 'member-name' },
         h('span', { class: 'name' }, name, m.user_id === me.user_id ? ' (you)' : ''),
-        h('code', { class: 'member-id', title: m.user_id }, m.user_id)),
+        dir.username(m.user_id)
+          ? h('span', { class: 'member-username', title: `user id ${m.user_id}` }, `@${dir.username(m.user_id)}`)
+          : null),
       h('span', { class: `role role-${m.role}` }, m.role),
       m.muted ? h('span', { class: 'tag' }, 'muted') : null,
       m.user_id === me.user_id ? null : h('span', { class: 'member-actions' },
@@ -191,7 +216,9 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
       if (!editing || document.activeElement !== nameInput) nameInput.value = s.group.name;
       if (!editing || document.activeElement !== announcementInput) announcementInput.value = s.group.announcement;
     }
+    back.href = chatHref();
     const role = myRole();
+    leaveCard.hidden = !role || role === 'owner' || s.mode === 'gone';
     const order = (m) => -(RANK[m.role] || 0);
     const members = [...s.members].sort((a, b) => order(a) - order(b) || dir.label(a.user_id).localeCompare(dir.label(b.user_id)));
     memberList.replaceChildren(...members.map((m) => memberItem(m, role)));
@@ -262,7 +289,6 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
       if (e.code === 'locked') {
         s.mode = 'locked';
         s.holder = e.details.holder || null;
-        if (s.holder) dir.learn(s.holder.user_id, s.holder.display_name);
         waitForRelease();
         render();
       } else if (e.code === 'forbidden') {
@@ -372,7 +398,7 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
           actionError.textContent = 'Your role does not allow that.';
           break;
         case 'not_found':
-          actionError.textContent = 'No user has one of those ids.';
+          actionError.textContent = 'One of those users no longer exists.';
           break;
         default:
           actionError.textContent = e.message || e.code;
@@ -402,12 +428,28 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
 
   addForm.addEventListener('submit', async (e) => {
     e.preventDefault();
-    const ids = parseIds(addInput.value);
-    if (!ids.length) {
-      actionError.textContent = 'Enter at least one user id.';
+    if (s.mode !== 'editing') return;
+    const names = parseNames(addInput.value);
+    if (!names.length) {
+      actionError.textContent = 'Enter at least one username.';
       return;
     }
-    if (await write('group.members.add', { user_ids: ids }, `Added ${ids.length} ${ids.length === 1 ? 'member' : 'members'}`)) {
+    feedback.textContent = '';
+    actionError.textContent = '';
+    let found;
+    try {
+      found = await lookupAll(dir, names);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (found.unknown) {
+      actionError.textContent = unknownNames(found.unknown);
+      return;
+    }
+    const ids = found.users.map((u) => u.user_id);
+    const who = found.users.map((u) => u.display_name || u.username).join(', ');
+    if (await write('group.members.add', { user_ids: ids }, `Added ${who}`)) {
       addInput.value = '';
     }
   });
@@ -428,7 +470,6 @@ export function settingsView(main, { conn, chat, dir, me }, gid) {
         if (holder.session_id !== me.session_id) lost();
       } else if (!s.acquiring) {
         s.holder = holder;
-        dir.learn(holder.user_id, holder.display_name);
         if (s.mode === 'locked') waitForRelease();
         render();
       }
