@@ -23,6 +23,7 @@ pub const DEFAULT_THROTTLE_WINDOW_S: u64 = 900;
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
 pub const DEFAULT_MAX_GROUPS_PER_USER: u64 = 5000;
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u64 = 50;
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.
@@ -111,6 +112,12 @@ pub struct Config {
     #[arg(long, env = "OC_MAX_GROUPS_PER_USER", default_value_t = DEFAULT_MAX_GROUPS_PER_USER)]
     pub max_groups_per_user: u64,
 
+    /// Login sessions one user may hold; a login past it ends the oldest
+    /// (its sockets close with 4001). Default 50: every device and browser
+    /// a person uses, not a script's thousands. 0 means no limit.
+    #[arg(long, env = "OC_MAX_SESSIONS_PER_USER", default_value_t = DEFAULT_MAX_SESSIONS_PER_USER)]
+    pub max_sessions_per_user: u64,
+
     /// The gateway WebSocket URL the web client connects to, handed to it
     /// by `GET /config.json`: `ws://` or `wss://`, or a path such as `/ws`
     /// on the page's own host. Default: none, and the page uses `/ws` on
@@ -169,6 +176,7 @@ impl Default for Config {
                 .collect(),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             public_ws_url: None,
         }
     }
@@ -190,6 +198,7 @@ impl fmt::Debug for Config {
             .field("throttle", &self.throttle())
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("max_groups_per_user", &self.max_groups_per_user)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .field("public_ws_url", &self.public_ws_url)
             .finish()
     }

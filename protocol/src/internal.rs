@@ -109,6 +109,12 @@ pub mod headers {
 
 /// Redis keys shared by the gateway and the backend.
 pub mod keys {
+    /// Sorted set: a user's session keys (see [`session`]), scored by
+    /// expiry in ms, to cap sessions per user.
+    pub fn user_sessions(user_id: &str) -> String {
+        format!("oc:user-sessions:{user_id}")
+    }
+
     /// Counter: failed logins of a username in the throttle window.
     pub fn login_failures_user(username: &str) -> String {
         format!("oc:throttle:login:user:{username}")

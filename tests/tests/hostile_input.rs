@@ -415,3 +415,34 @@ async fn watches_and_groups_are_capped_and_members_can_leave() {
     let live = v.next_msg(WAIT).await.expect("a live group message");
     assert_eq!(live.conv, groups[1].conv);
 }
+
+#[tokio::test]
+async fn a_login_past_the_session_cap_ends_the_oldest_session() {
+    let world = World::with_args(1, 1, &["--max-sessions-per-user", "2"], &[]);
+    let first = world.user("many").await;
+    let first_conn = first.connect(&world, 0).await;
+    let second = world.login_again(&first).await;
+    let second_conn = second.connect(&world, 0).await;
+
+    // The third login ends the first session: its socket closes with 4001
+    // and its token no longer authenticates.
+    let third = world.login_again(&first).await;
+    let closed = first_conn
+        .closed(WAIT)
+        .await
+        .expect("the oldest session's socket closes");
+    assert_eq!(closed.code, 4001);
+    let again = Connection::connect(&world.ws_url(0)).await.unwrap();
+    assert_eq!(
+        refusal(again.auth(&first.token).await),
+        ErrorCode::Unauthenticated
+    );
+
+    // The two newest sessions work, and logging one out frees its place.
+    second_conn.ping().await.unwrap();
+    third.connect(&world, 0).await.ping().await.unwrap();
+    world.api.logout(&third.token).await.unwrap();
+    let fourth = world.login_again(&first).await;
+    second_conn.ping().await.unwrap();
+    fourth.connect(&world, 0).await.ping().await.unwrap();
+}

@@ -137,7 +137,12 @@ pub(crate) async fn login(
         device: req.device,
         expires_at: now_ms() + ttl_s * 1000,
     };
-    sessions::create(&mut state.redis, &token, &record, ttl_s).await?;
+    let max_sessions = state.config.max_sessions_per_user;
+    let evicted = sessions::create(&mut state.redis, &token, &record, ttl_s, max_sessions).await?;
+    for old in &evicted {
+        tracing::info!(user_id = %old.user_id, session_id = %old.session_id, "oldest session ended: too many sessions");
+        close_session_sockets(&state, &old.session_id).await?;
+    }
     tracing::info!(user_id = %record.user_id, session_id = %record.session_id, "logged in");
     Ok(Json(LoginResponse {
         token,
@@ -157,17 +162,46 @@ pub(crate) async fn logout(
         .ok_or_else(ServiceError::unauthenticated)?;
     // The key is gone first, so no socket can authenticate with the token
     // after the gateways have closed the session's sockets.
-    let command = GatewayCommand::CloseSession {
-        session_id: record.session_id.clone(),
-        code: CloseCode::UNAUTHENTICATED,
-    };
-    state
-        .nats
-        .publish(
-            subjects::ALL_GATEWAYS,
-            encode_gateway_message(&command, b""),
-        )
-        .await?;
+    close_session_sockets(&state, &record.session_id).await?;
     tracing::info!(user_id = %record.user_id, session_id = %record.session_id, "logged out");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells every gateway to close the sockets of a session that ended, with
+/// 4001. Retried a few times: the session is already gone from Redis, so a
+/// lost command would leave its sockets open until they reconnect.
+async fn close_session_sockets(state: &AppState, session_id: &str) -> Result<(), ServiceError> {
+    let command = GatewayCommand::CloseSession {
+        session_id: session_id.to_string(),
+        code: CloseCode::UNAUTHENTICATED,
+    };
+    let message = encode_gateway_message(&command, b"");
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = state
+            .nats
+            .publish(subjects::ALL_GATEWAYS, message.clone())
+            .await;
+        let flushed = match sent {
+            Ok(()) => state.nats.flush().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match flushed {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= 3 => {
+                tracing::error!(%error, session_id, "could not tell the gateways to close a session's sockets");
+                return Err(ServiceError::Unavailable {
+                    store: "nats",
+                    detail: error,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, session_id, attempt, "closing a session's sockets failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
 }

@@ -40,16 +40,48 @@ pub fn session_key(token: &str) -> String {
     keys::session(&hex)
 }
 
-/// Stores a new session for `record`, valid for `ttl_s` seconds.
+/// Stores a new session for `record`, valid for `ttl_s` seconds. When
+/// that gives the user more than `max_sessions` live sessions (0: no
+/// limit), the oldest are removed and returned, so that their sockets can
+/// be closed.
 pub async fn create(
     redis: &mut ConnectionManager,
     token: &str,
     record: &SessionRecord,
     ttl_s: u64,
-) -> Result<(), ServiceError> {
+    max_sessions: u64,
+) -> Result<Vec<SessionRecord>, ServiceError> {
+    let key = session_key(token);
     let value = serde_json::to_string(record).expect("session records serialize");
-    let () = redis.set_ex(session_key(token), value, ttl_s).await?;
-    Ok(())
+    let index = keys::user_sessions(&record.user_id);
+    let now = record.expires_at.saturating_sub(ttl_s * 1000);
+    let (count,): (u64,) = redis::pipe()
+        .set_ex(&key, value, ttl_s)
+        .ignore()
+        .zadd(&index, &key, record.expires_at)
+        .ignore()
+        // Expired sessions leave the index here, not by their own expiry.
+        .zrembyscore(&index, "-inf", now)
+        .ignore()
+        .expire(&index, ttl_s as i64)
+        .ignore()
+        .zcard(&index)
+        .query_async(redis)
+        .await?;
+    if max_sessions == 0 || count <= max_sessions {
+        return Ok(Vec::new());
+    }
+    let oldest: Vec<(String, f64)> = redis
+        .zpopmin(&index, (count - max_sessions) as isize)
+        .await?;
+    let mut evicted = Vec::new();
+    for (old_key, _) in oldest {
+        let value: Option<String> = redis.get_del(&old_key).await?;
+        if let Some(value) = value {
+            evicted.push(parse(&value)?);
+        }
+    }
+    Ok(evicted)
 }
 
 /// The session of a token, if it exists and has not expired.
@@ -67,8 +99,15 @@ pub async fn remove(
     redis: &mut ConnectionManager,
     token: &str,
 ) -> Result<Option<SessionRecord>, ServiceError> {
-    let value: Option<String> = redis.get_del(session_key(token)).await?;
-    value.map(|v| parse(&v)).transpose()
+    let key = session_key(token);
+    let value: Option<String> = redis.get_del(&key).await?;
+    let record = value.map(|v| parse(&v)).transpose()?;
+    if let Some(record) = &record {
+        let () = redis
+            .zrem(keys::user_sessions(&record.user_id), &key)
+            .await?;
+    }
+    Ok(record)
 }
 
 fn parse(value: &str) -> Result<SessionRecord, ServiceError> {
