@@ -232,6 +232,7 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
                 user_id: session.user_id,
                 session_id: session.session_id,
                 topics,
+                expires_at: session.expires_at,
             }))
         }
         Op::Ping {} => {

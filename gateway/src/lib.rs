@@ -113,6 +113,7 @@ struct CoreSetup {
 async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
     let listener = cores::bind(setup.index, setup.listen)?;
     let chat = Chat::new(setup.chat, setup.bridge, setup.index);
+    monoio::spawn(chat.clone().close_expired_forever());
     let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
     monoio::spawn(handle_commands(core.clone(), setup.inbox));
     cores::serve_until_drained(listener, core, setup.grace).await;

@@ -214,6 +214,10 @@ pub struct SessionInfo {
     /// header may hold, and could then never log in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// When the session ends, in ms since the epoch (0: not said); the
+    /// gateway closes the connection then.
+    #[serde(default)]
+    pub expires_at: u64,
 }
 
 /// One connection of one gateway.

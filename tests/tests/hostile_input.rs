@@ -446,3 +446,17 @@ async fn a_login_past_the_session_cap_ends_the_oldest_session() {
     second_conn.ping().await.unwrap();
     fourth.connect(&world, 0).await.ping().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_socket_closes_when_its_session_expires() {
+    let world = World::with_args(1, 1, &["--session-ttl-s", "2"], &[]);
+    let short = world.user("short").await;
+    let conn = short.connect(&world, 0).await;
+    conn.ping().await.unwrap();
+    // Expiry after 2 s, found by the gateway's sweep (every 5 s).
+    let closed = conn
+        .closed(std::time::Duration::from_secs(15))
+        .await
+        .expect("the socket of an expired session closes");
+    assert_eq!(closed.code, 4001);
+}

@@ -33,6 +33,10 @@ use limits::{ConnLimiter, RateLimits};
 const MALFORMED_LIMIT: u32 = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
 
+/// How often each core looks for connections whose session expired: a
+/// connection outlives its session by at most this.
+const SESSION_SWEEP: Duration = Duration::from_secs(5);
+
 /// Settings of the chat handler.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
@@ -93,6 +97,8 @@ struct Identity {
     user_id: Rc<str>,
     session_id: Rc<str>,
     route_field: String,
+    /// When the login session ends (ms since the epoch; 0: not known).
+    expires_at: u64,
 }
 
 impl Chat {
@@ -153,6 +159,36 @@ impl Chat {
             } else {
                 self.unfollow(&c, topics);
             }
+        }
+    }
+
+    /// Closes, with 4001, every local connection whose login session has
+    /// expired: a socket may live longer than the session it opened with.
+    pub fn close_expired(&self, now_ms: u64) {
+        let mut expired = Vec::new();
+        for conns in self.inner.users.borrow().values() {
+            for c in conns {
+                if let Auth::Done(identity) = &*c.auth.borrow() {
+                    if identity.expires_at != 0 && identity.expires_at <= now_ms {
+                        expired.push(c.clone());
+                    }
+                }
+            }
+        }
+        for c in expired {
+            c.conn.close(CloseCode::UNAUTHENTICATED, "session expired");
+        }
+    }
+
+    /// Runs [`close_expired`](Self::close_expired) every
+    /// [`SESSION_SWEEP`] for as long as the core runs.
+    pub async fn close_expired_forever(self) {
+        loop {
+            monoio::time::sleep(SESSION_SWEEP).await;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.close_expired(now_ms);
         }
     }
 
@@ -465,6 +501,7 @@ impl Chat {
                     &info.session_id,
                     c.conn.id(),
                 ),
+                expires_at: info.expires_at,
             };
             let opened = chat.conn_event(&c, &identity, true);
             let recorded = chat
@@ -578,6 +615,7 @@ mod tests {
             user_id: "u".into(),
             session_id: "s".into(),
             topics: vec!["grp.g1".into()],
+            expires_at: 0,
         });
         let info = parse_session(&ok).unwrap();
         assert_eq!(info.user_id, "u");
