@@ -25,13 +25,6 @@ use oceanchat_protocol::internal::{
 use crate::error::ServiceError;
 use crate::state::AppState;
 
-/// Sends a stored message to every online connection of every member of
-/// its conv, the sender's own included.
-pub async fn deliver_message(state: &AppState, message: Message) -> Result<(), ServiceError> {
-    let conv = message.conv.clone();
-    deliver_messages(state, &conv, vec![message]).await
-}
-
 /// Sends stored messages of one conv, in the order given, to every online
 /// connection of every member (the senders' own included).
 pub async fn deliver_messages(

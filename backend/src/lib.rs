@@ -24,10 +24,12 @@
 //! - [`auth`]: register, login, logout, password hashing and throttling,
 //!   login sessions in Redis.
 //! - [`store`]: MongoDB collections, indexes and documents.
+//! - [`clock`]: the wall clock in milliseconds.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
 //! - [`web`]: the web client's files and `/config.json`.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod conn_events;
 pub mod convs;

@@ -42,10 +42,10 @@ use oceanchat_protocol::conv::group_conv;
 use oceanchat_protocol::internal::{keys, topics, RpcContext};
 use oceanchat_protocol::ErrorCode;
 
+use crate::clock::now_ms;
 use crate::convs::require_member;
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::http::now_ms;
 use crate::state::AppState;
 
 /// Hash with the live lease of `resource`: `token`, `fence`, `gateway_id`,

@@ -23,9 +23,9 @@ use std::time::Duration;
 use oceanchat_protocol::client::{encode_event, Event, Presence, PresenceQueryResult};
 use oceanchat_protocol::internal::{keys, topics};
 
+use crate::clock::now_ms;
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::http::now_ms;
 use crate::state::AppState;
 use crate::store::new_id;
 

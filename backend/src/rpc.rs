@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use oceanchat_protocol::client::{
-    reply_error, reply_ok, Empty, ErrorBody, ErrorCode, LockWatchResult, Message, Op,
+    reply_error, reply_ok, Empty, ErrorBody, ErrorCode, LockWatchResult, Op,
 };
 use oceanchat_protocol::internal::{headers as oc_headers, topics, RpcRequest, SessionInfo};
 
@@ -90,7 +90,7 @@ async fn spawn_handler(state: &AppState, in_flight: &Arc<Semaphore>, message: as
     });
 }
 
-/// Answers one request, then delivers what it produced.
+/// Answers one request.
 async fn handle(state: AppState, message: async_nats::Message) {
     let Some(reply_to) = message.reply else {
         tracing::debug!("request without a reply subject ignored");
@@ -114,20 +114,14 @@ async fn handle(state: AppState, message: async_nats::Message) {
     );
     async move {
         let op = request.op.name();
-        let mut done = match dispatch(&state, request).await {
+        let done = match dispatch(&state, request).await {
             Ok(done) => done,
             Err(error) => {
                 error.log(op);
                 Done::body(reply_error(&error.body()))
             }
         };
-        let to_deliver = done.deliver.take();
         reply(&state, reply_to, done).await;
-        if let Some(message) = to_deliver {
-            if let Err(error) = delivery::deliver_message(&state, message).await {
-                error.log("delivery");
-            }
-        }
     }
     .instrument(span)
     .await
@@ -183,14 +177,12 @@ async fn send_reply(
     }
 }
 
-/// A reply body, the topics the asking connection joins or leaves, and the
-/// message to deliver once the reply has been sent.
+/// A reply body, and the topics the asking connection joins or leaves.
 #[derive(Default)]
 struct Done {
     body: Vec<u8>,
     subscribe: Vec<String>,
     unsubscribe: Vec<String>,
-    deliver: Option<Message>,
 }
 
 impl Done {

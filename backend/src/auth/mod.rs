@@ -18,8 +18,9 @@ use oceanchat_protocol::http::{LoginRequest, LoginResponse, RegisterRequest, Reg
 use oceanchat_protocol::internal::{encode_gateway_message, subjects, GatewayCommand};
 use oceanchat_protocol::{limits, ErrorCode};
 
+use crate::clock::now_ms;
 use crate::error::ServiceError;
-use crate::http::{bearer_token, now_ms, ApiJson};
+use crate::http::{bearer_token, ApiJson};
 use crate::state::AppState;
 use crate::store::{is_duplicate_key, new_id, UserDoc};
 use passwords::{dummy_hash, hash_password, off_the_runtime, verify_password, Pool};

@@ -34,10 +34,10 @@ use tokio::sync::oneshot;
 use oceanchat_protocol::client::{Message, SendResult};
 use oceanchat_protocol::{limits, ErrorCode};
 
+use crate::clock::now_ms;
 use crate::convs::require_unmuted_member;
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::http::now_ms;
 use crate::state::AppState;
 use crate::store::{new_id, MessageDoc};
 
