@@ -67,12 +67,13 @@ impl World {
         let backends: Vec<Backend> = (0..backends)
             .map(|_| Backend::start(&stack, backend_args))
             .collect();
-        let gateways = (0..gateways)
-            .map(|i| {
-                let id = format!("gw-{}", char::from(b'a' + i as u8));
-                Gateway::start(&stack, &id, gateway_args)
-            })
-            .collect();
+        let gateways = start_gateways(&stack, gateways, gateway_args);
+        World::assemble(stack, backends, gateways)
+    }
+
+    /// A world of services already started on `stack`; the HTTP API is
+    /// the first backend's.
+    pub fn assemble(stack: Stack, backends: Vec<Backend>, gateways: Vec<Gateway>) -> World {
         let api = HttpApi::new(&backends[0].http_url());
         World {
             gateways,
@@ -138,6 +139,16 @@ impl World {
             token: login.token,
         }
     }
+}
+
+/// Starts `n` gateways named `gw-a`, `gw-b`, ... with `args`.
+pub fn start_gateways(stack: &Stack, n: usize, args: &[&str]) -> Vec<Gateway> {
+    (0..n)
+        .map(|i| {
+            let id = format!("gw-{}", char::from(b'a' + i as u8));
+            Gateway::start(stack, &id, args)
+        })
+        .collect()
 }
 
 /// A registered, logged-in user.

@@ -196,7 +196,7 @@ async fn connect_as(world: &World, user: &User, gateway: usize) -> Connection {
 
 #[tokio::test]
 async fn twenty_sessions_racing_end_with_exactly_the_acknowledged_changes() {
-    let world = world_with_backend_args(&["--lock-ttl-ms", &LEASE_MS.to_string()], 2);
+    let world = World::with_args(1, 2, &["--lock-ttl-ms", &LEASE_MS.to_string()], &[]);
     let mut editors = Vec::new();
     for i in 0..EDITORS {
         editors.push(world.user(if i == 0 { "owner" } else { "adm" }).await);

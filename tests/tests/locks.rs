@@ -184,7 +184,7 @@ async fn logout_closes_the_sockets_and_frees_their_locks() {
 
 #[tokio::test]
 async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
-    let world = world_with_backend_args(&["--lock-ttl-ms", "1000"], 1);
+    let world = World::with_args(1, 1, &["--lock-ttl-ms", "1000"], &[]);
     let owner = world.user("owner").await;
     let member = world.user("member").await;
     let o = owner.connect(&world, 0).await;

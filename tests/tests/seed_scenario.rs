@@ -216,7 +216,7 @@ async fn a_client_that_skips_the_lock_cannot_write() {
 
 #[tokio::test]
 async fn a_holder_paused_past_its_lease_cannot_write_once_another_took_the_lock() {
-    let world = world_with_backend_args(&["--lock-ttl-ms", "700"], 2);
+    let world = World::with_args(1, 2, &["--lock-ttl-ms", "700"], &[]);
     let (gid, [_adm2, adm, x, y], o, a) = cast(&world).await;
     let resource = group_resource(&gid);
 

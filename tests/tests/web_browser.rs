@@ -22,10 +22,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use oceanchat_client::{Connection, HttpApi};
+use oceanchat_client::Connection;
 use oceanchat_protocol::client::{HistoryResult, Op, Role};
-use oceanchat_testkit::{Backend, Gateway, Stack};
-use oceanchat_tests::{World, PASSWORD};
+use oceanchat_testkit::{Backend, Stack};
+use oceanchat_tests::{start_gateways, World, PASSWORD};
 
 use admin::{group_get, role_in};
 
@@ -44,23 +44,12 @@ fn web_world(gateways: usize) -> World {
 /// Like [`web_world`], with more flags for the backend.
 fn web_world_with(gateways: usize, backend_args: &[&str]) -> World {
     let stack = Stack::start();
-    let gateways: Vec<Gateway> = (0..gateways)
-        .map(|i| {
-            let id = format!("gw-{}", char::from(b'a' + i as u8));
-            Gateway::start(&stack, &id, &[])
-        })
-        .collect();
+    let gateways = start_gateways(&stack, gateways, &[]);
     let ws_url = gateways[0].ws_url();
     let mut args = vec!["--public-ws-url", &ws_url];
     args.extend_from_slice(backend_args);
     let backends = vec![Backend::start(&stack, &args)];
-    let api = HttpApi::new(&backends[0].http_url());
-    World {
-        gateways,
-        backends,
-        api,
-        stack,
-    }
+    World::assemble(stack, backends, gateways)
 }
 
 /// The workspace this test was built from.

@@ -1,40 +1,20 @@
 //! Helpers shared by the lock and group administration tests: the
 //! requests of PROTOCOL.md's lock and `group.*` ops, written from the
-//! protocol alone with `Connection::request`, and a world whose backend
-//! takes extra flags (a short `--lock-ttl-ms`).
+//! protocol alone with `Connection::request`. (A world whose backend
+//! takes extra flags is `World::with_args`.)
 
 #![allow(dead_code)] // each test file uses a different part
 
 use std::time::Duration;
 
-use oceanchat_client::{ClientError, Connection, HttpApi};
+use oceanchat_client::{ClientError, Connection};
 use oceanchat_protocol::client::{
     ErrorBody, ErrorCode, Event, GroupGetResult, GroupPatch, LockAcquired, LockHolder, LockRenewed,
     LockWatchResult, Op, Role, VersionResult,
 };
-use oceanchat_testkit::{Backend, Gateway, Stack};
-use oceanchat_tests::World;
 
 /// A stack, one backend started with `backend_args`, and `gateways`
 /// gateways.
-pub fn world_with_backend_args(backend_args: &[&str], gateways: usize) -> World {
-    let stack = Stack::start();
-    let backends = vec![Backend::start(&stack, backend_args)];
-    let gateways = (0..gateways)
-        .map(|i| {
-            let id = format!("gw-{}", char::from(b'a' + i as u8));
-            Gateway::start(&stack, &id, &[])
-        })
-        .collect();
-    let api = HttpApi::new(&backends[0].http_url());
-    World {
-        gateways,
-        backends,
-        api,
-        stack,
-    }
-}
-
 pub fn group_resource(group_id: &str) -> String {
     format!("group:{group_id}")
 }
