@@ -28,9 +28,7 @@ use crate::delivery;
 use crate::error::ServiceError;
 use crate::state::AppState;
 use crate::store::new_id;
-
-/// The most users one `presence.query` or `presence.watch` may name.
-pub const MAX_USERS_PER_REQUEST: usize = 1000;
+use crate::users::check_user_ids;
 
 /// How often the sweeper looks for dead gateway runs. A dead run is
 /// settled after it has been seen dead on two sweeps in a row (a run that
@@ -150,20 +148,6 @@ pub async fn query(
 pub fn watch_topics(user_ids: &[String]) -> Result<Vec<String>, ServiceError> {
     check_user_ids(user_ids)?;
     Ok(user_ids.iter().map(|u| topics::presence(u)).collect())
-}
-
-fn check_user_ids(user_ids: &[String]) -> Result<(), ServiceError> {
-    if user_ids.len() > MAX_USERS_PER_REQUEST {
-        return Err(ServiceError::bad_request(format!(
-            "at most {MAX_USERS_PER_REQUEST} user ids per request"
-        )));
-    }
-    if let Some(bad) = user_ids.iter().find(|u| !topics::valid_id(u)) {
-        return Err(ServiceError::bad_request(format!(
-            "invalid user id {bad:?}"
-        )));
-    }
-    Ok(())
 }
 
 /// Runs the sweeper until `shutdown` completes: every [`SWEEP_INTERVAL`],
@@ -316,13 +300,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_ids_are_checked() {
-        assert!(check_user_ids(&["u1".into(), "65f0ab".into()]).is_ok());
-        assert!(check_user_ids(&["a.b".into()]).is_err());
-        let many: Vec<String> = (0..=MAX_USERS_PER_REQUEST)
-            .map(|i| format!("u{i}"))
-            .collect();
-        assert!(check_user_ids(&many).is_err());
+    fn watching_follows_presence_topics() {
         assert_eq!(watch_topics(&["u1".into()]).unwrap(), ["pres.u1"]);
     }
 }

@@ -13,7 +13,8 @@ use oceanchat_protocol::ErrorCode;
 use crate::error::ServiceError;
 use crate::state::AppState;
 
-/// Most ids one `users.get` may name.
+/// Most ids one `users.get`, `presence.query` or `presence.watch` may
+/// name.
 pub const MAX_USERS_PER_REQUEST: usize = 1000;
 
 #[derive(Deserialize)]
@@ -51,16 +52,7 @@ pub async fn lookup(state: &AppState, username: &str) -> Result<UserInfo, Servic
 
 /// `users.get`: the users among `user_ids` that exist, in no set order.
 pub async fn get(state: &AppState, user_ids: &[String]) -> Result<UsersResult, ServiceError> {
-    if user_ids.len() > MAX_USERS_PER_REQUEST {
-        return Err(ServiceError::bad_request(format!(
-            "at most {MAX_USERS_PER_REQUEST} user ids per request"
-        )));
-    }
-    if let Some(bad) = user_ids.iter().find(|u| !topics::valid_id(u)) {
-        return Err(ServiceError::bad_request(format!(
-            "invalid user id {bad:?}"
-        )));
-    }
+    check_user_ids(user_ids)?;
     let users = state
         .store
         .users
@@ -72,4 +64,35 @@ pub async fn get(state: &AppState, user_ids: &[String]) -> Result<UsersResult, S
         .try_collect()
         .await?;
     Ok(UsersResult { users })
+}
+
+/// `bad_request` for more than [`MAX_USERS_PER_REQUEST`] ids or an id
+/// that cannot be one.
+pub fn check_user_ids(user_ids: &[String]) -> Result<(), ServiceError> {
+    if user_ids.len() > MAX_USERS_PER_REQUEST {
+        return Err(ServiceError::bad_request(format!(
+            "at most {MAX_USERS_PER_REQUEST} user ids per request"
+        )));
+    }
+    if let Some(bad) = user_ids.iter().find(|u| !topics::valid_id(u)) {
+        return Err(ServiceError::bad_request(format!(
+            "invalid user id {bad:?}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_checked() {
+        assert!(check_user_ids(&["u1".into(), "65f0ab".into()]).is_ok());
+        assert!(check_user_ids(&["a.b".into()]).is_err());
+        let many: Vec<String> = (0..=MAX_USERS_PER_REQUEST)
+            .map(|i| format!("u{i}"))
+            .collect();
+        assert!(check_user_ids(&many).is_err());
+    }
 }
