@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::HeaderMap;
 use redis::aio::ConnectionManager;
 
+use oceanchat_protocol::http::{client_address, forwarded_address};
 use oceanchat_protocol::internal::keys;
 use oceanchat_protocol::ErrorCode;
 
@@ -32,16 +33,9 @@ pub struct ThrottleLimits {
 
 /// The client's address: the peer's, or the one a trusted proxy names.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, limits: &ThrottleLimits) -> IpAddr {
-    if !limits.trusted_proxies.contains(&peer.ip()) {
-        return peer.ip();
-    }
-    let named = |name: &str| {
-        let value = headers.get(name)?.to_str().ok()?;
-        value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
-    };
-    named("x-real-ip")
-        .or_else(|| named("x-forwarded-for"))
-        .unwrap_or(peer.ip())
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let named = forwarded_address(header("x-real-ip"), header("x-forwarded-for"));
+    client_address(peer.ip(), named, &limits.trusted_proxies)
 }
 
 /// `rate_limited` if `username` or `ip` has used up its failed logins;

@@ -60,14 +60,6 @@ impl AddressSlots {
     }
 }
 
-/// The client's address: the peer's, or the one a trusted proxy named.
-pub fn client_address(peer: IpAddr, named: Option<IpAddr>, trusted: &[IpAddr]) -> IpAddr {
-    match named {
-        Some(named) if trusted.contains(&peer) => named,
-        _ => peer,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,23 +91,5 @@ mod tests {
             assert!(slots.try_take(ip("10.0.0.1")));
         }
         assert_eq!(slots.addresses(), 0);
-    }
-
-    #[test]
-    fn only_trusted_proxies_name_the_client() {
-        let trusted = [ip("127.0.0.1")];
-        let named = Some(ip("203.0.113.7"));
-        assert_eq!(
-            client_address(ip("127.0.0.1"), named, &trusted),
-            ip("203.0.113.7")
-        );
-        assert_eq!(
-            client_address(ip("10.0.0.5"), named, &trusted),
-            ip("10.0.0.5")
-        );
-        assert_eq!(
-            client_address(ip("127.0.0.1"), None, &trusted),
-            ip("127.0.0.1")
-        );
     }
 }

@@ -35,11 +35,12 @@ use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::addresses::{client_address, AddressSlots};
+use super::addresses::AddressSlots;
 use super::codec::{self, Decoder, Incoming};
 use super::handshake::{self, Refusal, Request};
 use super::{Core, Handler, Message};
 use crate::metrics::CoreMetrics;
+use oceanchat_protocol::http::client_address;
 
 /// Connection ids are unique within the process: the core index sits in
 /// the top 16 bits.

@@ -4,6 +4,8 @@
 //! is refused gets a short plain HTTP answer and the socket is closed. A
 //! plain `GET /metrics` (no upgrade) is the one other request answered.
 
+use oceanchat_protocol::http::forwarded_address;
+
 /// The largest request head accepted; browsers send well under 2 KiB.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
@@ -136,18 +138,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
             path: path.to_string(),
             key: key.to_string(),
             origin: header("origin").map(str::to_string),
-            forwarded_for: forwarded_for(header("x-real-ip"), header("x-forwarded-for")),
+            forwarded_for: forwarded_address(header("x-real-ip"), header("x-forwarded-for")),
         }),
         consumed,
     )))
-}
-
-/// The client address in `X-Real-IP`, else in the last hop of
-/// `X-Forwarded-For` (the one the nearest proxy added).
-fn forwarded_for(real_ip: Option<&str>, forwarded: Option<&str>) -> Option<std::net::IpAddr> {
-    real_ip
-        .and_then(|v| v.parse().ok())
-        .or_else(|| forwarded?.rsplit(',').next()?.trim().parse().ok())
 }
 
 /// The answer to `/metrics` without the configured token.
