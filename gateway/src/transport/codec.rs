@@ -291,6 +291,27 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     server_frame(OpCode::Control(Control::Close), &payload)
 }
 
+/// A masked client-to-server frame with first byte `first_byte` (FIN,
+/// RSV and opcode): what a browser sends. The server never sends one;
+/// tests, fuzz targets and tools build their input with it.
+pub fn masked_client_frame(first_byte: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,22 +323,7 @@ mod tests {
 
     /// A masked client frame.
     fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![first_byte];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        masked_client_frame(first_byte, [1, 2, 3, 4], payload)
     }
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Incoming>, DecodeError> {

@@ -360,22 +360,12 @@ impl Client {
 
 /// A masked client frame.
 pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    let first = (if fin { 0x80 } else { 0 }) | opcode;
+    oceanchat_gateway::transport::codec::masked_client_frame(
+        first,
+        [0x37, 0xfa, 0x21, 0x3d],
+        payload,
+    )
 }
 
 /// Parses one unmasked server frame off the front of `buf`.
