@@ -217,11 +217,12 @@ impl Chat {
     /// thread), counted and logged, and `conn`, when given, is closed with
     /// 1011 since its request will never be answered.
     fn spawn(&self, conn: Option<Rc<Conn>>, task: impl Future<Output = ()> + 'static) {
-        let metrics = self.inner.config.metrics.clone();
-        let core = self.inner.core;
+        // An `Rc` clone, not the registry's `Arc`: this runs per request.
+        let chat = self.clone();
         monoio::spawn(async move {
             if AssertUnwindSafe(task).catch_unwind().await.is_err() {
-                metrics.core(core).handler_panics.incr();
+                let inner = &chat.inner;
+                inner.config.metrics.core(inner.core).handler_panics.incr();
                 tracing::error!("chat task panicked");
                 if let Some(conn) = conn {
                     conn.close(CloseCode::INTERNAL_ERROR, "internal error");
