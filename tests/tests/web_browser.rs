@@ -243,6 +243,19 @@ async fn connect_as(world: &World, username: &str, gw: usize) -> Connection {
     conn
 }
 
+/// Asserts that the page showed (`data["shown"]`, oldest first) exactly
+/// the bodies the server stored, in order, each once.
+fn assert_shown_as_stored(data: &Value, stored: &[(u64, String)]) {
+    let bodies: Vec<&str> = stored.iter().map(|(_, b)| b.as_str()).collect();
+    let shown: Vec<&str> = data["shown"]
+        .as_array()
+        .expect("shown")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, shown, "stored and shown messages differ");
+}
+
 /// Every stored message of `conv`, oldest first, as `(seq, body)`.
 async fn stored_messages(conn: &Connection, conv: &str) -> Vec<(u64, String)> {
     let mut all = Vec::new();
@@ -282,14 +295,7 @@ async fn chat_between_two_browsers() {
         // What the pages showed is what the server stored, once each.
         let alice = connect_as(&world, field(&data, "username"), 0).await;
         let stored = stored_messages(&alice, field(&data, "conv")).await;
-        let bodies: Vec<&str> = stored.iter().map(|(_, b)| b.as_str()).collect();
-        let shown: Vec<&str> = data["shown"]
-            .as_array()
-            .expect("shown")
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(bodies, shown, "stored and shown messages differ");
+        assert_shown_as_stored(&data, &stored);
         run.reply(json!({"stored": stored.len()})).await;
     }
     let took = run.assert_passed().await;
@@ -376,14 +382,7 @@ async fn reconnect_after_a_gateway_restart() {
             "check-conv" => {
                 let (conn, conv) = bob_conn.as_ref().expect("bob joined");
                 let stored = stored_messages(conn, conv).await;
-                let bodies: Vec<&str> = stored.iter().map(|(_, b)| b.as_str()).collect();
-                let shown: Vec<&str> = data["shown"]
-                    .as_array()
-                    .expect("shown")
-                    .iter()
-                    .map(|v| v.as_str().unwrap())
-                    .collect();
-                assert_eq!(bodies, shown, "stored and shown messages differ");
+                assert_shown_as_stored(&data, &stored);
                 let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
                 let expected: Vec<u64> = (1..=stored.len() as u64).collect();
                 assert_eq!(seqs, expected, "seqs are gap-free");
