@@ -73,10 +73,10 @@ pub(crate) fn nats_info(port: u16) -> bool {
 /// request per connection).
 pub(crate) fn http_get_status(port: u16, path: &str) -> io::Result<u16> {
     let mut stream = connect(port)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: `write!` on the stream would send each piece on its own.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     // The status line is all we need: "HTTP/1.1 200 OK".
     let mut head = [0u8; 64];
     let mut len = 0;
@@ -118,9 +118,16 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let server = thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let n = conn.read(&mut request).unwrap();
-            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            // The whole head before answering: a request that arrives in
+            // pieces would otherwise be answered (and closed) midway.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before ending its request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
             conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
                 .unwrap();
             request
