@@ -40,10 +40,19 @@ pub struct Config {
     #[arg(long, env = "OC_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
 
+    /// Redis over TLS (with a `rediss://` URL).
+    #[command(flatten)]
+    pub redis_tls: oceanchat_connect::RedisTls,
+
     /// NATS (requests from gateways, commands to them). Default
-    /// `nats://127.0.0.1:4222`, the standard local port.
+    /// `nats://127.0.0.1:4222`, the standard local port. Several servers
+    /// of a cluster may be listed, comma-separated.
     #[arg(long, env = "OC_NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
+
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats_security: oceanchat_connect::NatsSecurity,
 
     /// MongoDB (users, groups, members, messages). Default
     /// `mongodb://127.0.0.1:27017/?directConnection=true`: a direct
@@ -160,7 +169,9 @@ impl Default for Config {
         Config {
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_tls: Default::default(),
             nats_url: DEFAULT_NATS_URL.into(),
+            nats_security: Default::default(),
             mongo_url: DEFAULT_MONGO_URL.into(),
             mongo_db: DEFAULT_MONGO_DB.into(),
             session_ttl_s: DEFAULT_SESSION_TTL_S,
@@ -189,7 +200,10 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_listen", &self.http_listen)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_tls", &self.redis_tls)
             .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_creds", &self.nats_security.nats_creds)
+            .field("nats_tls_ca", &self.nats_security.nats_tls_ca)
             .field("mongo_url", &redact_url(&self.mongo_url))
             .field("mongo_db", &self.mongo_db)
             .field("session_ttl_s", &self.session_ttl_s)
@@ -204,48 +218,11 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `scheme://user:secret@host/...` becomes `scheme://user:***@host/...`.
-/// A URL without a password is returned as it is.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_string();
-    };
-    format!(
-        "{}{}:***{}",
-        &url[..scheme_end],
-        &userinfo[..colon],
-        &rest[at..]
-    )
-}
+pub use oceanchat_connect::redact as redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("redis://:hunter2@10.0.0.1:6379/0"),
-            "redis://:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact_url("mongodb://app:p%40ss@db1,db2/?replicaSet=rs"),
-            "mongodb://app:***@db1,db2/?replicaSet=rs"
-        );
-        assert_eq!(redact_url("nats://user@host:4222"), "nats://user@host:4222");
-        assert_eq!(redact_url(DEFAULT_MONGO_URL), DEFAULT_MONGO_URL);
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
 
     #[test]
     fn debug_hides_secrets() {

@@ -30,8 +30,8 @@ impl AppState {
     /// indexes exist. Fails if any of them cannot be reached now; once
     /// running, each client reconnects by itself.
     pub async fn connect(config: Config) -> Result<AppState, BackendError> {
-        let redis_client =
-            redis::Client::open(config.redis_url.as_str()).map_err(|e| BackendError::Connect {
+        let redis_client = oceanchat_connect::redis_client(&config.redis_url, &config.redis_tls)
+            .map_err(|e| BackendError::Connect {
                 store: "redis",
                 detail: format!("{}: {e}", redact_url(&config.redis_url)),
             })?;
@@ -47,14 +47,16 @@ impl AppState {
             detail: format!("{}: {e}", redact_url(&config.redis_url)),
         })?;
 
-        let nats = async_nats::ConnectOptions::new()
-            .name("oceanchat-backend")
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|e| BackendError::Connect {
-                store: "nats",
-                detail: format!("{}: {e}", redact_url(&config.nats_url)),
-            })?;
+        let nats = oceanchat_connect::connect_nats(
+            &config.nats_url,
+            &config.nats_security,
+            async_nats::ConnectOptions::new().name("oceanchat-backend"),
+        )
+        .await
+        .map_err(|e| BackendError::Connect {
+            store: "nats",
+            detail: e.to_string(),
+        })?;
 
         let store = Store::connect(&config.mongo_url, &config.mongo_db)
             .await
