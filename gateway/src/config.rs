@@ -63,11 +63,20 @@ pub struct Config {
     #[arg(long, env = "OC_GATEWAY_DRIVER", value_enum, default_value = "uring")]
     pub driver: Driver,
 
+    /// Redis (routes and this gateway's liveness). May carry a password;
+    /// `rediss://` for TLS.
     #[arg(long, env = "OC_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    #[command(flatten)]
+    pub redis_tls: oceanchat_connect::RedisTls,
+
+    /// NATS; several servers of a cluster may be listed, comma-separated.
     #[arg(long, env = "OC_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+
+    #[command(flatten)]
+    pub nats_security: oceanchat_connect::NatsSecurity,
 
     /// Time a new connection has to send `auth` before it is closed with
     /// 4000 (PROTOCOL.md: 5 s).

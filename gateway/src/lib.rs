@@ -53,17 +53,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores)
         .map(|_| mpsc::channel::<CoreCommand>(bridge::QUEUE_DEPTH))
         .unzip();
+    let transport = config.transport();
     let (bridge, _bridge_thread) = bridge::start(
         BridgeConfig {
             gateway_id: gateway_id.clone(),
             instance: instance.clone(),
             nats_url: config.nats_url.clone(),
+            nats_security: config.nats_security.clone(),
             redis_url: config.redis_url.clone(),
+            redis_tls: config.redis_tls.clone(),
             route_ttl: Duration::from_secs(config.route_ttl_s.max(1)),
+            metrics: transport.metrics.clone(),
         },
         senders,
     )?;
-    let transport = config.transport();
     let chat = ChatConfig {
         gateway_id: gateway_id.clone(),
         instance,

@@ -122,17 +122,48 @@ impl CoreMetrics {
     }
 }
 
+/// The bridge's queue to one core (`bridge::fanout`). Written only by the
+/// bridge thread.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreLinkMetrics {
+    /// Commands waiting for room in the core's queue (a gauge).
+    pub backlog: Counter,
+    /// Commands that found the core's queue full and waited.
+    pub relayed: Counter,
+    /// Commands dropped because the core was too far behind.
+    pub dropped: Counter,
+}
+
+/// Counters of the bridge thread, their one writer.
+#[derive(Debug, Default)]
+pub struct BridgeMetrics {
+    /// Topic subscriptions NATS did not confirm, after retries.
+    pub topic_subscribe_failures: Counter,
+    /// NATS subscriptions held for topics (a gauge).
+    pub topics: Counter,
+}
+
 /// Every core's counters.
 #[derive(Debug)]
 pub struct Metrics {
     cores: Box<[CoreMetrics]>,
+    links: Box<[CoreLinkMetrics]>,
+    pub bridge: BridgeMetrics,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Self {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            links: (0..cores).map(|_| CoreLinkMetrics::default()).collect(),
+            bridge: BridgeMetrics::default(),
         }
+    }
+
+    /// The bridge's queue to core `index`.
+    pub fn core_link(&self, index: u16) -> &CoreLinkMetrics {
+        &self.links[usize::from(index)]
     }
 
     /// The counters of core `index`.
@@ -293,6 +324,55 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum{{core=\"{core}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {cumulative}");
         }
+
+        type LinkField = fn(&CoreLinkMetrics) -> &Counter;
+        let links: [(&str, &str, &str, LinkField); 3] = [
+            (
+                "oc_gateway_core_backlog",
+                "gauge",
+                "Bridge commands waiting for room in a core's queue.",
+                |l| &l.backlog,
+            ),
+            (
+                "oc_gateway_core_commands_relayed_total",
+                "counter",
+                "Bridge commands that found a core's queue full and waited.",
+                |l| &l.relayed,
+            ),
+            (
+                "oc_gateway_core_commands_dropped_total",
+                "counter",
+                "Bridge commands dropped because a core was too far behind.",
+                |l| &l.dropped,
+            ),
+        ];
+        for (name, kind, help, field) in links {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (core, metrics) in self.links.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(metrics).get());
+            }
+        }
+        let bridge: [(&str, &str, &str, &Counter); 2] = [
+            (
+                "oc_gateway_topic_subscribe_failures_total",
+                "counter",
+                "Topic subscriptions NATS did not confirm after retries; each failed its request.",
+                &self.bridge.topic_subscribe_failures,
+            ),
+            (
+                "oc_gateway_topics",
+                "gauge",
+                "NATS subscriptions this gateway holds for topics.",
+                &self.bridge.topics,
+            ),
+        ];
+        for (name, kind, help, counter) in bridge {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                counter.get()
+            );
+        }
         out
     }
 }
@@ -334,5 +414,10 @@ mod tests {
         );
         assert!(text.contains("oc_gateway_event_loop_lag_seconds_count{core=\"1\"} 3\n"));
         assert_eq!(metrics.connections(), 2);
+        metrics.core_link(0).dropped.add(4);
+        metrics.bridge.topics.add(9);
+        let text = metrics.render();
+        assert!(text.contains("oc_gateway_core_commands_dropped_total{core=\"0\"} 4\n"));
+        assert!(text.contains("oc_gateway_topics 9\n"));
     }
 }

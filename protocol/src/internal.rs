@@ -58,6 +58,14 @@ pub mod subjects {
         format!("oc.gw.{gateway_id}")
     }
 
+    /// A subject only this gateway run hears: a message it publishes there
+    /// and receives back proves the server has handled every subscription
+    /// the gateway sent before it (the server handles one connection's
+    /// messages in order).
+    pub fn gateway_probe(gateway_id: &str, instance: &str) -> String {
+        format!("oc.gw.{gateway_id}.probe.{instance}")
+    }
+
     /// Prefix of topic subjects.
     pub const TOPIC_PREFIX: &str = "oc.t.";
 

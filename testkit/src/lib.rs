@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 pub use bins::{bin_path, Backend, Gateway};
 pub use mongo::Mongo;
 pub use nats::Nats;
-pub use net::free_port;
+pub use net::{free_port, http_get};
 pub use redis::Redis;
 pub use stack::Stack;
 

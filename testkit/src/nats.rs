@@ -17,10 +17,23 @@ impl Nats {
     /// Starts it and waits until it has logged "Server is ready" and greets
     /// clients with INFO.
     pub fn start() -> Nats {
+        Nats::start_with_config("")
+    }
+
+    /// Like [`Nats::start`], with `config` (nats-server's configuration
+    /// format, e.g. an `authorization` block) as its config file. The
+    /// command-line address, port and store still apply.
+    pub fn start_with_config(config: &str) -> Nats {
+        let config = config.to_string();
         let server = Server::start(Spec {
             name: "nats",
-            command: Box::new(|port, dir| {
+            command: Box::new(move |port, dir| {
                 let mut cmd = Command::new("nats-server");
+                if !config.is_empty() {
+                    let path = dir.join("nats.conf");
+                    std::fs::write(&path, &config).expect("write nats.conf");
+                    cmd.arg("-c").arg(path);
+                }
                 cmd.args(["-js", "-a", "127.0.0.1", "-p"])
                     .arg(port.to_string())
                     .arg("-sd")

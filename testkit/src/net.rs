@@ -69,6 +69,27 @@ pub(crate) fn nats_info(port: u16) -> bool {
     probe().unwrap_or(false)
 }
 
+/// The status and body of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one
+/// request per connection, read until the server closes).
+pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = connect(port)?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP response"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    Ok((status, body))
+}
+
 /// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one
 /// request per connection).
 pub(crate) fn http_get_status(port: u16, path: &str) -> io::Result<u16> {

@@ -23,9 +23,15 @@ impl Stack {
     /// Starts the three stores in parallel (SecantusDB alone takes about a
     /// second) and returns once all are ready.
     pub fn start() -> Stack {
+        Stack::start_with_nats_config("")
+    }
+
+    /// Like [`Stack::start`], NATS running with `config`
+    /// ([`Nats::start_with_config`]).
+    pub fn start_with_nats_config(config: &str) -> Stack {
         thread::scope(|scope| {
             let redis = scope.spawn(Redis::start);
-            let nats = scope.spawn(Nats::start);
+            let nats = scope.spawn(|| Nats::start_with_config(config));
             let mongo = scope.spawn(Mongo::start);
             // Join all three before failing, so the ones that did start are
             // dropped (stopped) rather than leaked.

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use oceanchat_protocol::client::{Op, PresenceQueryResult};
-use oceanchat_tests::World;
+use oceanchat_protocol::client::{ErrorCode, Op, PresenceQueryResult};
+use oceanchat_tests::{refusal, World};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_come_back_after_redis_restarts_empty() {
@@ -74,4 +74,91 @@ async fn routes_come_back_after_redis_restarts_empty() {
     let synced = b.sync(&[(&conv, 0)], Some(500)).await.unwrap();
     let seqs: Vec<u64> = synced.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+/// NATS users as an operator would set them up: the backend's, and a
+/// gateway's whose ACL (by mistake) leaves out lock topics.
+const NATS_USERS: &str = r#"
+authorization {
+  users = [
+    { user: backend, password: "backend-secret" }
+    { user: gateway, password: "gateway-secret",
+      permissions: { subscribe: { deny: ["oc.t.lock.>"] } } }
+  ]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_topic_subscription_is_an_error_not_an_ok() {
+    let stack = oceanchat_testkit::Stack::start_with_nats_config(NATS_USERS);
+    let port = stack.nats.port();
+    let backend_url = format!("nats://backend:backend-secret@127.0.0.1:{port}");
+    let gateway_url = format!("nats://gateway:gateway-secret@127.0.0.1:{port}");
+    let backend = oceanchat_testkit::Backend::start(&stack, &["--nats-url", &backend_url]);
+    let gateways = oceanchat_tests::start_gateways(&stack, 1, &["--nats-url", &gateway_url]);
+    let world = World::assemble(stack, vec![backend], gateways);
+
+    let alice = world.user("alice").await;
+    let bob = world.user("bob").await;
+    let a = alice.connect(&world, 0).await;
+    let b = bob.connect(&world, 0).await;
+
+    // The server refuses the lock topic: the watcher hears `unavailable`,
+    // not an ok after which lock events would never come.
+    let group = a
+        .group_create("docs", &[bob.user_id.as_str()])
+        .await
+        .unwrap();
+    let resource = format!("group:{}", group.group_id);
+    let watch = a
+        .request(Op::LockWatch {
+            resource: resource.clone(),
+        })
+        .await;
+    assert_eq!(refusal(watch), ErrorCode::Unavailable);
+
+    // The connection and everything the ACL allows go on working.
+    a.request(Op::PresenceWatch {
+        user_ids: vec![bob.user_id.clone()],
+    })
+    .await
+    .expect("presence topics are allowed");
+    let conv = a.dm_open(&bob.user_id).await.unwrap();
+    a.send(&conv, "m1", "still chatting").await.unwrap();
+    assert_eq!(
+        b.next_msg(oceanchat_tests::WAIT).await.unwrap().body,
+        "still chatting"
+    );
+
+    // Asked again, it fails again (nothing half-kept), and is counted.
+    let again = a.request(Op::LockWatch { resource }).await;
+    assert_eq!(refusal(again), ErrorCode::Unavailable);
+    let port = world.gateways[0].port();
+    let (status, metrics) =
+        tokio::task::spawn_blocking(move || oceanchat_testkit::http_get(port, "/metrics"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("oc_gateway_topic_subscribe_failures_total 2\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_gateway_with_wrong_nats_credentials_says_so_and_exits() {
+    let stack = oceanchat_testkit::Stack::start_with_nats_config(NATS_USERS);
+    let url = format!("nats://gateway:wrong@127.0.0.1:{}", stack.nats.port());
+    let output = std::process::Command::new(oceanchat_testkit::bin_path("oceanchat-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--nats-url", &url])
+        .args(["--redis-url", &stack.redis.url()])
+        .output()
+        .unwrap();
+    // Logs go to stdout.
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{log}");
+    assert!(log.contains("cannot connect to NATS"), "{log}");
+    assert!(log.contains("authorization violation"), "{log}");
+    assert!(!log.contains("wrong@"), "the password is not logged: {log}");
 }

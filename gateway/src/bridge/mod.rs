@@ -2,13 +2,16 @@
 //! (both are tokio libraries) and talks to the monoio cores through
 //! bounded queues.
 //!
-//! Cores send [`BridgeRequest`]s (forwarded client requests, route changes,
-//! topic subscriptions); the bridge sends each core [`CoreCommand`]s
-//! (deliveries, topic events, session closes, drain). A delivery's
-//! WebSocket frame is encoded here once and the same `Bytes` goes to every
-//! core.
+//! Cores send [`BridgeRequest`]s (forwarded client requests, route
+//! changes) to the request loop and topic requests to the topic task
+//! ([`topics`]); the bridge sends each core [`CoreCommand`]s (deliveries,
+//! topic events, session closes, drain) through [`fanout`], which never
+//! waits for a slow core. A delivery's WebSocket frame is encoded here once
+//! and the same `Bytes` goes to every core.
 
-use std::collections::HashMap;
+mod fanout;
+mod topics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +23,10 @@ use oceanchat_protocol::internal::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::transport::codec;
+use fanout::Cores;
+use topics::TopicRequest;
 
 /// Requests the bridge takes from cores and handles in batches.
 const BATCH: usize = 256;
@@ -51,15 +57,6 @@ pub enum BridgeRequest {
         field: String,
         event: Bytes,
     },
-    /// Core `core` has a first subscriber to `topic`; `done` fires once
-    /// NATS has the subscription.
-    Subscribe {
-        core: u16,
-        topic: String,
-        done: oneshot::Sender<()>,
-    },
-    /// Core `core` has no subscriber to `topic` left.
-    Unsubscribe { core: u16, topic: String },
     /// Write again the routes of live connections (user, field) and
     /// announce them again (`events`), after Redis lost them.
     Restore {
@@ -115,6 +112,7 @@ pub enum CoreCommand {
 #[derive(Debug, Clone)]
 pub struct Bridge {
     requests: mpsc::Sender<BridgeRequest>,
+    topics: mpsc::Sender<TopicRequest>,
 }
 
 impl Bridge {
@@ -157,13 +155,12 @@ impl Bridge {
         let _ = self.requests.send(request).await;
     }
 
-    /// Subscribes core `core` to `topic`; returns once NATS has it.
-    pub async fn subscribe(&self, core: u16, topic: String) {
+    /// Subscribes core `core` to `topics`; true once NATS has confirmed
+    /// every one, false if it did not (none is then kept).
+    pub async fn subscribe(&self, core: u16, topics: Vec<String>) -> bool {
         let (done, subscribed) = oneshot::channel();
-        let request = BridgeRequest::Subscribe { core, topic, done };
-        if self.requests.send(request).await.is_ok() {
-            let _ = subscribed.await;
-        }
+        let request = TopicRequest::Subscribe { core, topics, done };
+        self.topics.send(request).await.is_ok() && subscribed.await.unwrap_or(false)
     }
 
     /// Writes live routes again (see [`CoreCommand::RestoreRoutes`]).
@@ -174,10 +171,11 @@ impl Bridge {
             .await;
     }
 
-    pub async fn unsubscribe(&self, core: u16, topic: String) {
+    /// Core `core` has no follower of `topics` left.
+    pub async fn unsubscribe(&self, core: u16, topics: Vec<String>) {
         let _ = self
-            .requests
-            .send(BridgeRequest::Unsubscribe { core, topic })
+            .topics
+            .send(TopicRequest::Unsubscribe { core, topics })
             .await;
     }
 }
@@ -197,8 +195,11 @@ pub struct BridgeConfig {
     /// Random per process start; route fields and the liveness key name it.
     pub instance: String,
     pub nats_url: String,
+    pub nats_security: oceanchat_connect::NatsSecurity,
     pub redis_url: String,
+    pub redis_tls: oceanchat_connect::RedisTls,
     pub route_ttl: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Connects to NATS and Redis on a new thread and serves the cores.
@@ -208,6 +209,7 @@ pub fn start(
     cores: Vec<mpsc::Sender<CoreCommand>>,
 ) -> anyhow::Result<(Bridge, std::thread::JoinHandle<()>)> {
     let (requests, inbox) = mpsc::channel(QUEUE_DEPTH);
+    let (topics, topic_inbox) = mpsc::channel(QUEUE_DEPTH);
     let (ready, started) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("bridge".into())
@@ -217,19 +219,31 @@ pub fn start(
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async move {
-                let clients = match connect(&config).await {
-                    Ok(clients) => clients,
+                let (clients, denied) = match connect(&config).await {
+                    Ok(connected) => connected,
                     Err(error) => {
                         let _ = ready.send(Err(error));
                         return;
                     }
                 };
                 let _ = ready.send(Ok(()));
+                let cores = Cores::new(cores, config.metrics.clone());
+                tokio::spawn(topics::serve(
+                    topics::Setup {
+                        nats: clients.nats.clone(),
+                        gateway_id: config.gateway_id.as_str().into(),
+                        probe: subjects::gateway_probe(&config.gateway_id, &config.instance),
+                        cores: cores.clone(),
+                        metrics: config.metrics.clone(),
+                        denied,
+                    },
+                    topic_inbox,
+                ));
                 serve(config, clients, inbox, cores).await;
             });
         })?;
     started.recv()??;
-    Ok((Bridge { requests }, thread))
+    Ok((Bridge { requests, topics }, thread))
 }
 
 struct Clients {
@@ -237,16 +251,30 @@ struct Clients {
     redis: redis::aio::ConnectionManager,
 }
 
-async fn connect(config: &BridgeConfig) -> anyhow::Result<Clients> {
-    let nats = async_nats::ConnectOptions::new()
+/// Subjects of subscriptions the NATS server refused.
+type Denied = mpsc::UnboundedReceiver<String>;
+
+async fn connect(config: &BridgeConfig) -> anyhow::Result<(Clients, Denied)> {
+    // A subscription the server refuses (an ACL that lacks a topic) is
+    // only an `-ERR` on the connection: hand its subject to the topic task,
+    // which fails that subscribe instead of answering ok.
+    let (denied_sender, denied) = mpsc::unbounded_channel();
+    let options = async_nats::ConnectOptions::new()
         .name(format!("oceanchat-gateway {}", config.gateway_id))
-        .connect(&config.nats_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", config.nats_url))?;
+        .event_callback(move |event| {
+            if let async_nats::Event::ServerError(error) = &event {
+                if let Some(subject) = oceanchat_connect::denied_subscription(error) {
+                    let _ = denied_sender.send(subject);
+                }
+            }
+            async {}
+        });
+    let nats =
+        oceanchat_connect::connect_nats(&config.nats_url, &config.nats_security, options).await?;
     // Timeouts, so that a Redis that stops answering fails a route write
     // (and the `auth` waiting on it, with `unavailable`) instead of
     // holding it forever.
-    let redis = redis::Client::open(config.redis_url.as_str())?
+    let redis = oceanchat_connect::redis_client(&config.redis_url, &config.redis_tls)?
         .get_connection_manager_with_config(
             redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(2)))
@@ -254,16 +282,15 @@ async fn connect(config: &BridgeConfig) -> anyhow::Result<Clients> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
-    Ok(Clients { nats, redis })
+    Ok((Clients { nats, redis }, denied))
 }
 
 async fn serve(
     config: BridgeConfig,
     clients: Clients,
     mut inbox: mpsc::Receiver<BridgeRequest>,
-    cores: Vec<mpsc::Sender<CoreCommand>>,
+    cores: Cores,
 ) {
-    let cores: Arc<[mpsc::Sender<CoreCommand>]> = cores.into();
     tokio::spawn(heartbeat(
         config.clone(),
         clients.redis.clone(),
@@ -274,9 +301,7 @@ async fn serve(
         clients.nats.clone(),
         cores.clone(),
     ));
-    tokio::spawn(drain_on_signal(cores.clone()));
-    let mut topics = Topics::default();
-    let gateway_id: Arc<str> = config.gateway_id.as_str().into();
+    tokio::spawn(drain_on_signal(cores));
     let run_users = keys::gateway_run_users(&config.gateway_id, &config.instance);
 
     let mut batch = Vec::with_capacity(BATCH);
@@ -313,13 +338,6 @@ async fn serve(
                     deletes.push((user_id, field));
                     events.push(event);
                 }
-                BridgeRequest::Subscribe { core, topic, done } => {
-                    topics
-                        .subscribe(&clients.nats, &gateway_id, &cores, core, topic)
-                        .await;
-                    let _ = done.send(());
-                }
-                BridgeRequest::Unsubscribe { core, topic } => topics.unsubscribe(core, &topic),
                 BridgeRequest::Restore {
                     routes: restored,
                     events: announced,
@@ -395,109 +413,6 @@ async fn retry_route_deletes(
     );
 }
 
-/// The NATS subscriptions this gateway holds for topics, and which cores
-/// have subscribers to each. One subscription per topic per process,
-/// whatever the number of local subscribers.
-#[derive(Default)]
-struct Topics {
-    subscriptions: HashMap<String, TopicSubscription>,
-}
-
-struct TopicSubscription {
-    /// Bit `i` is set while core `i` has a subscriber (hence at most
-    /// `config::MAX_CORES` cores).
-    cores: u128,
-    forwarder: tokio::task::JoinHandle<()>,
-}
-
-impl Topics {
-    async fn subscribe(
-        &mut self,
-        nats: &async_nats::Client,
-        gateway_id: &Arc<str>,
-        cores: &Arc<[mpsc::Sender<CoreCommand>]>,
-        core: u16,
-        topic: String,
-    ) {
-        if let Some(subscription) = self.subscriptions.get_mut(&topic) {
-            subscription.cores |= 1 << core;
-            return;
-        }
-        let subscriber = match nats.subscribe(subjects::topic(&topic)).await {
-            Ok(subscriber) => subscriber,
-            Err(error) => {
-                tracing::warn!(%error, %topic, "topic subscription failed");
-                return;
-            }
-        };
-        // The server must have the subscription before the caller replies
-        // to its client, or an event published right after could be missed.
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, %topic, "flush after subscribe failed");
-        }
-        let forwarder = tokio::spawn(forward_topic(
-            topic.as_str().into(),
-            gateway_id.clone(),
-            subscriber,
-            cores.clone(),
-        ));
-        self.subscriptions.insert(
-            topic,
-            TopicSubscription {
-                cores: 1 << core,
-                forwarder,
-            },
-        );
-    }
-
-    fn unsubscribe(&mut self, core: u16, topic: &str) {
-        let Some(subscription) = self.subscriptions.get_mut(topic) else {
-            return;
-        };
-        subscription.cores &= !(1 << core);
-        if subscription.cores == 0 {
-            // Dropping the subscriber (inside the task) unsubscribes.
-            if let Some(subscription) = self.subscriptions.remove(topic) {
-                subscription.forwarder.abort();
-            }
-        }
-    }
-}
-
-/// Hands each event published on a topic to every core; a core without
-/// subscribers to it ignores it.
-async fn forward_topic(
-    topic: Arc<str>,
-    gateway_id: Arc<str>,
-    mut subscriber: async_nats::Subscriber,
-    cores: Arc<[mpsc::Sender<CoreCommand>]>,
-) {
-    while let Some(message) = subscriber.next().await {
-        let (except, event) = match decode_gateway_message(&message.payload) {
-            Ok((GatewayCommand::Publish { except }, event)) => (except, event),
-            Ok((other, _)) => {
-                tracing::warn!(?other, %topic, "unexpected command on a topic");
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(%error, %topic, "undecodable topic event");
-                continue;
-            }
-        };
-        let command = CoreCommand::Publish {
-            topic: topic.clone(),
-            // Connection ids are unique within one gateway only.
-            except: except
-                .filter(|c| *c.gateway_id == *gateway_id)
-                .map(|c| c.conn_id),
-            frame: codec::text_frame(&event),
-        };
-        for core in cores.iter() {
-            let _ = core.send(command.clone()).await;
-        }
-    }
-}
-
 async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sender<RpcReply>) {
     let request = async_nats::Request::new()
         .payload(payload)
@@ -535,11 +450,7 @@ async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sende
 /// than the route TTL and the key expired. The run is then registered
 /// again and the cores write every live route again, so deliveries and
 /// presence heal by themselves instead of stopping silently.
-async fn heartbeat(
-    config: BridgeConfig,
-    mut redis: redis::aio::ConnectionManager,
-    cores: Arc<[mpsc::Sender<CoreCommand>]>,
-) {
+async fn heartbeat(config: BridgeConfig, mut redis: redis::aio::ConnectionManager, cores: Cores) {
     let key = keys::gateway_alive(&config.gateway_id);
     let ttl_ms = config.route_ttl.as_millis() as u64;
     let run = format!("{}|{}", config.gateway_id, config.instance);
@@ -586,19 +497,13 @@ async fn heartbeat(
                 .query_async(&mut redis)
                 .await;
             registered = result.is_ok();
-            for core in cores.iter() {
-                let _ = core.send(CoreCommand::RestoreRoutes).await;
-            }
+            cores.send_all(&CoreCommand::RestoreRoutes);
         }
     }
 }
 
 /// Turns NATS commands for this gateway into core commands.
-async fn receive_commands(
-    config: BridgeConfig,
-    nats: async_nats::Client,
-    cores: Arc<[mpsc::Sender<CoreCommand>]>,
-) {
+async fn receive_commands(config: BridgeConfig, nats: async_nats::Client, cores: Cores) {
     let own = nats.subscribe(subjects::gateway(&config.gateway_id)).await;
     let all = nats.subscribe(subjects::ALL_GATEWAYS).await;
     let (own, all) = match (own, all) {
@@ -644,16 +549,12 @@ async fn receive_commands(
                 continue;
             }
         };
-        for core in cores.iter() {
-            if core.send(command.clone()).await.is_err() {
-                return;
-            }
-        }
+        cores.send_all(&command);
     }
 }
 
 /// On SIGTERM or SIGINT, tells every core to drain with 1012.
-async fn drain_on_signal(cores: Arc<[mpsc::Sender<CoreCommand>]>) {
+async fn drain_on_signal(cores: Cores) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -667,11 +568,7 @@ async fn drain_on_signal(cores: Arc<[mpsc::Sender<CoreCommand>]>) {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down: closing connections with 1012");
-    for core in cores.iter() {
-        let _ = core
-            .send(CoreCommand::Drain {
-                code: oceanchat_protocol::CloseCode::SERVICE_RESTART,
-            })
-            .await;
-    }
+    cores.send_all(&CoreCommand::Drain {
+        code: oceanchat_protocol::CloseCode::SERVICE_RESTART,
+    });
 }

@@ -33,6 +33,9 @@ use limits::{ConnLimiter, RateLimits};
 const MALFORMED_LIMIT: u32 = 20;
 const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
 
+/// The answer when NATS does not confirm the topics a reply needs.
+const NOT_FOLLOWED: &str = "cannot follow this request's events now; retry";
+
 /// How often each core looks for connections whose session expired: a
 /// connection outlives its session by at most this.
 const SESSION_SWEEP: Duration = Duration::from_secs(5);
@@ -155,7 +158,13 @@ impl Chat {
                 let chat = self.clone();
                 let topics = topics.to_vec();
                 let conn = c.conn.clone();
-                self.spawn(Some(conn), async move { chat.follow(&c, topics).await });
+                self.spawn(Some(conn), async move {
+                    // Reconnecting follows the user's groups afresh.
+                    if !chat.follow(&c, topics).await {
+                        c.conn
+                            .close(CloseCode::SERVICE_RESTART, "lost a topic subscription");
+                    }
+                });
             } else {
                 self.unfollow(&c, topics);
             }
@@ -315,8 +324,18 @@ impl Handler for Chat {
                         reply_error(&c, id, ErrorCode::BadRequest, &message);
                         return;
                     }
-                    chat.apply_topics(&c, &reply).await;
-                    c.conn.send_text(&with_id(Some(id), &reply.body));
+                    if chat.apply_topics(&c, &reply).await {
+                        c.conn.send_text(&with_id(Some(id), &reply.body));
+                    } else if reply.subscribe.iter().all(|t| is_watch(t)) {
+                        // A watch can simply be asked for again.
+                        reply_error(&c, id, ErrorCode::Unavailable, NOT_FOLLOWED);
+                    } else {
+                        // Done (a group was made) but its events would not
+                        // come: reconnecting follows every group afresh.
+                        c.conn.send_text(&with_id(Some(id), &reply.body));
+                        c.conn
+                            .close(CloseCode::SERVICE_RESTART, "lost a topic subscription");
+                    }
                 });
             }
         }
@@ -329,19 +348,25 @@ impl Handler for Chat {
             Auth::Done(identity) => identity.clone(),
             _ => return,
         };
-        let followed: Vec<String> = c.topics.borrow().iter().map(|t| t.to_string()).collect();
-        self.unfollow(&c, &followed);
-        let id = c.conn.id();
-        remove_from(&self.inner.users, &identity.user_id, id);
-        remove_from(&self.inner.sessions, &identity.session_id, id);
-        let event = self.conn_event(&c, &identity, false);
-        let bridge = self.inner.bridge.clone();
-        let user_id = identity.user_id.to_string();
-        monoio::spawn(async move { bridge.closed(user_id, identity.route_field, event).await });
+        self.leave(&c, identity);
     }
 }
 
 impl Chat {
+    /// Takes an authenticated connection out of this core's tables and
+    /// its route out of Redis: on close, or when `auth` fails late.
+    fn leave(&self, c: &ChatConn, identity: Identity) {
+        let followed: Vec<String> = c.topics.borrow().iter().map(|t| t.to_string()).collect();
+        self.unfollow(c, &followed);
+        let id = c.conn.id();
+        remove_from(&self.inner.users, &identity.user_id, id);
+        remove_from(&self.inner.sessions, &identity.session_id, id);
+        let event = self.conn_event(c, &identity, false);
+        let bridge = self.inner.bridge.clone();
+        let user_id = identity.user_id.to_string();
+        monoio::spawn(async move { bridge.closed(user_id, identity.route_field, event).await });
+    }
+
     fn context(&self, c: &ChatConn, identity: Option<&Identity>) -> RpcContext {
         RpcContext {
             gateway_id: self.inner.config.gateway_id.clone(),
@@ -398,22 +423,26 @@ impl Chat {
     }
 
     /// Applies the topic changes a reply carries, before the reply is
-    /// written, so events after it reach the connection.
-    async fn apply_topics(&self, c: &Rc<ChatConn>, reply: &RpcReply) {
+    /// written, so events after it reach the connection; false if NATS
+    /// did not confirm the topics to follow.
+    async fn apply_topics(&self, c: &Rc<ChatConn>, reply: &RpcReply) -> bool {
         if !reply.unsubscribe.is_empty() {
             self.unfollow(c, &reply.unsubscribe);
         }
-        if !reply.subscribe.is_empty() {
-            self.follow(c, reply.subscribe.clone()).await;
-        }
+        reply.subscribe.is_empty() || self.follow(c, reply.subscribe.clone()).await
     }
 
-    /// Adds `c` to the followers of `topics`; returns once NATS has every
-    /// topic that is new to this core.
-    async fn follow(&self, c: &Rc<ChatConn>, topics: Vec<String>) {
+    /// Adds `c` to the followers of `topics`; true once NATS has every
+    /// topic that is new to this core. False if NATS did not confirm them:
+    /// `c` then follows none of `topics`, and any other local connection
+    /// that started following one of the unconfirmed topics meanwhile is
+    /// closed with 1012, to reconnect and follow it again, rather than
+    /// left waiting for events that will not come.
+    async fn follow(&self, c: &Rc<ChatConn>, topics: Vec<String>) -> bool {
         if c.closed.get() {
-            return;
+            return true;
         }
+        let mut added = Vec::new();
         let mut first_here = Vec::new();
         {
             let mut table = self.inner.topics.borrow_mut();
@@ -425,15 +454,39 @@ impl Chat {
                 let key: Rc<str> = topic.as_str().into();
                 let followers = table.entry(key.clone()).or_default();
                 if followers.is_empty() {
-                    first_here.push(topic);
+                    first_here.push(topic.clone());
                 }
                 followers.push(c.clone());
                 mine.insert(key);
+                added.push(topic);
             }
         }
-        for topic in first_here {
-            self.inner.bridge.subscribe(self.inner.core, topic).await;
+        if first_here.is_empty()
+            || self
+                .inner
+                .bridge
+                .subscribe(self.inner.core, first_here.clone())
+                .await
+        {
+            return true;
         }
+        let id = c.conn.id();
+        let mut last_here = Vec::new();
+        for topic in &added {
+            c.topics.borrow_mut().remove(topic.as_str());
+            // The bridge holds no subscription to `first_here` any more.
+            if remove_from(&self.inner.topics, topic, id) && !first_here.contains(topic) {
+                last_here.push(topic.clone());
+            }
+        }
+        self.unsubscribe_later(last_here);
+        let keys: Vec<&str> = first_here.iter().map(String::as_str).collect();
+        for other in self.conns_of(&self.inner.topics, &keys) {
+            other
+                .conn
+                .close(CloseCode::SERVICE_RESTART, "lost a topic subscription");
+        }
+        false
     }
 
     /// Removes `c` from the followers of `topics`.
@@ -451,16 +504,17 @@ impl Chat {
                 }
             }
         }
-        if last_here.is_empty() {
+        self.unsubscribe_later(last_here);
+    }
+
+    /// Tells the bridge this core has no follower of `topics` left.
+    fn unsubscribe_later(&self, topics: Vec<String>) {
+        if topics.is_empty() {
             return;
         }
         let bridge = self.inner.bridge.clone();
         let core = self.inner.core;
-        monoio::spawn(async move {
-            for topic in last_here {
-                bridge.unsubscribe(core, topic).await;
-            }
-        });
+        monoio::spawn(async move { bridge.unsubscribe(core, topics).await });
     }
 
     /// Checks the token with the backend, records the route and joins the
@@ -539,8 +593,14 @@ impl Chat {
                     .or_default()
                     .push(c.clone());
             }
-            *c.auth.borrow_mut() = Auth::Done(identity);
-            chat.follow(&c, info.topics).await;
+            *c.auth.borrow_mut() = Auth::Done(identity.clone());
+            if !chat.follow(&c, info.topics).await {
+                // As if `auth` had not happened: it may be sent again.
+                *c.auth.borrow_mut() = Auth::Pending;
+                chat.leave(&c, identity);
+                reply_error(&c, id, ErrorCode::Unavailable, NOT_FOLLOWED);
+                return;
+            }
             let result = AuthResult {
                 user_id: info.user_id,
                 session_id: info.session_id,
