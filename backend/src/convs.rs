@@ -217,6 +217,8 @@ pub async fn group_create(
         }
     }
 
+    let admission = crate::invitations::admit(state, owner, others).await?;
+    let others = admission.added;
     let mut joining = others.clone();
     joining.push(owner.to_string());
     crate::groups::require_room_in_groups(state, &joining).await?;
@@ -247,7 +249,12 @@ pub async fn group_create(
         // The group exists; members get its messages after a reconnect.
         error.log("group.create topics");
     }
-    Ok(GroupCreateResult { group_id, conv })
+    crate::invitations::invite(state, &group_id, owner, &admission.invited).await?;
+    Ok(GroupCreateResult {
+        group_id,
+        conv,
+        invited: admission.invited,
+    })
 }
 
 /// The topics of every group `user_id` is a member of, for the `auth`

@@ -32,7 +32,9 @@ use mongodb::options::ReturnDocument;
 use serde::Deserialize;
 use serde_json::json;
 
-use oceanchat_protocol::client::{encode_event, Event, GroupPatch, Role, VersionResult};
+use oceanchat_protocol::client::{
+    encode_event, Event, GroupPatch, MembersAddResult, Role, VersionResult,
+};
 use oceanchat_protocol::conv::group_conv;
 use oceanchat_protocol::internal::{topics, RpcContext};
 use oceanchat_protocol::ErrorCode;
@@ -40,6 +42,7 @@ use oceanchat_protocol::ErrorCode;
 use crate::convs::require_member;
 use crate::delivery;
 use crate::error::ServiceError;
+use crate::invitations;
 use crate::locks::{self, Resource};
 use crate::state::AppState;
 
@@ -78,15 +81,17 @@ pub async fn members_add(
     group_id: &str,
     lock_token: &str,
     user_ids: &[String],
-) -> Result<VersionResult, ServiceError> {
+) -> Result<MembersAddResult, ServiceError> {
     let user_ids = distinct_users(user_ids)?;
     let admin = Admin::check(state, ctx, group_id, lock_token).await?;
     require_users_exist(state, &user_ids).await?;
     let present = admin.members_among(state, &user_ids).await?;
-    let added: Vec<String> = user_ids
+    let absent: Vec<String> = user_ids
         .into_iter()
         .filter(|u| !present.contains_key(u))
         .collect();
+    let admission = invitations::admit(state, &admin.user_id, absent).await?;
+    let added = admission.added;
     require_room_in_groups(state, &added).await?;
 
     let version = admin.commit(state, Document::new(), None).await?;
@@ -106,7 +111,11 @@ pub async fn members_add(
     if let Err(e) = delivery::deliver_to_users(state, &added, &frame).await {
         e.log("group event to new members");
     }
-    Ok(VersionResult { version })
+    invitations::invite(state, group_id, &admin.user_id, &admission.invited).await?;
+    Ok(MembersAddResult {
+        version,
+        invited: admission.invited,
+    })
 }
 
 /// `group.members.remove`: users who are not members are skipped.
@@ -231,6 +240,25 @@ pub async fn leave(
             "the owner cannot leave; hand the group on with group.transfer first",
         ));
     }
+    let version = bump_version(state, group_id).await?;
+    state
+        .store
+        .members
+        .delete_one(doc! {"conv": &conv, "user_id": user_id})
+        .await?;
+    tracing::info!(group_id, version, user_id, "member left");
+    let left = [user_id.to_string()];
+    let change = json!({"kind": "members_removed", "user_ids": &left, "left": true});
+    publish(state, group_id, version, change).await;
+    if let Err(e) = delivery::change_topics(state, &left, &[topics::group(group_id)], false).await {
+        e.log("group topic unfollow");
+    }
+    Ok(VersionResult { version })
+}
+
+/// Bumps the group's version without the lock, for the changes a user
+/// makes to their own membership (leave, join); returns the new version.
+pub async fn bump_version(state: &AppState, group_id: &str) -> Result<u64, ServiceError> {
     #[derive(Deserialize)]
     struct Versioned {
         version: i64,
@@ -246,20 +274,7 @@ pub async fn leave(
         .ok_or_else(|| {
             ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
         })?;
-    let version = bumped.version as u64;
-    state
-        .store
-        .members
-        .delete_one(doc! {"conv": &conv, "user_id": user_id})
-        .await?;
-    tracing::info!(group_id, version, user_id, "member left");
-    let left = [user_id.to_string()];
-    let change = json!({"kind": "members_removed", "user_ids": &left, "left": true});
-    publish(state, group_id, version, change).await;
-    if let Err(e) = delivery::change_topics(state, &left, &[topics::group(group_id)], false).await {
-        e.log("group topic unfollow");
-    }
-    Ok(VersionResult { version })
+    Ok(bumped.version as u64)
 }
 
 /// `forbidden` for the first of `user_ids` already in the most groups one
@@ -483,7 +498,7 @@ impl Admin {
 /// Publishes a `group` event to the group's followers; returns the frame.
 /// Best effort: the change is stored whether or not the event goes out,
 /// and `group.get` shows it.
-async fn publish(
+pub(crate) async fn publish(
     state: &AppState,
     group_id: &str,
     version: u64,

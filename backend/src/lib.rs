@@ -37,6 +37,7 @@ pub mod delivery;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod invitations;
 pub mod locks;
 pub mod messages;
 pub mod presence;

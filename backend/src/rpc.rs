@@ -26,7 +26,7 @@ use crate::auth::sessions;
 use crate::error::ServiceError;
 use crate::presence;
 use crate::state::AppState;
-use crate::{convs, delivery, groups, locks, messages, users};
+use crate::{convs, delivery, groups, invitations, locks, messages, users};
 
 /// Requests handled at the same time by one instance.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -341,6 +341,22 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
         Op::GroupLeave { group_id } => {
             Ok(Done::reply(&groups::leave(state, user()?, group_id).await?))
         }
+        Op::GroupInvitations {} => Ok(Done::reply(&invitations::list(state, user()?).await?)),
+        Op::GroupJoin { group_id } => {
+            let joined = invitations::join(state, user()?, group_id).await?;
+            Ok(Done {
+                subscribe: vec![topics::group(group_id)],
+                ..Done::reply(&joined)
+            })
+        }
+        Op::GroupDecline { group_id } => {
+            invitations::decline(state, user()?, group_id).await?;
+            Ok(Done::reply(&Empty {}))
+        }
+        Op::SettingsGet {} => Ok(Done::reply(&invitations::settings(state, user()?).await?)),
+        Op::SettingsUpdate { groups_from } => Ok(Done::reply(
+            &invitations::update_settings(state, user()?, *groups_from).await?,
+        )),
         Op::GroupTransfer {
             group_id,
             lock_token,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId, DateTime};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
-use oceanchat_protocol::client::Message;
+use oceanchat_protocol::client::{GroupsFrom, Message};
+
+use crate::invitations::InvitationDoc;
 use serde::{Deserialize, Serialize};
 
 /// How long an operation waits for a usable server before failing. The
@@ -29,6 +31,9 @@ pub struct UserDoc {
     pub password_hash: String,
     pub display_name: String,
     pub created_at: DateTime,
+    /// Who may put this user in a group without an invitation.
+    #[serde(default)]
+    pub groups_from: GroupsFrom,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +112,7 @@ pub struct Store {
     pub groups: Collection<GroupDoc>,
     pub members: Collection<MemberDoc>,
     pub messages: Collection<MessageDoc>,
+    pub invitations: Collection<InvitationDoc>,
 }
 
 impl Store {
@@ -120,6 +126,7 @@ impl Store {
             groups: db.collection("groups"),
             members: db.collection("members"),
             messages: db.collection("messages"),
+            invitations: db.collection("invitations"),
             db,
         })
     }
@@ -161,6 +168,21 @@ impl Store {
                 IndexModel::builder()
                     .keys(doc! {"conv": 1, "from": 1, "client_msg_id": 1})
                     .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.invitations
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"user_id": 1, "group_id": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.invitations
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"user_id": 1, "at": -1})
                     .build(),
             )
             .await?;

@@ -208,6 +208,24 @@ pub enum Op {
     /// A member leaves a group (the owner hands it on first).
     #[serde(rename = "group.leave")]
     GroupLeave { group_id: String },
+    /// The asking user's pending invitations to groups.
+    #[serde(rename = "group.invitations")]
+    GroupInvitations {},
+    /// Accepts an invitation: the asking user becomes a member.
+    #[serde(rename = "group.join")]
+    GroupJoin { group_id: String },
+    /// Turns an invitation down.
+    #[serde(rename = "group.decline")]
+    GroupDecline { group_id: String },
+    /// The asking user's settings.
+    #[serde(rename = "settings.get")]
+    SettingsGet {},
+    /// Changes the asking user's settings; absent fields stay as they are.
+    #[serde(rename = "settings.update")]
+    SettingsUpdate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        groups_from: Option<GroupsFrom>,
+    },
     #[serde(rename = "ping")]
     Ping {},
 }
@@ -241,6 +259,11 @@ impl Op {
             Op::GroupMembersMute { .. } => "group.members.mute",
             Op::GroupTransfer { .. } => "group.transfer",
             Op::GroupLeave { .. } => "group.leave",
+            Op::GroupInvitations {} => "group.invitations",
+            Op::GroupJoin { .. } => "group.join",
+            Op::GroupDecline { .. } => "group.decline",
+            Op::SettingsGet {} => "settings.get",
+            Op::SettingsUpdate { .. } => "settings.update",
             Op::Ping {} => "ping",
         }
     }
@@ -253,6 +276,63 @@ pub enum Role {
     Owner,
     Admin,
     Member,
+}
+
+/// Whom a user lets put them in a group directly; anyone else's
+/// `group.create` or `group.members.add` sends them an invitation instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupsFrom {
+    /// Everyone (the default, as PROTOCOL.md's `group.create` describes).
+    #[default]
+    Anyone,
+    /// Users they share a direct conversation with.
+    Known,
+    /// Nobody: every group starts as an invitation.
+    Nobody,
+}
+
+/// A user's settings (`settings.get`, `settings.update`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub groups_from: GroupsFrom,
+}
+
+/// An invitation to a group (the `invitation` event and
+/// `group.invitations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub group_id: String,
+    /// The group's name when the invitation was made.
+    pub name: String,
+    /// Who invited.
+    pub inviter: String,
+    /// When, in ms since the epoch.
+    pub at: u64,
+}
+
+/// Result of `group.invitations`, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvitationsResult {
+    pub invitations: Vec<Invitation>,
+}
+
+/// Result of `group.join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupJoinResult {
+    pub group_id: String,
+    pub conv: String,
+    pub version: u64,
+}
+
+/// Result of `group.members.add`: the new version, and the users who were
+/// invited rather than added (their [`GroupsFrom`] setting asks for it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersAddResult {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<String>,
 }
 
 /// The fields `group.update` may change; absent ones stay as they are.
@@ -381,6 +461,9 @@ pub struct DmOpenResult {
 pub struct GroupCreateResult {
     pub group_id: String,
     pub conv: String,
+    /// Members named who were invited rather than added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<String>,
 }
 
 /// Result of `send`.
@@ -562,6 +645,9 @@ pub enum Event {
         /// What changed, e.g. `{"kind": "members_removed", "user_ids": [...]}`.
         change: serde_json::Value,
     },
+    /// The user was invited to a group (`group.join` accepts).
+    #[serde(rename = "invitation")]
+    Invitation(Invitation),
 }
 
 /// Encodes an event frame.
@@ -711,6 +797,18 @@ mod tests {
             Op::GroupLeave {
                 group_id: "g".into(),
             },
+            Op::GroupInvitations {},
+            Op::GroupJoin {
+                group_id: "g".into(),
+            },
+            Op::GroupDecline {
+                group_id: "g".into(),
+            },
+            Op::SettingsGet {},
+            Op::SettingsUpdate {
+                groups_from: Some(GroupsFrom::Known),
+            },
+            Op::SettingsUpdate { groups_from: None },
             Op::UserLookup {
                 username: "alice".into(),
             },

@@ -62,6 +62,7 @@ pub(crate) async fn register(
         password_hash,
         display_name,
         created_at: DateTime::now(),
+        groups_from: Default::default(),
     };
     // The unique index decides who gets a name, so two concurrent
     // registrations cannot both succeed.

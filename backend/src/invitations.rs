@@ -1,0 +1,314 @@
+//! Consent to join groups: each user's `groups_from` setting says who may
+//! put them in a group directly (`anyone`, the default; `known`, users
+//! they share a direct conversation with; `nobody`). Anyone else's
+//! `group.create` or `group.members.add` leaves an invitation instead,
+//! announced by an `invitation` event; `group.join` accepts it and
+//! `group.decline` turns it down. A user holds at most
+//! [`MAX_PENDING_INVITATIONS`]; past that the oldest go, so a flood of
+//! invitations cannot crowd out the newest, and none of them costs the
+//! user a group (or a topic) until accepted.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures::TryStreamExt as _;
+use mongodb::bson::{doc, DateTime};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use oceanchat_protocol::client::{
+    encode_event, Event, GroupJoinResult, GroupsFrom, Invitation, InvitationsResult, Settings,
+};
+use oceanchat_protocol::conv::{dm_conv, group_conv};
+use oceanchat_protocol::internal::topics;
+use oceanchat_protocol::ErrorCode;
+
+use crate::delivery;
+use crate::error::ServiceError;
+use crate::state::AppState;
+
+/// Pending invitations one user may hold; the oldest beyond are dropped.
+pub const MAX_PENDING_INVITATIONS: usize = 100;
+
+/// One pending invitation, in the `invitations` collection (unique on
+/// group and user).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationDoc {
+    pub group_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub inviter: String,
+    pub at: DateTime,
+}
+
+impl From<InvitationDoc> for Invitation {
+    fn from(doc: InvitationDoc) -> Self {
+        Invitation {
+            group_id: doc.group_id,
+            name: doc.name,
+            inviter: doc.inviter,
+            at: doc.at.timestamp_millis().max(0) as u64,
+        }
+    }
+}
+
+/// The users `actor` names for a group, split into those who may be added
+/// now and those who are to be invited.
+#[derive(Debug, Default, PartialEq)]
+pub struct Admission {
+    pub added: Vec<String>,
+    pub invited: Vec<String>,
+}
+
+/// Splits `user_ids` (who must exist) by their `groups_from` setting.
+pub async fn admit(
+    state: &AppState,
+    actor: &str,
+    user_ids: Vec<String>,
+) -> Result<Admission, ServiceError> {
+    if user_ids.is_empty() {
+        return Ok(Admission::default());
+    }
+    #[derive(Deserialize)]
+    struct Setting {
+        #[serde(rename = "_id")]
+        id: String,
+        #[serde(default)]
+        groups_from: GroupsFrom,
+    }
+    let settings: HashMap<String, GroupsFrom> = state
+        .store
+        .users
+        .clone_with_type::<Setting>()
+        .find(doc! {"_id": {"$in": &user_ids}})
+        .projection(doc! {"groups_from": 1})
+        .await?
+        .map_ok(|s| (s.id, s.groups_from))
+        .try_collect()
+        .await?;
+    let asks_known: Vec<&String> = user_ids
+        .iter()
+        .filter(|u| settings.get(*u) == Some(&GroupsFrom::Known))
+        .collect();
+    let known = known_to(state, actor, &asks_known).await?;
+    let mut admission = Admission::default();
+    for user_id in user_ids {
+        let direct = match settings.get(&user_id).copied().unwrap_or_default() {
+            GroupsFrom::Anyone => true,
+            GroupsFrom::Known => known.contains(&user_id),
+            GroupsFrom::Nobody => false,
+        };
+        if direct {
+            admission.added.push(user_id);
+        } else {
+            admission.invited.push(user_id);
+        }
+    }
+    Ok(admission)
+}
+
+/// Those of `user_ids` who share a direct conversation with `actor`.
+async fn known_to(
+    state: &AppState,
+    actor: &str,
+    user_ids: &[&String],
+) -> Result<BTreeSet<String>, ServiceError> {
+    if user_ids.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    #[derive(Deserialize)]
+    struct UserOnly {
+        user_id: String,
+    }
+    let convs: Vec<String> = user_ids.iter().map(|u| dm_conv(actor, u)).collect();
+    Ok(state
+        .store
+        .members
+        .clone_with_type::<UserOnly>()
+        .find(doc! {"conv": {"$in": &convs}, "user_id": {"$in": user_ids}})
+        .projection(doc! {"user_id": 1, "_id": 0})
+        .await?
+        .map_ok(|m| m.user_id)
+        .try_collect()
+        .await?)
+}
+
+/// Leaves an invitation to group `group_id` from `inviter` for each of
+/// `user_ids`, and tells their connections.
+pub async fn invite(
+    state: &AppState,
+    group_id: &str,
+    inviter: &str,
+    user_ids: &[String],
+) -> Result<(), ServiceError> {
+    if user_ids.is_empty() {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct NameOnly {
+        name: String,
+    }
+    let name = state
+        .store
+        .groups
+        .clone_with_type::<NameOnly>()
+        .find_one(doc! {"_id": group_id})
+        .projection(doc! {"name": 1, "_id": 0})
+        .await?
+        .map(|g| g.name)
+        .unwrap_or_default();
+    let name = name.as_str();
+    let invitations = &state.store.invitations;
+    for user_id in user_ids {
+        let invitation = InvitationDoc {
+            group_id: group_id.to_string(),
+            user_id: user_id.clone(),
+            name: name.to_string(),
+            inviter: inviter.to_string(),
+            at: DateTime::now(),
+        };
+        invitations
+            .replace_one(doc! {"group_id": group_id, "user_id": user_id}, &invitation)
+            .upsert(true)
+            .await?;
+        drop_oldest_beyond_cap(state, user_id).await?;
+        let frame = encode_event(&Event::Invitation(invitation.into()));
+        if let Err(error) =
+            delivery::deliver_to_users(state, std::slice::from_ref(user_id), &frame).await
+        {
+            // Stored: `group.invitations` lists it.
+            error.log("invitation event");
+        }
+    }
+    tracing::info!(
+        group_id,
+        inviter,
+        invited = user_ids.len(),
+        "invitations left"
+    );
+    Ok(())
+}
+
+async fn drop_oldest_beyond_cap(state: &AppState, user_id: &str) -> Result<(), ServiceError> {
+    #[derive(Deserialize)]
+    struct GroupOnly {
+        group_id: String,
+    }
+    let stale: Vec<String> = state
+        .store
+        .invitations
+        .clone_with_type::<GroupOnly>()
+        .find(doc! {"user_id": user_id})
+        .sort(doc! {"at": -1, "_id": -1})
+        .skip(MAX_PENDING_INVITATIONS as u64)
+        .projection(doc! {"group_id": 1, "_id": 0})
+        .await?
+        .map_ok(|i| i.group_id)
+        .try_collect()
+        .await?;
+    if !stale.is_empty() {
+        state
+            .store
+            .invitations
+            .delete_many(doc! {"user_id": user_id, "group_id": {"$in": &stale}})
+            .await?;
+    }
+    Ok(())
+}
+
+/// `group.invitations`: the asking user's, newest first.
+pub async fn list(state: &AppState, user_id: &str) -> Result<InvitationsResult, ServiceError> {
+    let invitations = state
+        .store
+        .invitations
+        .find(doc! {"user_id": user_id})
+        .sort(doc! {"at": -1, "_id": -1})
+        .await?
+        .map_ok(Invitation::from)
+        .try_collect()
+        .await?;
+    Ok(InvitationsResult { invitations })
+}
+
+/// `group.join`: accepts an invitation; the user becomes a member.
+pub async fn join(
+    state: &AppState,
+    user_id: &str,
+    group_id: &str,
+) -> Result<GroupJoinResult, ServiceError> {
+    if !topics::valid_id(group_id) {
+        return Err(ServiceError::bad_request("malformed group_id"));
+    }
+    let pending = doc! {"group_id": group_id, "user_id": user_id};
+    if state
+        .store
+        .invitations
+        .find_one(pending.clone())
+        .await?
+        .is_none()
+    {
+        return Err(ServiceError::refused(
+            ErrorCode::NotFound,
+            format!("no invitation to group {group_id}"),
+        ));
+    }
+    let me = [user_id.to_string()];
+    crate::groups::require_room_in_groups(state, &me).await?;
+    let conv = group_conv(group_id);
+    let version = crate::groups::bump_version(state, group_id).await?;
+    crate::convs::add_member_if_absent(state, &conv, user_id).await?;
+    state.store.invitations.delete_one(pending).await?;
+    tracing::info!(group_id, version, user_id, "invitation accepted");
+    let change = json!({"kind": "members_added", "user_ids": &me, "joined": true});
+    let frame = crate::groups::publish(state, group_id, version, change).await;
+    if let Err(e) = delivery::change_topics(state, &me, &[topics::group(group_id)], true).await {
+        e.log("group topic follow");
+    }
+    if let Err(e) = delivery::deliver_to_users(state, &me, &frame).await {
+        e.log("group event to the new member");
+    }
+    Ok(GroupJoinResult {
+        group_id: group_id.to_string(),
+        conv,
+        version,
+    })
+}
+
+/// `group.decline`: removes the invitation, if there is one.
+pub async fn decline(state: &AppState, user_id: &str, group_id: &str) -> Result<(), ServiceError> {
+    state
+        .store
+        .invitations
+        .delete_one(doc! {"group_id": group_id, "user_id": user_id})
+        .await?;
+    Ok(())
+}
+
+/// `settings.get`.
+pub async fn settings(state: &AppState, user_id: &str) -> Result<Settings, ServiceError> {
+    state
+        .store
+        .users
+        .clone_with_type::<Settings>()
+        .find_one(doc! {"_id": user_id})
+        .projection(doc! {"groups_from": 1, "_id": 0})
+        .await?
+        .ok_or_else(|| ServiceError::refused(ErrorCode::NotFound, "user not found"))
+}
+
+/// `settings.update`: sets what is given, returns the settings now.
+pub async fn update_settings(
+    state: &AppState,
+    user_id: &str,
+    groups_from: Option<GroupsFrom>,
+) -> Result<Settings, ServiceError> {
+    if let Some(groups_from) = groups_from {
+        let value = mongodb::bson::to_bson(&groups_from)
+            .map_err(|e| ServiceError::Internal(format!("settings: {e}")))?;
+        state
+            .store
+            .users
+            .update_one(doc! {"_id": user_id}, doc! {"$set": {"groups_from": value}})
+            .await?;
+    }
+    settings(state, user_id).await
+}
