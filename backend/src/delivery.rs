@@ -25,6 +25,39 @@ use oceanchat_protocol::internal::{
 use crate::error::ServiceError;
 use crate::state::AppState;
 
+/// How long a publish may wait for the NATS client to take it. The client
+/// buffers while it reconnects; past this an outage is `unavailable`
+/// (logged by the caller) instead of a request that never ends.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Publishes `payload` on `subject` (with `headers`, if any), within
+/// [`PUBLISH_TIMEOUT`]. Every publish of the backend goes through here.
+pub async fn publish(
+    state: &AppState,
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<(), ServiceError> {
+    let sent = async {
+        match headers {
+            Some(headers) => {
+                state
+                    .nats
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            }
+            None => state.nats.publish(subject, payload).await,
+        }
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(ServiceError::Unavailable {
+            store: "nats",
+            detail: format!("publish not taken within {PUBLISH_TIMEOUT:?}"),
+        }),
+    }
+}
+
 /// Sends stored messages of one conv, in the order given, to every online
 /// connection of every member (the senders' own included).
 pub async fn deliver_messages(
@@ -132,14 +165,8 @@ pub async fn publish_topic(
     frame: &[u8],
 ) -> Result<(), ServiceError> {
     let command = GatewayCommand::Publish { except };
-    state
-        .nats
-        .publish(
-            subjects::topic(topic),
-            encode_gateway_message(&command, frame),
-        )
-        .await?;
-    Ok(())
+    let payload = encode_gateway_message(&command, frame);
+    publish(state, subjects::topic(topic), None, payload).await
 }
 
 async fn publish_command(
@@ -148,14 +175,8 @@ async fn publish_command(
     command: &GatewayCommand,
     frame: &[u8],
 ) -> Result<(), ServiceError> {
-    state
-        .nats
-        .publish(
-            subjects::gateway(gateway),
-            encode_gateway_message(command, frame),
-        )
-        .await?;
-    Ok(())
+    let payload = encode_gateway_message(command, frame);
+    publish(state, subjects::gateway(gateway), None, payload).await
 }
 
 /// The online users among `users`, grouped by the gateway that holds

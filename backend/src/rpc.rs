@@ -158,22 +158,16 @@ async fn send_reply(
     body: Vec<u8>,
 ) {
     let bytes = body.len();
-    let sent = match headers {
-        Some(headers) => {
-            state
-                .nats
-                .publish_with_headers(subject.clone(), headers, Bytes::from(body))
-                .await
-        }
-        None => state.nats.publish(subject.clone(), Bytes::from(body)).await,
+    let (headers, body) = if bytes > state.nats.server_info().max_payload {
+        tracing::error!(bytes, "reply too large for NATS");
+        let error = reply_error(&ErrorBody::new(ErrorCode::Internal, "reply too large"));
+        (None, error)
+    } else {
+        (headers, body)
     };
-    let Err(e) = sent else { return };
-    tracing::error!(error = %e, bytes, "could not publish a reply");
-    if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
-        let body = reply_error(&ErrorBody::new(ErrorCode::Internal, "reply too large"));
-        if let Err(e) = state.nats.publish(subject, Bytes::from(body)).await {
-            tracing::error!(error = %e, "could not publish an error reply");
-        }
+    let sent = delivery::publish(state, subject.to_string(), headers, Bytes::from(body)).await;
+    if let Err(error) = sent {
+        tracing::error!(%error, bytes, "could not publish a reply");
     }
 }
 

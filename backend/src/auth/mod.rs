@@ -19,6 +19,7 @@ use oceanchat_protocol::internal::{encode_gateway_message, subjects, GatewayComm
 use oceanchat_protocol::{limits, ErrorCode};
 
 use crate::clock::now_ms;
+use crate::delivery;
 use crate::error::ServiceError;
 use crate::http::{bearer_token, ApiJson};
 use crate::state::AppState;
@@ -182,13 +183,17 @@ async fn close_session_sockets(state: &AppState, session_id: &str) -> Result<(),
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let sent = state
-            .nats
-            .publish(subjects::ALL_GATEWAYS, message.clone())
-            .await;
+        let sent = delivery::publish(state, subjects::ALL_GATEWAYS.into(), None, message.clone())
+            .await
+            .map_err(|e| e.to_string());
         let flushed = match sent {
-            Ok(()) => state.nats.flush().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                match tokio::time::timeout(delivery::PUBLISH_TIMEOUT, state.nats.flush()).await {
+                    Ok(flushed) => flushed.map_err(|e| e.to_string()),
+                    Err(_) => Err("flush timed out".to_string()),
+                }
+            }
+            Err(e) => Err(e),
         };
         match flushed {
             Ok(()) => return Ok(()),
