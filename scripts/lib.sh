@@ -64,6 +64,8 @@ oc_install() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v nats-server >/dev/null || missing+=(nats-server)
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    # Tests make throwaway TLS certificates for NATS and Redis.
+    command -v openssl >/dev/null || missing+=(openssl)
     if ! oc_secantus_installed; then
         command -v python3 >/dev/null || missing+=(python3 python3-venv)
     fi

@@ -41,7 +41,8 @@ pub enum ConnectError {
 
 /// NATS credentials and TLS, beside `--nats-url` (which may list several
 /// servers of a cluster, comma-separated, and carry `user:password@`).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// `Debug` shows whether a token is set, never the token.
+#[derive(Clone, Default, clap::Args)]
 pub struct NatsSecurity {
     /// A NATS credentials file (JWT and NKey seed, as `nsc` writes it).
     #[arg(long, env = "OC_NATS_CREDS")]
@@ -64,6 +65,19 @@ pub struct NatsSecurity {
     /// `tls://` URL or by `--nats-tls-ca`).
     #[arg(long, env = "OC_NATS_TLS_REQUIRED")]
     pub nats_tls_required: bool,
+}
+
+impl std::fmt::Debug for NatsSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSecurity")
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
+            .field("nats_tls_required", &self.nats_tls_required)
+            .finish()
+    }
 }
 
 impl NatsSecurity {
@@ -305,6 +319,17 @@ mod tests {
             "mongodb://127.0.0.1:27017"
         );
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let security = NatsSecurity {
+            nats_token: Some("hunter2".into()),
+            ..NatsSecurity::default()
+        };
+        let shown = format!("{security:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! - `server`: start with retries, stop, restart on the same port, drop.
 //! - `redis`, `nats`, `mongo`: the three stores; `stack`: all three.
 //! - `bins`: finding and running `oceanchat-backend` and `oceanchat-gateway`.
+//! - `tls`: throwaway certificates for TLS links.
 
 mod bins;
 mod mongo;
@@ -36,6 +37,7 @@ mod process;
 mod redis;
 mod server;
 mod stack;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +47,7 @@ pub use nats::Nats;
 pub use net::{free_port, http_get};
 pub use redis::Redis;
 pub use stack::Stack;
+pub use tls::TestCerts;
 
 /// The root of the cargo workspace (the folder above this crate's).
 pub fn workspace_root() -> PathBuf {
