@@ -26,8 +26,10 @@ use crate::metrics::Metrics;
 use crate::transport::{Conn, Handler, Message};
 
 pub mod limits;
+mod upstream;
 
 use limits::{ConnLimiter, RateLimits};
+pub use upstream::Upstream;
 
 /// Malformed frames tolerated per window before closing with 1008.
 const MALFORMED_LIMIT: u32 = 20;
@@ -55,18 +57,26 @@ pub struct ChatConfig {
     pub metrics: Arc<Metrics>,
 }
 
-/// The chat handler of one core. Cheap to clone.
-#[derive(Clone)]
-pub struct Chat {
-    inner: Rc<Inner>,
+/// The chat handler of one core, over the gateway's [`Bridge`] (or, in
+/// unit tests, a fake [`Upstream`]). Cheap to clone.
+pub struct Chat<U: Upstream = Bridge> {
+    inner: Rc<Inner<U>>,
+}
+
+impl<U: Upstream> Clone for Chat<U> {
+    fn clone(&self) -> Self {
+        Chat {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 /// Authenticated local connections by some key (user, session, topic).
 type Table = RefCell<HashMap<Rc<str>, Vec<Rc<ChatConn>>>>;
 
-struct Inner {
+struct Inner<U> {
     config: ChatConfig,
-    bridge: Bridge,
+    upstream: U,
     /// This core's index, for the bridge's topic bookkeeping.
     core: u16,
     users: Table,
@@ -104,12 +114,12 @@ struct Identity {
     expires_at: u64,
 }
 
-impl Chat {
-    pub fn new(config: ChatConfig, bridge: Bridge, core: u16) -> Self {
+impl<U: Upstream> Chat<U> {
+    pub fn new(config: ChatConfig, upstream: U, core: u16) -> Self {
         Chat {
             inner: Rc::new(Inner {
                 config,
-                bridge,
+                upstream,
                 core,
                 users: RefCell::default(),
                 sessions: RefCell::default(),
@@ -217,8 +227,8 @@ impl Chat {
         if routes.is_empty() {
             return;
         }
-        let bridge = self.inner.bridge.clone();
-        monoio::spawn(async move { bridge.restore(routes, events).await });
+        let upstream = self.inner.upstream.clone();
+        monoio::spawn(async move { upstream.restore(routes, events).await });
     }
 
     /// Spawns a task of this handler on the core. A panic in it fails
@@ -250,7 +260,7 @@ impl Chat {
     }
 }
 
-impl Handler for Chat {
+impl<U: Upstream> Handler for Chat<U> {
     type Session = Session;
 
     fn on_open(&self, conn: &Rc<Conn>) -> Session {
@@ -314,7 +324,7 @@ impl Handler for Chat {
                 let chat = self.clone();
                 let c = c.clone();
                 self.spawn(Some(c.conn.clone()), async move {
-                    let reply = chat.inner.bridge.rpc(payload).await;
+                    let reply = chat.inner.upstream.rpc(payload).await;
                     c.limiter.done();
                     if chat.watches_after(&c, &reply.subscribe) > chat.inner.config.max_watches {
                         let message = format!(
@@ -352,7 +362,7 @@ impl Handler for Chat {
     }
 }
 
-impl Chat {
+impl<U: Upstream> Chat<U> {
     /// Takes an authenticated connection out of this core's tables and
     /// its route out of Redis: on close, or when `auth` fails late.
     fn leave(&self, c: &ChatConn, identity: Identity) {
@@ -362,9 +372,9 @@ impl Chat {
         remove_from(&self.inner.users, &identity.user_id, id);
         remove_from(&self.inner.sessions, &identity.session_id, id);
         let event = self.conn_event(c, &identity, false);
-        let bridge = self.inner.bridge.clone();
+        let upstream = self.inner.upstream.clone();
         let user_id = identity.user_id.to_string();
-        monoio::spawn(async move { bridge.closed(user_id, identity.route_field, event).await });
+        monoio::spawn(async move { upstream.closed(user_id, identity.route_field, event).await });
     }
 
     fn context(&self, c: &ChatConn, identity: Option<&Identity>) -> RpcContext {
@@ -464,7 +474,7 @@ impl Chat {
         if first_here.is_empty()
             || self
                 .inner
-                .bridge
+                .upstream
                 .subscribe(self.inner.core, first_here.clone())
                 .await
         {
@@ -474,7 +484,7 @@ impl Chat {
         let mut last_here = Vec::new();
         for topic in &added {
             c.topics.borrow_mut().remove(topic.as_str());
-            // The bridge holds no subscription to `first_here` any more.
+            // Upstream holds no subscription to `first_here` any more.
             if remove_from(&self.inner.topics, topic, id) && !first_here.contains(topic) {
                 last_here.push(topic.clone());
             }
@@ -507,14 +517,14 @@ impl Chat {
         self.unsubscribe_later(last_here);
     }
 
-    /// Tells the bridge this core has no follower of `topics` left.
+    /// Tells upstream this core has no follower of `topics` left.
     fn unsubscribe_later(&self, topics: Vec<String>) {
         if topics.is_empty() {
             return;
         }
-        let bridge = self.inner.bridge.clone();
+        let upstream = self.inner.upstream.clone();
         let core = self.inner.core;
-        monoio::spawn(async move { bridge.unsubscribe(core, topics).await });
+        monoio::spawn(async move { upstream.unsubscribe(core, topics).await });
     }
 
     /// Checks the token with the backend, records the route and joins the
@@ -533,7 +543,7 @@ impl Chat {
         let chat = self.clone();
         let c = c.clone();
         self.spawn(Some(c.conn.clone()), async move {
-            let reply = chat.inner.bridge.rpc(payload).await;
+            let reply = chat.inner.upstream.rpc(payload).await;
             let info = match parse_session(&reply.body) {
                 Ok(info) => info,
                 Err(code) => {
@@ -561,14 +571,14 @@ impl Chat {
             let opened = chat.conn_event(&c, &identity, true);
             let recorded = chat
                 .inner
-                .bridge
+                .upstream
                 .opened(info.user_id.clone(), identity.route_field.clone(), opened)
                 .await;
             if c.closed.get() {
                 // Gone while the route was being written: take it back.
                 let closed = chat.conn_event(&c, &identity, false);
                 chat.inner
-                    .bridge
+                    .upstream
                     .closed(info.user_id, identity.route_field, closed)
                     .await;
                 return;
@@ -667,25 +677,4 @@ fn remove_from(table: &Table, key: &str, id: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_auth_replies() {
-        let ok = reply_ok(&SessionInfo {
-            user_id: "u".into(),
-            session_id: "s".into(),
-            topics: vec!["grp.g1".into()],
-            expires_at: 0,
-        });
-        let info = parse_session(&ok).unwrap();
-        assert_eq!(info.user_id, "u");
-        assert_eq!(info.topics, ["grp.g1"]);
-        let bad = oceanchat_protocol::client::reply_error(&ErrorBody::new(
-            ErrorCode::Unauthenticated,
-            "no",
-        ));
-        assert_eq!(parse_session(&bad).unwrap_err(), ErrorCode::Unauthenticated);
-        assert_eq!(parse_session(b"junk").unwrap_err(), ErrorCode::Internal);
-    }
-}
+mod tests;

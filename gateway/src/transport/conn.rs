@@ -322,6 +322,37 @@ impl Conn {
     }
 }
 
+/// A connection without a socket, for unit tests of handlers: frames
+/// queue up and stay, readable with [`Conn::sent_texts`].
+#[cfg(test)]
+impl Conn {
+    pub fn detached(id: ConnId) -> Rc<Conn> {
+        Rc::new(Conn::new(id, -1, 1 << 20, 0, None))
+    }
+
+    /// The payloads of the text frames queued so far, oldest first.
+    pub fn sent_texts(&self) -> Vec<String> {
+        self.outbox
+            .borrow()
+            .iter()
+            .filter(|frame| frame[0] == 0x81)
+            .map(|frame| {
+                let (start, len) = match frame[1] {
+                    126 => (4, usize::from(u16::from_be_bytes([frame[2], frame[3]]))),
+                    127 => (10, frame.len() - 10),
+                    n => (2, usize::from(n)),
+                };
+                String::from_utf8_lossy(&frame[start..start + len]).into_owned()
+            })
+            .collect()
+    }
+
+    /// The close code queued, if any.
+    pub fn closed_with(&self) -> Option<u16> {
+        self.closing.get()
+    }
+}
+
 /// Frames per gathered write.
 const MAX_SLICES: usize = 64;
 
