@@ -155,14 +155,14 @@ pub(crate) async fn add_member_if_absent(
     conv: &str,
     user_id: &str,
 ) -> Result<(), ServiceError> {
-    let fresh = MemberDoc::new(conv, user_id, "member");
+    let fresh = MemberDoc::new(conv, user_id, Role::Member);
     let result = state
         .store
         .members
         .update_one(
             doc! {"conv": conv, "user_id": user_id},
             doc! {"$setOnInsert": {
-                "role": &fresh.role,
+                "role": fresh.role.as_str(),
                 "muted": fresh.muted,
                 "read_seq": fresh.read_seq,
                 "joined_at": fresh.joined_at,
@@ -235,8 +235,11 @@ pub async fn group_create(
         created_at: DateTime::now(),
     };
     state.store.groups.insert_one(&group).await?;
-    let docs = std::iter::once(MemberDoc::new(&conv, owner, "owner"))
-        .chain(others.iter().map(|id| MemberDoc::new(&conv, id, "member")));
+    let docs = std::iter::once(MemberDoc::new(&conv, owner, Role::Owner)).chain(
+        others
+            .iter()
+            .map(|id| MemberDoc::new(&conv, id, Role::Member)),
+    );
     state.store.members.insert_many(docs).await?;
     tracing::info!(group_id, owner, members = others.len() + 1, "group created");
     // Online members' connections follow the group from now on (the
@@ -332,14 +335,9 @@ pub async fn group_get(
 }
 
 fn member_info(m: MemberDoc) -> MemberInfo {
-    let role = match m.role.as_str() {
-        "owner" => Role::Owner,
-        "admin" => Role::Admin,
-        _ => Role::Member,
-    };
     MemberInfo {
         user_id: m.user_id,
-        role,
+        role: m.role,
         muted: m.muted,
     }
 }

@@ -180,13 +180,7 @@ pub async fn members_set_role(
 
     let version = admin.commit(state, Document::new(), None).await?;
     set_member_role(state, &admin.conv, user_id, role).await?;
-    tracing::info!(
-        group_id,
-        version,
-        user_id,
-        role = role_name(role),
-        "role set"
-    );
+    tracing::info!(group_id, version, user_id, role = role.as_str(), "role set");
     let change = json!({"kind": "role_set", "user_id": user_id, "role": role});
     publish(state, group_id, version, change).await;
     Ok(VersionResult { version })
@@ -235,7 +229,7 @@ pub async fn leave(
     }
     let conv = group_conv(group_id);
     let member = require_member(state, user_id, &conv).await?;
-    if parse_role(&member.role)? == Role::Owner {
+    if member.role == Role::Owner {
         return Err(ServiceError::bad_request(
             "the owner cannot leave; hand the group on with group.transfer first",
         ));
@@ -373,7 +367,7 @@ impl Admin {
         let fence = locks::live_fence(state, ctx, &resource, lock_token).await?;
         let conv = group_conv(group_id);
         let member = require_member(state, &user_id, &conv).await?;
-        let role = parse_role(&member.role)?;
+        let role = member.role;
         if role == Role::Member {
             return Err(forbidden("only the owner and admins may edit the group"));
         }
@@ -458,7 +452,7 @@ impl Admin {
         #[derive(Deserialize)]
         struct UserRole {
             user_id: String,
-            role: String,
+            role: Role,
         }
         let found: Vec<UserRole> = state
             .store
@@ -469,16 +463,13 @@ impl Admin {
             .await?
             .try_collect()
             .await?;
-        found
-            .into_iter()
-            .map(|m| Ok((m.user_id, parse_role(&m.role)?)))
-            .collect()
+        Ok(found.into_iter().map(|m| (m.user_id, m.role)).collect())
     }
 
     /// The role of a member; `not_member` if `user_id` is not one.
     async fn member_role(&self, state: &AppState, user_id: &str) -> Result<Role, ServiceError> {
         let member = require_member(state, user_id, &self.conv).await?;
-        parse_role(&member.role)
+        Ok(member.role)
     }
 
     /// Removing or muting a member needs a higher rank than theirs.
@@ -488,8 +479,8 @@ impl Admin {
         } else {
             Err(forbidden(format!(
                 "a {} cannot {what} {user_id}, who is {}",
-                role_name(self.role),
-                role_name(role)
+                self.role.as_str(),
+                role.as_str()
             )))
         }
     }
@@ -612,27 +603,10 @@ async fn set_member_role(
         .members
         .update_one(
             doc! {"conv": conv, "user_id": user_id},
-            doc! {"$set": {"role": role_name(role)}},
+            doc! {"$set": {"role": role.as_str()}},
         )
         .await?;
     Ok(())
-}
-
-fn parse_role(role: &str) -> Result<Role, ServiceError> {
-    match role {
-        "owner" => Ok(Role::Owner),
-        "admin" => Ok(Role::Admin),
-        "member" => Ok(Role::Member),
-        other => Err(ServiceError::Internal(format!("stored role {other:?}"))),
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Owner => "owner",
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
 }
 
 fn rank(role: Role) -> u8 {
@@ -700,8 +674,10 @@ mod tests {
     fn ranks_order_roles() {
         assert!(rank(Role::Owner) > rank(Role::Admin));
         assert!(rank(Role::Admin) > rank(Role::Member));
+        // Filters name roles by `as_str`; documents store them by serde.
         for role in [Role::Owner, Role::Admin, Role::Member] {
-            assert_eq!(parse_role(role_name(role)).unwrap(), role);
+            let stored = mongodb::bson::to_bson(&role).unwrap();
+            assert_eq!(stored, mongodb::bson::Bson::String(role.as_str().into()));
         }
     }
 }

@@ -37,7 +37,9 @@ use mongodb::bson::doc;
 use rand::RngCore as _;
 use serde::Deserialize;
 
-use oceanchat_protocol::client::{encode_event, Event, LockAcquired, LockHolder, LockRenewed};
+use oceanchat_protocol::client::{
+    encode_event, Event, LockAcquired, LockHolder, LockRenewed, Role,
+};
 use oceanchat_protocol::conv::group_conv;
 use oceanchat_protocol::internal::{keys, topics, RpcContext};
 use oceanchat_protocol::ErrorCode;
@@ -211,7 +213,7 @@ pub async fn acquire(
     let me = conn(ctx)?;
     let Resource::Group(group_id) = Resource::parse(resource)?;
     let member = require_member(state, me.user_id, &group_conv(&group_id)).await?;
-    if member.role == "member" {
+    if member.role == Role::Member {
         return Err(ServiceError::refused(
             ErrorCode::Forbidden,
             "only the owner and admins may edit the group",

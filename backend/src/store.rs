@@ -9,7 +9,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId, DateTime};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
-use oceanchat_protocol::client::{GroupsFrom, Message};
+use oceanchat_protocol::client::{GroupsFrom, Message, Role};
 
 use crate::invitations::InvitationDoc;
 use serde::{Deserialize, Serialize};
@@ -52,19 +52,19 @@ pub struct GroupDoc {
 pub struct MemberDoc {
     pub conv: String,
     pub user_id: String,
-    /// `owner`, `admin` or `member`.
-    pub role: String,
+    /// Stored as `owner`, `admin` or `member`.
+    pub role: Role,
     pub muted: bool,
     pub read_seq: i64,
     pub joined_at: DateTime,
 }
 
 impl MemberDoc {
-    pub fn new(conv: &str, user_id: &str, role: &str) -> Self {
+    pub fn new(conv: &str, user_id: &str, role: Role) -> Self {
         MemberDoc {
             conv: conv.to_string(),
             user_id: user_id.to_string(),
-            role: role.to_string(),
+            role,
             muted: false,
             read_seq: 0,
             joined_at: DateTime::now(),

@@ -38,7 +38,9 @@ async fn a_100k_member_group_sends_once_syncs_and_pages_its_members() {
     let started = Instant::now();
     let ids: Vec<String> = (0..MEMBERS - 1).map(|i| format!("m{i:06}")).collect();
     for chunk in ids.chunks(10_000) {
-        let docs = chunk.iter().map(|id| MemberDoc::new(&conv, id, "member"));
+        let docs = chunk
+            .iter()
+            .map(|id| MemberDoc::new(&conv, id, oceanchat_protocol::client::Role::Member));
         backend.state.store.members.insert_many(docs).await.unwrap();
     }
     println!("{MEMBERS} members stored in {:?}", started.elapsed());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, Running};
 use futures::StreamExt as _;
-use oceanchat_protocol::client::{Event, Op};
+use oceanchat_protocol::client::{Event, Op, Role};
 use oceanchat_protocol::internal::{decode_gateway_message, keys, subjects, GatewayCommand};
 use oceanchat_testkit::Stack;
 use redis::AsyncCommands as _;
@@ -134,7 +134,7 @@ async fn group_create_checks_its_name_and_members() {
     assert_eq!(error_code(&reply), "not_member");
 
     // The member documents: one owner, one member, no duplicates.
-    let roles: BTreeMap<String, String> = {
+    let roles: BTreeMap<String, Role> = {
         use futures::TryStreamExt as _;
         backend
             .state
@@ -150,10 +150,7 @@ async fn group_create_checks_its_name_and_members() {
     };
     assert_eq!(
         roles,
-        BTreeMap::from([
-            (owner.clone(), "owner".into()),
-            (member.clone(), "member".into())
-        ])
+        BTreeMap::from([(owner.clone(), Role::Owner), (member.clone(), Role::Member)])
     );
 
     let reply = rpc(nats, Some(&owner), create("", vec![])).await;

@@ -278,6 +278,17 @@ pub enum Role {
     Member,
 }
 
+impl Role {
+    /// The wire (and stored) name: `owner`, `admin` or `member`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
 /// Whom a user lets put them in a group directly; anyone else's
 /// `group.create` or `group.members.add` sends them an invitation instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
