@@ -10,13 +10,10 @@
 //! be handled by two instances at once).
 
 use std::future::Future;
-use std::sync::Arc;
-
-use futures::StreamExt as _;
-use tokio::sync::Semaphore;
 
 use oceanchat_protocol::internal::ConnEvent;
 
+use crate::bounded::{self, InFlight, Stopped};
 use crate::state::AppState;
 use crate::{locks, presence};
 
@@ -30,34 +27,21 @@ pub async fn serve(
     mut subscriber: async_nats::Subscriber,
     shutdown: impl Future<Output = ()>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            message = subscriber.next() => message,
-            () = &mut shutdown => break,
-        };
-        let Some(message) = message else {
-            tracing::warn!("connection event subscription ended");
-            return;
-        };
+    let in_flight = InFlight::new(MAX_IN_FLIGHT);
+    let handler = |message: async_nats::Message| {
         let event: ConnEvent = match serde_json::from_slice(&message.payload) {
             Ok(event) => event,
             Err(error) => {
                 tracing::warn!(%error, "undecodable connection event");
-                continue;
+                return None;
             }
         };
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
         let state = state.clone();
-        tokio::spawn(async move {
-            handle(&state, event).await;
-            drop(permit);
-        });
+        Some(async move { handle(&state, event).await })
+    };
+    if bounded::serve(&mut subscriber, &in_flight, shutdown, handler).await == Stopped::Ended {
+        tracing::warn!("connection event subscription ended");
+        return;
     }
     // Another instance of the queue group takes the events from now on.
     if let Err(error) = subscriber.unsubscribe().await {

@@ -19,7 +19,11 @@
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
 //! - [`locks`]: edit locks (leases in Redis with fencing numbers).
 //! - [`groups`]: group administration under the group's lock.
+//! - [`invitations`]: consent to join groups (`groups_from`), invitations,
+//!   `group.join` and `group.decline`.
 //! - [`conn_events`]: connection events from the gateways (`oc.conn`).
+//! - [`bounded`]: serving a subscription with bounded concurrency (the
+//!   request service and the connection events share it).
 //! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
 //! - [`auth`]: register, login, logout, password hashing and throttling,
 //!   login sessions in Redis.
@@ -29,6 +33,7 @@
 //! - [`web`]: the web client's files and `/config.json`.
 
 pub mod auth;
+pub mod bounded;
 pub mod clock;
 pub mod config;
 pub mod conn_events;

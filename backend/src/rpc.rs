@@ -9,12 +9,10 @@
 //! sending connection before or after the send's reply.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use oceanchat_protocol::client::{
@@ -23,6 +21,7 @@ use oceanchat_protocol::client::{
 use oceanchat_protocol::internal::{headers as oc_headers, topics, RpcRequest, SessionInfo};
 
 use crate::auth::sessions;
+use crate::bounded::{self, InFlight, Stopped};
 use crate::error::ServiceError;
 use crate::presence;
 use crate::state::AppState;
@@ -41,18 +40,11 @@ pub async fn serve(
     mut subscriber: async_nats::Subscriber,
     shutdown: impl Future<Output = ()>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            message = subscriber.next() => message,
-            () = &mut shutdown => break,
-        };
-        let Some(message) = message else {
-            tracing::warn!("request subscription ended");
-            return;
-        };
-        spawn_handler(&state, &in_flight, message).await;
+    let in_flight = InFlight::new(MAX_IN_FLIGHT);
+    let handler = |message| Some(handle(state.clone(), message));
+    if bounded::serve(&mut subscriber, &in_flight, shutdown, handler).await == Stopped::Ended {
+        tracing::warn!("request subscription ended");
+        return;
     }
 
     // Drain: stop new requests, answer the ones already delivered to us.
@@ -62,12 +54,9 @@ pub async fn serve(
     }
     let finish = async {
         while let Some(message) = subscriber.next().await {
-            spawn_handler(&state, &in_flight, message).await;
+            in_flight.spawn(handle(state.clone(), message)).await;
         }
-        let _all = in_flight
-            .acquire_many(MAX_IN_FLIGHT as u32)
-            .await
-            .expect("semaphore never closed");
+        in_flight.finished().await;
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, finish).await.is_err() {
         tracing::warn!("requests still running at shutdown");
@@ -75,19 +64,6 @@ pub async fn serve(
     if let Err(e) = state.nats.flush().await {
         tracing::warn!(error = %e, "could not flush replies at shutdown");
     }
-}
-
-async fn spawn_handler(state: &AppState, in_flight: &Arc<Semaphore>, message: async_nats::Message) {
-    let permit = in_flight
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("semaphore never closed");
-    let state = state.clone();
-    tokio::spawn(async move {
-        handle(state, message).await;
-        drop(permit);
-    });
 }
 
 /// Answers one request.
