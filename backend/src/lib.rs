@@ -18,6 +18,7 @@
 //! - [`users`]: `user.lookup` and `users.get`, what others see of a user.
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
 //! - [`locks`]: edit locks (leases in Redis with fencing numbers).
+//! - [`lua`]: the Lua scripts run in Redis (locks, presence).
 //! - [`groups`]: group administration under the group's lock.
 //! - [`invitations`]: consent to join groups (`groups_from`), invitations,
 //!   `group.join` and `group.decline`.
@@ -44,6 +45,7 @@ pub mod groups;
 pub mod http;
 pub mod invitations;
 pub mod locks;
+pub mod lua;
 pub mod messages;
 pub mod presence;
 pub mod rpc;

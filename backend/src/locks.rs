@@ -30,8 +30,6 @@
 //! lapses is not announced; the next `lock.acquire` announces its new
 //! holder.
 
-use std::sync::LazyLock;
-
 use bytes::Bytes;
 use mongodb::bson::doc;
 use rand::RngCore as _;
@@ -48,26 +46,8 @@ use crate::clock::now_ms;
 use crate::convs::require_member;
 use crate::delivery;
 use crate::error::ServiceError;
+use crate::lua;
 use crate::state::AppState;
-
-/// Hash with the live lease of `resource`: `token`, `fence`, `gateway_id`,
-/// `conn_id`, `instance`, `session_id`, `user_id`, `display_name`, `since`.
-pub fn lock_key(resource: &str) -> String {
-    format!("oc:lock:{resource}")
-}
-
-/// Counter of the fencing numbers handed out for `resource`. It has no TTL:
-/// it must only grow (docs/concurrency.md says what happens when Redis
-/// loses it).
-pub fn fence_key(resource: &str) -> String {
-    format!("oc:lock-fence:{resource}")
-}
-
-/// Set of the resources a connection holds, with the TTL of its newest
-/// lease, so that its `closed` event can release them.
-pub fn conn_locks_key(gateway_id: &str, conn_id: u64) -> String {
-    format!("oc:conn-locks:{gateway_id}|{conn_id}")
-}
 
 /// A resource that can be locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,91 +93,6 @@ fn conn(ctx: &RpcContext) -> Result<Conn<'_>, ServiceError> {
     }
 }
 
-/// Takes the lease if it is free (or already this connection's), checking
-/// that the connection's route still exists. Replies:
-/// `{"gone"}`, `{"mine", token, fence}`, `{"acquired", token, fence}` or
-/// `{"locked", user_id, display_name, session_id, since}`.
-static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local prefix = ARGV[3] .. '|'
-local suffix = '|' .. ARGV[5] .. '|' .. ARGV[4]
-local instance = false
-for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
-  if #field > #prefix + #suffix
-     and string.sub(field, 1, #prefix) == prefix
-     and string.sub(field, -#suffix) == suffix then
-    instance = string.sub(field, #prefix + 1, #field - #suffix)
-  end
-end
-if not instance then return {'gone'} end
-local held = redis.call('HMGET', KEYS[1], 'token', 'fence', 'gateway_id', 'conn_id', 'instance')
-if held[1] then
-  if held[3] == ARGV[3] and held[4] == ARGV[4] and held[5] == instance then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    redis.call('PEXPIRE', KEYS[3], ARGV[2])
-    return {'mine', held[1], held[2]}
-  end
-  local h = redis.call('HMGET', KEYS[1], 'user_id', 'display_name', 'session_id', 'since')
-  return {'locked', h[1] or '', h[2] or '', h[3] or '', h[4] or '0'}
-end
-local fence = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[9])
-if fence < floor then
-  fence = floor
-  redis.call('SET', KEYS[2], fence)
-end
-redis.call('HSET', KEYS[1], 'token', ARGV[1], 'fence', fence,
-  'gateway_id', ARGV[3], 'conn_id', ARGV[4], 'instance', instance,
-  'session_id', ARGV[5], 'user_id', ARGV[6], 'display_name', ARGV[7], 'since', ARGV[8])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[10])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return {'acquired', ARGV[1], tostring(fence)}
-"#,
-    )
-});
-
-/// Extends the lease if `token` is live and held by this connection.
-static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local held = redis.call('HMGET', KEYS[1], 'token', 'gateway_id', 'conn_id')
-if held[1] ~= ARGV[1] or held[2] ~= ARGV[3] or held[3] ~= ARGV[4] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-"#,
-    )
-});
-
-/// Deletes the lease if `token` is live and held by this connection.
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local held = redis.call('HMGET', KEYS[1], 'token', 'gateway_id', 'conn_id')
-if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or held[3] ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[4])
-return 1
-"#,
-    )
-});
-
-/// Deletes the lease if this connection (of this gateway run) holds it,
-/// whatever the token, and forgets it in the connection's list.
-static RELEASE_CONN: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-redis.call('SREM', KEYS[2], ARGV[4])
-local held = redis.call('HMGET', KEYS[1], 'gateway_id', 'conn_id', 'instance')
-if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or held[3] ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"#,
-    )
-});
-
 /// What `lock.acquire` got: the lease, or the holder that has it.
 pub enum Acquire {
     Granted(LockAcquired),
@@ -231,10 +126,10 @@ pub async fn acquire(
     let since = now_ms();
     let token = new_token();
     let mut redis = state.redis.clone();
-    let reply: Vec<String> = ACQUIRE
-        .key(lock_key(resource))
-        .key(fence_key(resource))
-        .key(conn_locks_key(me.gateway_id, me.conn_id))
+    let reply: Vec<String> = lua::LOCK_ACQUIRE
+        .key(keys::lock(resource))
+        .key(keys::lock_fence(resource))
+        .key(keys::conn_locks(me.gateway_id, me.conn_id))
         .key(keys::routes(me.user_id))
         .arg(&token)
         .arg(ttl_ms)
@@ -303,7 +198,7 @@ async fn held_by_other(
 ) -> Result<Option<LockHolder>, ServiceError> {
     let mut redis = state.redis.clone();
     let (gateway_id, conn_id): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-        .arg(lock_key(resource))
+        .arg(keys::lock(resource))
         .arg(&["gateway_id", "conn_id"])
         .query_async(&mut redis)
         .await?;
@@ -326,9 +221,9 @@ pub async fn renew(
     Resource::parse(resource)?;
     let ttl_ms = state.config.lock_ttl_ms;
     let mut redis = state.redis.clone();
-    let renewed: i64 = RENEW
-        .key(lock_key(resource))
-        .key(conn_locks_key(me.gateway_id, me.conn_id))
+    let renewed: i64 = lua::LOCK_RENEW
+        .key(keys::lock(resource))
+        .key(keys::conn_locks(me.gateway_id, me.conn_id))
         .arg(token)
         .arg(ttl_ms)
         .arg(me.gateway_id)
@@ -366,9 +261,9 @@ async fn release_token(
     token: &str,
 ) -> Result<bool, ServiceError> {
     let mut redis = state.redis.clone();
-    let released: i64 = RELEASE
-        .key(lock_key(resource))
-        .key(conn_locks_key(me.gateway_id, me.conn_id))
+    let released: i64 = lua::LOCK_RELEASE
+        .key(keys::lock(resource))
+        .key(keys::conn_locks(me.gateway_id, me.conn_id))
         .arg(token)
         .arg(me.gateway_id)
         .arg(me.conn_id)
@@ -401,7 +296,7 @@ pub async fn holder(state: &AppState, resource: &str) -> Result<Option<LockHolde
         Option<String>,
         Option<u64>,
     ) = redis::cmd("HMGET")
-        .arg(lock_key(resource))
+        .arg(keys::lock(resource))
         .arg(&["user_id", "display_name", "session_id", "since"])
         .query_async(&mut redis)
         .await?;
@@ -434,7 +329,7 @@ pub async fn live_fence(
         Option<String>,
         Option<u64>,
     ) = redis::cmd("HMGET")
-        .arg(lock_key(resource))
+        .arg(keys::lock(resource))
         .arg(&["token", "fence", "gateway_id", "conn_id"])
         .query_async(&mut redis)
         .await?;
@@ -457,15 +352,15 @@ pub async fn release_connection(
     ctx: &RpcContext,
     instance: &str,
 ) -> Result<(), ServiceError> {
-    let list = conn_locks_key(&ctx.gateway_id, ctx.conn_id);
+    let list = keys::conn_locks(&ctx.gateway_id, ctx.conn_id);
     let mut redis = state.redis.clone();
     let resources: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&list)
         .query_async(&mut redis)
         .await?;
     for resource in resources {
-        let released: i64 = RELEASE_CONN
-            .key(lock_key(&resource))
+        let released: i64 = lua::LOCK_RELEASE_CONN
+            .key(keys::lock(&resource))
             .key(&list)
             .arg(&ctx.gateway_id)
             .arg(ctx.conn_id)

@@ -26,6 +26,7 @@ use oceanchat_protocol::internal::{keys, topics};
 use crate::clock::now_ms;
 use crate::delivery;
 use crate::error::ServiceError;
+use crate::lua;
 use crate::state::AppState;
 use crate::store::new_id;
 use crate::users::check_user_ids;
@@ -41,37 +42,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// sweeps dies, another takes over after this.
 const SWEEP_LEASE: Duration = Duration::from_millis(2500);
 
-/// The lease: only the instance named here sweeps.
-const SWEEPER_KEY: &str = "oc:presence-sweeper";
-
 /// Users settled per Redis round trip.
 const SETTLE_CHUNK: usize = 500;
-
-/// Hash `{online, last_seen}`: the last presence announced for a user.
-pub fn key(user_id: &str) -> String {
-    format!("oc:presence:{user_id}")
-}
-
-/// KEYS: the user's routes hash, their presence hash. ARGV: now (ms), the
-/// prefix of the gateway liveness keys. Computes whether any route field
-/// is live and stores the state if it changed. Returns 1 (went online),
-/// 0 (went offline) or -1 (no change).
-const SETTLE_SCRIPT: &str = r"
-local live = false
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local gateway, instance = string.match(field, '^([^|]*)|([^|]*)|')
-  if gateway and redis.call('GET', ARGV[2] .. gateway) == instance then
-    live = true
-    break
-  end
-end
-local was = redis.call('HGET', KEYS[2], 'online') == '1'
-if live == was then
-  return -1
-end
-redis.call('HSET', KEYS[2], 'online', live and '1' or '0', 'last_seen', ARGV[1])
-if live then return 1 else return 0 end
-";
 
 /// Recomputes the presence of `users` from their routes and announces
 /// each change to the user's watchers.
@@ -83,10 +55,10 @@ pub async fn settle(state: &AppState, users: &[String]) -> Result<(), ServiceErr
         let mut pipe = redis::pipe();
         for user in chunk {
             pipe.cmd("EVAL")
-                .arg(SETTLE_SCRIPT)
+                .arg(lua::PRESENCE_SETTLE)
                 .arg(2)
                 .arg(keys::routes(user))
-                .arg(key(user))
+                .arg(keys::presence(user))
                 .arg(now)
                 .arg(&alive_prefix);
         }
@@ -125,7 +97,7 @@ pub async fn query(
     let mut redis = state.redis.clone();
     let mut pipe = redis::pipe();
     for user in user_ids {
-        pipe.hget(key(user), "last_seen");
+        pipe.hget(keys::presence(user), "last_seen");
     }
     let stored: Vec<Option<u64>> = pipe.query_async(&mut redis).await?;
     let now = now_ms();
@@ -183,8 +155,8 @@ pub async fn sweep(state: AppState, shutdown: impl Future<Output = ()>) {
         }
     }
     // Let another instance take over at once.
-    let released: Result<(), redis::RedisError> = redis::Script::new(RELEASE_SCRIPT)
-        .key(SWEEPER_KEY)
+    let released: Result<(), redis::RedisError> = lua::SWEEPER_RELEASE
+        .key(keys::PRESENCE_SWEEPER)
         .arg(&me)
         .invoke_async(&mut state.redis.clone())
         .await;
@@ -194,26 +166,9 @@ pub async fn sweep(state: AppState, shutdown: impl Future<Output = ()>) {
 }
 
 /// Takes or renews the sweeper lease; true while this instance holds it.
-const LEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-";
-
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
 async fn hold_lease(state: &AppState, me: &str) -> Result<bool, ServiceError> {
-    let held: i64 = redis::Script::new(LEASE_SCRIPT)
-        .key(SWEEPER_KEY)
+    let held: i64 = lua::SWEEPER_LEASE
+        .key(keys::PRESENCE_SWEEPER)
         .arg(me)
         .arg(SWEEP_LEASE.as_millis() as u64)
         .invoke_async(&mut state.redis.clone())

@@ -7,7 +7,6 @@ mod common;
 
 use common::{config, error_code, ok, rpc_raw, user, Running};
 use mongodb::bson::doc;
-use oceanchat_backend::locks::{fence_key, lock_key};
 use oceanchat_backend::AppState;
 use oceanchat_protocol::client::Op;
 use oceanchat_protocol::internal::{keys, RpcContext, RpcRequest};
@@ -109,7 +108,7 @@ async fn muted(state: &AppState, group_id: &str, user_id: &str) -> bool {
 
 async fn lock_hash(state: &AppState, resource: &str) -> HashMap<String, String> {
     let mut redis = state.redis.clone();
-    redis.hgetall(lock_key(resource)).await.unwrap()
+    redis.hgetall(keys::lock(resource)).await.unwrap()
 }
 
 /// The owner's group with one plain member.
@@ -149,7 +148,7 @@ async fn the_group_fence_stops_a_superseded_holder_that_redis_still_shows() {
     // The first lease ends (expiry, say) and the second connection takes
     // the lock with a higher fence, written onto the group.
     let mut redis = state.redis.clone();
-    let _: () = redis.del(lock_key(&resource)).await.unwrap();
+    let _: () = redis.del(keys::lock(&resource)).await.unwrap();
     let fresh_token = second.acquire(state, &resource).await;
     let (fence, version) = group_fence_and_version(state, &group_id).await;
     assert!(fence > stale_fence);
@@ -159,7 +158,7 @@ async fn the_group_fence_stops_a_superseded_holder_that_redis_still_shows() {
     // stale holder, and only the fence on the group stops it.
     let fields: Vec<(String, String)> = stale_lease.into_iter().collect();
     let _: () = redis
-        .hset_multiple(lock_key(&resource), &fields)
+        .hset_multiple(keys::lock(&resource), &fields)
         .await
         .unwrap();
     let reply = first.mute(state, &group_id, &stale_token, &member).await;
@@ -168,7 +167,7 @@ async fn the_group_fence_stops_a_superseded_holder_that_redis_still_shows() {
     assert_eq!(group_fence_and_version(state, &group_id).await.1, version);
 
     // Redis set right again, the fresh holder writes.
-    let _: () = redis.del(lock_key(&resource)).await.unwrap();
+    let _: () = redis.del(keys::lock(&resource)).await.unwrap();
     let fresh: Vec<(String, String)> = vec![
         ("token".into(), fresh_token.clone()),
         ("fence".into(), fence.to_string()),
@@ -176,7 +175,7 @@ async fn the_group_fence_stops_a_superseded_holder_that_redis_still_shows() {
         ("conn_id".into(), "2".into()),
     ];
     let _: () = redis
-        .hset_multiple(lock_key(&resource), &fresh)
+        .hset_multiple(keys::lock(&resource), &fresh)
         .await
         .unwrap();
     let reply = ok(second.mute(state, &group_id, &fresh_token, &member).await);
@@ -216,7 +215,7 @@ async fn after_redis_loses_everything_fences_still_only_grow() {
     let mut redis = state.redis.clone();
     let mut gone = false;
     for _ in 0..50 {
-        if let Ok(n) = redis.exists::<_, u64>(fence_key(&resource)).await {
+        if let Ok(n) = redis.exists::<_, u64>(keys::lock_fence(&resource)).await {
             gone = n == 0;
             break;
         }

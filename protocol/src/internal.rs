@@ -190,6 +190,35 @@ pub mod keys {
     pub fn session(token_sha256_hex: &str) -> String {
         format!("oc:session:{token_sha256_hex}")
     }
+
+    /// Hash with the live lease of a lock on `resource`: `token`, `fence`,
+    /// `gateway_id`, `conn_id`, `instance`, `session_id`, `user_id`,
+    /// `display_name`, `since`.
+    pub fn lock(resource: &str) -> String {
+        format!("oc:lock:{resource}")
+    }
+
+    /// Counter of the fencing numbers handed out for `resource`. It has no
+    /// TTL: it must only grow (docs/concurrency.md says what happens when
+    /// Redis loses it).
+    pub fn lock_fence(resource: &str) -> String {
+        format!("oc:lock-fence:{resource}")
+    }
+
+    /// Set of the resources a connection holds, with the TTL of its newest
+    /// lease, so that its `closed` event can release them.
+    pub fn conn_locks(gateway_id: &str, conn_id: u64) -> String {
+        format!("oc:conn-locks:{gateway_id}|{conn_id}")
+    }
+
+    /// Hash `{online, last_seen}`: the last presence announced for a user.
+    pub fn presence(user_id: &str) -> String {
+        format!("oc:presence:{user_id}")
+    }
+
+    /// The presence sweeper's lease: only the backend instance named here
+    /// sweeps crashed gateway runs.
+    pub const PRESENCE_SWEEPER: &str = "oc:presence-sweeper";
 }
 
 /// Who is asking: the connection a request came from.
