@@ -6,8 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
 
-use crate::auth::throttle::ThrottleLimits;
-
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -24,6 +22,19 @@ pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
 pub const DEFAULT_MAX_GROUPS_PER_USER: u64 = 5000;
 pub const DEFAULT_MAX_SESSIONS_PER_USER: u64 = 50;
+
+/// Login and registration throttling, from the flags below
+/// (docs/config.md); `auth::throttle` applies them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleLimits {
+    pub failures_per_user: u64,
+    pub failures_per_ip: u64,
+    pub registrations_per_ip: u64,
+    pub window_s: u64,
+    /// Peers whose `X-Real-IP` (or last `X-Forwarded-For` hop) names the
+    /// client: the proxies in front.
+    pub trusted_proxies: Vec<IpAddr>,
+}
 
 /// Settings of `oceanchat-backend`. Every default works on one machine
 /// with every store on its standard local port.

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use futures::TryStreamExt as _;
 use mongodb::bson::{doc, DateTime};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use oceanchat_protocol::client::{
@@ -25,31 +25,10 @@ use oceanchat_protocol::ErrorCode;
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::state::AppState;
+use crate::store::InvitationDoc;
 
 /// Pending invitations one user may hold; the oldest beyond are dropped.
 pub const MAX_PENDING_INVITATIONS: usize = 100;
-
-/// One pending invitation, in the `invitations` collection (unique on
-/// group and user).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InvitationDoc {
-    pub group_id: String,
-    pub user_id: String,
-    pub name: String,
-    pub inviter: String,
-    pub at: DateTime,
-}
-
-impl From<InvitationDoc> for Invitation {
-    fn from(doc: InvitationDoc) -> Self {
-        Invitation {
-            group_id: doc.group_id,
-            name: doc.name,
-            inviter: doc.inviter,
-            at: doc.at.timestamp_millis().max(0) as u64,
-        }
-    }
-}
 
 /// The users `actor` names for a group, split into those who may be added
 /// now and those who are to be invited.

@@ -9,9 +9,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId, DateTime};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
-use oceanchat_protocol::client::{GroupsFrom, Message, Role};
-
-use crate::invitations::InvitationDoc;
+use oceanchat_protocol::client::{GroupsFrom, Invitation, Message, Role};
 use serde::{Deserialize, Serialize};
 
 /// How long an operation waits for a usable server before failing. The
@@ -100,6 +98,28 @@ impl From<MessageDoc> for Message {
 
 /// A new opaque id (user, group, session, message): an ObjectId in hex,
 /// unique without coordination and roughly ordered by time.
+/// One pending invitation, in the `invitations` collection (unique on
+/// group and user).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationDoc {
+    pub group_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub inviter: String,
+    pub at: DateTime,
+}
+
+impl From<InvitationDoc> for Invitation {
+    fn from(doc: InvitationDoc) -> Self {
+        Invitation {
+            group_id: doc.group_id,
+            name: doc.name,
+            inviter: doc.inviter,
+            at: doc.at.timestamp_millis().max(0) as u64,
+        }
+    }
+}
+
 pub fn new_id() -> String {
     ObjectId::new().to_hex()
 }

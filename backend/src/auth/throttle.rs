@@ -19,17 +19,7 @@ use oceanchat_protocol::ErrorCode;
 
 use crate::error::ServiceError;
 
-/// The limits, from the backend's flags (docs/config.md).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThrottleLimits {
-    pub failures_per_user: u64,
-    pub failures_per_ip: u64,
-    pub registrations_per_ip: u64,
-    pub window_s: u64,
-    /// Peers whose `X-Real-IP` (or last `X-Forwarded-For` hop) names the
-    /// client: the proxies in front.
-    pub trusted_proxies: Vec<IpAddr>,
-}
+pub use crate::config::ThrottleLimits;
 
 /// The client's address: the peer's, or the one a trusted proxy names.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, limits: &ThrottleLimits) -> IpAddr {
