@@ -56,8 +56,9 @@ sys.exit(importlib.metadata.version("SecantusDB") != sys.argv[1])
 PY
 }
 
-# Installs whatever is missing: redis-server, nats-server and a C compiler
-# (ring and mimalloc build C code) from Debian; SecantusDB from PyPI into
+# Installs whatever is missing: redis-server, nats-server, nginx (in front
+# with scripts/up --nginx, and in the tests) and a C compiler (ring and
+# mimalloc build C code) from Debian; SecantusDB from PyPI into
 # .cache/venv. Checks that cargo exists. Quiet when nothing is missing.
 oc_install() {
     local missing=()
@@ -66,6 +67,8 @@ oc_install() {
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     # Tests make throwaway TLS certificates for NATS and Redis.
     command -v openssl >/dev/null || missing+=(openssl)
+    # Debian puts nginx in /usr/sbin, off a normal user's PATH.
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     if ! oc_secantus_installed; then
         command -v python3 >/dev/null || missing+=(python3 python3-venv)
     fi
@@ -74,7 +77,7 @@ oc_install() {
         # Debian starts these as system services on the default ports;
         # OceanChat runs its own instances, which those would block.
         local service
-        for service in redis-server nats-server; do
+        for service in redis-server nats-server nginx; do
             if [[ " ${missing[*]} " == *" $service "* ]]; then
                 oc_disable_service "$service"
             fi

@@ -95,7 +95,18 @@ pub struct HttpApi {
 impl HttpApi {
     /// `base_url` is e.g. `http://127.0.0.1:8080` (no trailing slash needed).
     pub fn new(base_url: &str) -> HttpApi {
-        let http = reqwest::Client::builder()
+        HttpApi::build(base_url, reqwest::Client::builder())
+    }
+
+    /// Like [`HttpApi::new`], with every request sent from the source
+    /// address `local` (e.g. `127.0.0.2`): a client of its own behind a
+    /// proxy that names client addresses.
+    pub fn with_local_address(base_url: &str, local: std::net::IpAddr) -> HttpApi {
+        HttpApi::build(base_url, reqwest::Client::builder().local_address(local))
+    }
+
+    fn build(base_url: &str, builder: reqwest::ClientBuilder) -> HttpApi {
+        let http = builder
             .timeout(HTTP_TIMEOUT)
             .build()
             .expect("a plain HTTP client always builds");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use crate::net::{http_get_status, port_accepts};
+use crate::net::{http_get, http_get_status, port_accepts};
 use crate::server::{Server, Spec};
 use crate::stack::Stack;
 use crate::workspace_root;
@@ -216,6 +216,33 @@ impl Gateway {
 
     pub fn gateway_id(&self) -> &str {
         &self.gateway_id
+    }
+
+    /// `GET path` on its port, e.g. `/metrics` or `/readyz`: the status
+    /// and the body.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.port(), path)
+    }
+
+    /// A metric of `/metrics` summed over every core, e.g.
+    /// `oc_gateway_connections`. Panics when `/metrics` does not answer.
+    pub fn metric_total(&self, name: &str) -> u64 {
+        let (status, body) = self
+            .get("/metrics")
+            .unwrap_or_else(|e| panic!("testkit: GET /metrics of {}: {e}", self.gateway_id));
+        assert_eq!(status, 200, "GET /metrics of {}: {body}", self.gateway_id);
+        body.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                // `name value` or `name{labels} value`, not `name_other...`.
+                let value = match rest.strip_prefix(' ') {
+                    Some(value) => value,
+                    None if rest.starts_with('{') => rest.split_once("} ")?.1,
+                    None => return None,
+                };
+                value.trim().parse::<u64>().ok()
+            })
+            .sum()
     }
 
     /// The process id; panics after [`Gateway::stop`].

@@ -1,6 +1,7 @@
 //! Real servers for tests: Redis, NATS with JetStream and SecantusDB (the
 //! MongoDB wire-compatible server), each on a free port of 127.0.0.1 in its
-//! own temporary folder, plus OceanChat's own backend and gateway binaries.
+//! own temporary folder, plus OceanChat's own backend and gateway binaries
+//! and nginx in front of them.
 //!
 //! Everything is synchronous and needs no async runtime, so it works in
 //! plain `#[test]`s and in `#[tokio::test]`s alike. Starting blocks until
@@ -28,11 +29,13 @@
 //! - `redis`, `nats`, `mongo`: the three stores; `stack`: all three.
 //! - `bins`: finding and running `oceanchat-backend` and `oceanchat-gateway`.
 //! - `tls`: throwaway certificates for TLS links.
+//! - `nginx`: nginx in front, with `deploy/nginx.conf` rendered for them.
 
 mod bins;
 mod mongo;
 mod nats;
 mod net;
+mod nginx;
 mod process;
 mod redis;
 mod server;
@@ -45,6 +48,7 @@ pub use bins::{bin_path, Backend, Gateway};
 pub use mongo::Mongo;
 pub use nats::Nats;
 pub use net::{free_port, http_get};
+pub use nginx::Nginx;
 pub use redis::Redis;
 pub use stack::Stack;
 pub use tls::TestCerts;
