@@ -68,7 +68,7 @@ oc_install() {
     # Tests make throwaway TLS certificates for NATS and Redis.
     command -v openssl >/dev/null || missing+=(openssl)
     # Debian puts nginx in /usr/sbin, off a normal user's PATH.
-    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    oc_nginx_path >/dev/null || missing+=(nginx)
     if ! oc_secantus_installed; then
         command -v python3 >/dev/null || missing+=(python3 python3-venv)
     fi
@@ -134,6 +134,15 @@ oc_cargo_tool() {
     cargo "$name" --version >/dev/null 2>&1 && return 0
     oc_say "installing cargo-$name (cargo install, $about)"
     nice -n 10 cargo install --locked "cargo-$name"
+}
+
+# Prints the path of nginx: on PATH, else Debian's /usr/sbin/nginx (off a
+# normal user's PATH); fails when neither exists.
+oc_nginx_path() {
+    if command -v nginx 2>/dev/null; then
+        return 0
+    fi
+    [[ -x /usr/sbin/nginx ]] && printf '%s\n' /usr/sbin/nginx
 }
 
 # True when something accepts TCP connections on HOST:PORT.
