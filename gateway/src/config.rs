@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::chat::limits::{Rate, RateLimits};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::transport::{addresses::AddressSlots, codec::Limits, TransportConfig};
 
 /// What the gateway serves.
@@ -267,6 +268,11 @@ impl Config {
             close_timeout: Duration::from_secs(2),
             // One registry, shared by the cores through clones of this.
             metrics: Arc::new(Metrics::new(self.cores())),
+            readiness: match self.mode {
+                Mode::Chat => Readiness::new(),
+                // Nothing to subscribe to.
+                Mode::Bench => Readiness::always(),
+            },
         }
     }
 }

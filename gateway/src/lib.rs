@@ -13,6 +13,8 @@
 //! - [`config`]: every setting, with its default.
 //! - [`bench_mode`]: `--mode bench`, the comparison protocol.
 //! - [`metrics`]: per-core counters for `GET /metrics`.
+//! - [`readiness`]: what `GET /readyz` says (NATS connected, subscriptions
+//!   confirmed); upgrades are refused with 503 while it says no.
 //! - [`cores`]: one monoio runtime per core, started and joined.
 //! - this file: start-up (cores, bridge) and shutdown.
 
@@ -22,6 +24,7 @@ pub mod chat;
 pub mod config;
 pub mod cores;
 pub mod metrics;
+pub mod readiness;
 pub mod transport;
 
 use std::collections::hash_map::RandomState;
@@ -64,9 +67,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             redis_tls: config.redis_tls.clone(),
             route_ttl: Duration::from_secs(config.route_ttl_s.max(1)),
             metrics: transport.metrics.clone(),
+            readiness: transport.readiness.clone(),
         },
         senders,
     )?;
+    // The delivery subscriptions are made right after the connection; a
+    // gateway that opened its port before they were confirmed would refuse
+    // its first upgrades with 503.
+    if !transport
+        .readiness
+        .wait_ready_blocking(Duration::from_secs(10))
+    {
+        tracing::warn!(why = ?transport.readiness.check(), "not ready yet; upgrades get 503 until it is");
+    }
     let chat = ChatConfig {
         gateway_id: gateway_id.clone(),
         instance,

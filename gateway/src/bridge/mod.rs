@@ -24,6 +24,7 @@ use oceanchat_protocol::internal::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::transport::codec;
 use fanout::Cores;
 use topics::TopicRequest;
@@ -200,6 +201,8 @@ pub struct BridgeConfig {
     pub redis_tls: oceanchat_connect::RedisTls,
     pub route_ttl: Duration,
     pub metrics: Arc<Metrics>,
+    /// Updated from NATS events and the subscriptions made here.
+    pub readiness: Readiness,
 }
 
 /// Connects to NATS and Redis on a new thread and serves the cores.
@@ -259,9 +262,11 @@ async fn connect(config: &BridgeConfig) -> anyhow::Result<(Clients, Denied)> {
     // only an `-ERR` on the connection: hand its subject to the topic task,
     // which fails that subscribe instead of answering ok.
     let (denied_sender, denied) = mpsc::unbounded_channel();
+    let readiness = config.readiness.clone();
     let options = async_nats::ConnectOptions::new()
         .name(format!("oceanchat-gateway {}", config.gateway_id))
         .event_callback(move |event| {
+            readiness.on_nats_event(&event);
             if let async_nats::Event::ServerError(error) = &event {
                 if let Some(subject) = oceanchat_connect::denied_subscription(error) {
                     let _ = denied_sender.send(subject);
@@ -302,6 +307,7 @@ async fn serve(
         cores.clone(),
     ));
     tokio::spawn(drain_on_signal(cores));
+    tokio::spawn(config.readiness.clone().confirm_forever(clients.nats.clone()));
     let run_users = keys::gateway_run_users(&config.gateway_id, &config.instance);
 
     let mut batch = Vec::with_capacity(BATCH);
@@ -513,6 +519,11 @@ async fn receive_commands(config: BridgeConfig, nats: async_nats::Client, cores:
             std::process::exit(1);
         }
     };
+    // Ready once the server has them (see `readiness`).
+    if let Err(error) = nats.flush().await {
+        tracing::warn!(%error, "flush after the delivery subscriptions failed");
+    }
+    config.readiness.set_subscribed(true);
     let mut messages = futures::stream::select(own, all);
     while let Some(message) = messages.next().await {
         let command = match decode_gateway_message(&message.payload) {
@@ -551,6 +562,8 @@ async fn receive_commands(config: BridgeConfig, nats: async_nats::Client, cores:
         };
         cores.send_all(&command);
     }
+    tracing::error!("the delivery subscriptions ended; this gateway delivers nothing more");
+    config.readiness.set_subscribed(false);
 }
 
 /// On SIGTERM or SIGINT, tells every core to drain with 1012.

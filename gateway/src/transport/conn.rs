@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::addresses::AddressSlots;
 use super::codec::{self, Decoder, Incoming};
-use super::handshake::{self, Refusal, Request};
+use super::handshake::{self, Probe, Refusal, Request};
 use super::{Core, Handler, Message};
 use crate::metrics::CoreMetrics;
 use oceanchat_protocol::http::client_address;
@@ -469,8 +469,8 @@ enum NoUpgrade {
     Io(std::io::Error),
     #[error("peer went away")]
     PeerGone,
-    #[error("answered a metrics request")]
-    Metrics,
+    #[error("answered a plain HTTP request (metrics, health)")]
+    Answered,
 }
 
 /// Serves an accepted socket: the upgrade runs in a task of its own, and
@@ -502,7 +502,7 @@ pub(super) fn start<H: Handler>(stream: TcpStream, id: ConnId, peer: IpAddr, cor
         // also sees the count.
         let (leftover, address) = match result {
             Ok(upgraded) => upgraded,
-            Err(NoUpgrade::Metrics) => return,
+            Err(NoUpgrade::Answered) => return,
             Err(why) => {
                 tracing::debug!(conn_id = id, %why, "upgrade failed");
                 core.metrics().handshake_failures.incr();
@@ -690,7 +690,17 @@ async fn upgrade<H: Handler>(
                     handshake::METRICS_UNAUTHORIZED.to_vec()
                 };
                 let _ = stream.write_all(&answer).await;
-                return Err(NoUpgrade::Metrics);
+                return Err(NoUpgrade::Answered);
+            }
+            Ok(Some((Request::Health(probe), _))) => {
+                let why = match probe {
+                    Probe::Live => None,
+                    Probe::Ready => config.readiness.check().err().map(|e| e.to_string()),
+                };
+                let _ = stream
+                    .write_all(&handshake::health_response(why.as_deref()))
+                    .await;
+                return Err(NoUpgrade::Answered);
             }
             Err(refusal) => {
                 let _ = stream.write_all(refusal.response()).await;
@@ -701,6 +711,8 @@ async fn upgrade<H: Handler>(
             Some(Refusal::NotFound)
         } else if !config.origin_allowed(upgrade.origin.as_deref()) {
             Some(Refusal::OriginNotAllowed)
+        } else if !config.readiness.is_ready() {
+            Some(Refusal::NotReady)
         } else if core.at_capacity() {
             Some(Refusal::AtCapacity)
         } else {

@@ -1,8 +1,9 @@
 //! The HTTP/1.1 upgrade request and its answers, without I/O.
 //!
 //! `httparse` reads the request; tungstenite derives the accept key. What
-//! is refused gets a short plain HTTP answer and the socket is closed. A
-//! plain `GET /metrics` (no upgrade) is the one other request answered.
+//! is refused gets a short plain HTTP answer and the socket is closed.
+//! Plain `GET`s (no upgrade) of `/metrics`, `/healthz` and `/readyz` are
+//! the other requests answered.
 
 use oceanchat_protocol::http::forwarded_address;
 
@@ -30,6 +31,18 @@ pub enum Request {
     Metrics {
         bearer: Option<String>,
     },
+    /// A plain `GET /healthz` (the process runs) or `GET /readyz` (it can
+    /// deliver: see `crate::readiness`).
+    Health(Probe),
+}
+
+/// Which health question a plain GET asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/healthz`: 200 while the process runs.
+    Live,
+    /// `/readyz`: 200 only while ready, else 503 saying why.
+    Ready,
 }
 
 /// Why an upgrade was refused.
@@ -51,6 +64,8 @@ pub enum Refusal {
     AtCapacity,
     #[error("too many connections from this address")]
     TooManyFromAddress,
+    #[error("not ready (NATS or its subscriptions are not in place)")]
+    NotReady,
 }
 
 impl Refusal {
@@ -74,6 +89,11 @@ impl Refusal {
             }
             Refusal::AtCapacity => {
                 b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            // Retry-After: a client (or nginx, which tries the next
+            // gateway) comes back soon; readiness returns within seconds.
+            Refusal::NotReady => {
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
             Refusal::TooManyFromAddress => {
                 b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -124,6 +144,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
             .map(|(_, token)| token.trim().to_string());
         return Ok(Some((Request::Metrics { bearer }, consumed)));
     }
+    if header("upgrade").is_none() {
+        match path {
+            "/healthz" => return Ok(Some((Request::Health(Probe::Live), consumed))),
+            "/readyz" => return Ok(Some((Request::Health(Probe::Ready), consumed))),
+            _ => {}
+        }
+    }
     if !has_token(header("upgrade"), "websocket") || !has_token(header("connection"), "upgrade") {
         return Err(Refusal::NotUpgrade);
     }
@@ -153,6 +180,20 @@ pub fn accept_response(key: &str) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The answer to `GET /healthz` or `GET /readyz`: 200, or 503 with the
+/// reason as the body.
+pub fn health_response(not_ready: Option<&str>) -> Vec<u8> {
+    let (status, body) = match not_ready {
+        None => ("200 OK", "ok\n".to_string()),
+        Some(why) => ("503 Service Unavailable", format!("{why}\n")),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .into_bytes()
 }
@@ -256,6 +297,20 @@ mod tests {
                 with_token.len()
             )))
         );
+        let ready = b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            parse(ready),
+            Ok(Some((Request::Health(Probe::Ready), ready.len())))
+        );
+        let live = b"GET /healthz?x HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            parse(live),
+            Ok(Some((Request::Health(Probe::Live), live.len())))
+        );
+        assert!(health_response(Some("nats: disconnected"))
+            .starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(health_response(None).starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(Refusal::NotReady.response().starts_with(b"HTTP/1.1 503"));
         let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
         assert_eq!(parse(v8.as_bytes()), Err(Refusal::BadVersion));
         assert_eq!(parse(b"\x01\x02 nonsense\r\n\r\n"), Err(Refusal::Malformed));

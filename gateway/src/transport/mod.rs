@@ -32,6 +32,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 pub use conn::{BufPool, Conn, ConnId};
 
 use crate::metrics::{CoreMetrics, Metrics, LAG_PROBE_INTERVAL};
+use crate::readiness::Readiness;
 use conn::{SweepTicks, Swept};
 
 /// A complete data message from a client.
@@ -91,6 +92,8 @@ pub struct TransportConfig {
     pub metrics: Arc<Metrics>,
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// Answers `GET /readyz`; while it says no, upgrades get 503.
+    pub readiness: Readiness,
 }
 
 impl TransportConfig {
