@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use oceanchat_client::{Connection, HttpApi};
 use oceanchat_protocol::client::ErrorCode;
-use oceanchat_testkit::Nginx;
+use oceanchat_testkit::{Backend, Gateway, Nats, Nginx, Stack};
 use oceanchat_tests::{unique_username, ClientError, World, PASSWORD, WAIT};
 
 /// nginx in front of every gateway and backend of `world`.
@@ -155,4 +155,69 @@ async fn the_client_address_reaches_gateway_and_backend_through_nginx() {
         .register(&unique_username("addr"), PASSWORD, None)
         .await
         .expect("a registration from 127.0.0.3 is another client's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_sends_new_connections_past_a_gateway_that_is_not_ready() {
+    // Two NATS nodes routed together: gw-a reaches only node 1, gw-b and
+    // the backend only node 2. Stopping node 1 takes gw-a's subscriptions
+    // away and nothing else.
+    let stack = Stack::start();
+    let mut nodes = Nats::cluster(2);
+    let url = |node: &Nats| node.url();
+    let backend = Backend::start(&stack, &["--nats-url", &url(&nodes[1])]);
+    let gateways = vec![
+        Gateway::start(&stack, "gw-a", &["--nats-url", &url(&nodes[0])]),
+        Gateway::start(&stack, "gw-b", &["--nats-url", &url(&nodes[1])]),
+    ];
+    let world = World::assemble(stack, vec![backend], gateways);
+    let nginx = nginx_for(&world);
+    let user = world.user("roamer").await;
+    // Through nginx, one connection on each gateway (least_conn), once the
+    // route between the nodes carries gw-a's requests to the backend.
+    let on_gateway = |gateway: &'static str| {
+        let (user, url) = (user.clone(), nginx.ws_url());
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let conn = Connection::connect(&url).await.expect("connect through nginx");
+                match conn.auth(&user.token).await {
+                    Ok(auth) if auth.gateway_id == gateway => return conn,
+                    Ok(_) => {}
+                    Err(e) => eprintln!("auth through nginx not served yet: {e}"),
+                }
+                assert!(Instant::now() < deadline, "no connection reached {gateway}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let _held = (on_gateway("gw-a").await, on_gateway("gw-b").await);
+
+    tokio::task::block_in_place(|| nodes[0].stop());
+    let not_ready = eventually(|| {
+        matches!(world.gateways[0].get("/readyz"), Ok((503, _)))
+    })
+    .await;
+    assert!(not_ready, "gw-a still ready without its NATS node");
+    // Every new connection lands on gw-b and works there: nginx took gw-a's
+    // 503 as a failed attempt and tried the next gateway.
+    let mut moved = Vec::new();
+    for i in 0..20 {
+        let conn = Connection::connect(&nginx.ws_url())
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} through nginx: {e}"));
+        let auth = conn.auth(&user.token).await.expect("auth on the ready gateway");
+        assert_eq!(auth.gateway_id, "gw-b", "connection {i}");
+        moved.push(conn);
+    }
+
+    // Node 1 back: gw-a is ready again, and once nginx's fail_timeout has
+    // passed, least_conn sends it the new connections (gw-b holds 21).
+    tokio::task::block_in_place(|| nodes[0].restart());
+    assert!(
+        eventually(|| matches!(world.gateways[0].get("/readyz"), Ok((200, _)))).await,
+        "gw-a not ready again after its NATS node came back"
+    );
+    let back = tokio::time::timeout(WAIT, on_gateway("gw-a")).await;
+    assert!(back.is_ok(), "no new connection reached gw-a after it was ready again");
 }
