@@ -226,3 +226,51 @@ pub fn assert_error_body(raw: &RawResponse, status: u16, code: &str) {
         "`error.message` is a non-empty string: {json}"
     );
 }
+
+/// Every message stored in `conv`, oldest first, read with `sync` pages
+/// from seq 0 through `conn`.
+pub async fn stored_messages(conn: &Connection, conv: &str) -> Vec<oceanchat_protocol::client::Message> {
+    let mut all: Vec<oceanchat_protocol::client::Message> = Vec::new();
+    loop {
+        let last = all.last().map_or(0, |m| m.seq);
+        let page = conn
+            .sync(&[(conv, last)], Some(500))
+            .await
+            .unwrap_or_else(|e| panic!("sync {conv} from {last}: {e}"));
+        let more = page.has_more.get(conv).copied().unwrap_or(false);
+        all.extend(page.messages);
+        if !more {
+            return all;
+        }
+    }
+}
+
+/// The promise to senders, checked against what the store holds: seqs run
+/// 1, 2, 3... without a gap, no `client_msg_id` is stored twice, and every
+/// acknowledged send (`client_msg_id` → the `seq` its `ok` named) is
+/// stored under that seq. Returns how many messages are stored.
+pub fn assert_acked_stored_once(
+    acked: &std::collections::HashMap<String, u64>,
+    stored: &[oceanchat_protocol::client::Message],
+) -> usize {
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    let expected: Vec<u64> = (1..=stored.len() as u64).collect();
+    assert_eq!(seqs, expected, "stored seqs are not 1..=n without gaps");
+    let mut by_id = std::collections::HashMap::new();
+    for m in stored {
+        if let Some(earlier) = by_id.insert(m.client_msg_id.as_str(), m.seq) {
+            panic!(
+                "client_msg_id {} stored twice (seq {earlier} and {})",
+                m.client_msg_id, m.seq
+            );
+        }
+    }
+    for (id, seq) in acked {
+        assert_eq!(
+            by_id.get(id.as_str()),
+            Some(seq),
+            "acknowledged send {id} (seq {seq}) is not stored as acknowledged"
+        );
+    }
+    stored.len()
+}
