@@ -16,11 +16,16 @@
 //! - [`http`]: [`HttpApi`], the HTTP API (register, login, logout, health).
 //! - [`ws`]: [`Connection`], one WebSocket connection: requests matched to
 //!   replies by id, an event queue, the close code when it ends.
+//! - [`session`]: [`Session`], a connection that heals: reconnects with
+//!   jittered backoff, authenticates again, syncs from the last seq per
+//!   conv and hands out each message once.
 //! - [`frame`]: sorting server frames into replies and events, without I/O.
 
 pub mod frame;
 pub mod http;
+pub mod session;
 pub mod ws;
 
 pub use http::{ApiError, HttpApi, RawResponse};
+pub use session::{Backoff, Session, SessionConfig};
 pub use ws::{ClientError, CloseInfo, Connection};

@@ -229,7 +229,10 @@ pub fn assert_error_body(raw: &RawResponse, status: u16, code: &str) {
 
 /// Every message stored in `conv`, oldest first, read with `sync` pages
 /// from seq 0 through `conn`.
-pub async fn stored_messages(conn: &Connection, conv: &str) -> Vec<oceanchat_protocol::client::Message> {
+pub async fn stored_messages(
+    conn: &Connection,
+    conv: &str,
+) -> Vec<oceanchat_protocol::client::Message> {
     let mut all: Vec<oceanchat_protocol::client::Message> = Vec::new();
     loop {
         let last = all.last().map_or(0, |m| m.seq);

@@ -22,7 +22,10 @@ enum Outcome {
     Refused,
 }
 
-fn outcome(id: &str, result: Result<oceanchat_protocol::client::SendResult, ClientError>) -> Outcome {
+fn outcome(
+    id: &str,
+    result: Result<oceanchat_protocol::client::SendResult, ClientError>,
+) -> Outcome {
     match result {
         Ok(sent) => Outcome::Acked(sent.seq),
         Err(ClientError::Server { error, .. }) if error.code == ErrorCode::Unavailable => {
@@ -93,7 +96,10 @@ async fn a_backend_killed_mid_burst_loses_no_acked_message() {
         acked.len(),
         refused.len()
     );
-    assert!(acked.len() > killed_at, "nothing was acknowledged after the kill");
+    assert!(
+        acked.len() > killed_at,
+        "nothing was acknowledged after the kill"
+    );
 
     // Read back through the other gateway, from the store.
     let stored = stored_messages(&b, &conv).await;
@@ -103,7 +109,10 @@ async fn a_backend_killed_mid_burst_loses_no_acked_message() {
     // first attempt's message if it got in, else a new one.
     let mut all = acked.clone();
     for id in refused {
-        let sent = a.send(&conv, id, id).await.expect("retry after the restart");
+        let sent = a
+            .send(&conv, id, id)
+            .await
+            .expect("retry after the restart");
         all.insert(id.clone(), sent.seq);
     }
     let stored = stored_messages(&b, &conv).await;
@@ -161,7 +170,10 @@ async fn a_secantusdb_outage_gives_unavailable_and_never_an_ok_without_a_stored_
             Err(e) => panic!("send after SecantusDB came back: {e}"),
         }
     };
-    assert_eq!(first_retry.seq, 6, "the retry follows the 5 acked, gap-free");
+    assert_eq!(
+        first_retry.seq, 6,
+        "the retry follows the 5 acked, gap-free"
+    );
     acked.insert("during-0".into(), first_retry.seq);
     for i in 1..6 {
         let id = format!("during-{i}");

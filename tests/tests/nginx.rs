@@ -91,7 +91,10 @@ async fn nginx_limit_req_answers_429_past_its_rate() {
     let mut refused = 0;
     let started = Instant::now();
     for _ in 0..40 {
-        let response = api.get_raw("/v1/auth/login").await.expect("GET through nginx");
+        let response = api
+            .get_raw("/v1/auth/login")
+            .await
+            .expect("GET through nginx");
         match response.status {
             429 => refused += 1,
             405 => passed += 1,
@@ -180,7 +183,9 @@ async fn nginx_sends_new_connections_past_a_gateway_that_is_not_ready() {
         async move {
             let deadline = Instant::now() + WAIT;
             loop {
-                let conn = Connection::connect(&url).await.expect("connect through nginx");
+                let conn = Connection::connect(&url)
+                    .await
+                    .expect("connect through nginx");
                 match conn.auth(&user.token).await {
                     Ok(auth) if auth.gateway_id == gateway => return conn,
                     Ok(_) => {}
@@ -194,10 +199,7 @@ async fn nginx_sends_new_connections_past_a_gateway_that_is_not_ready() {
     let _held = (on_gateway("gw-a").await, on_gateway("gw-b").await);
 
     tokio::task::block_in_place(|| nodes[0].stop());
-    let not_ready = eventually(|| {
-        matches!(world.gateways[0].get("/readyz"), Ok((503, _)))
-    })
-    .await;
+    let not_ready = eventually(|| matches!(world.gateways[0].get("/readyz"), Ok((503, _)))).await;
     assert!(not_ready, "gw-a still ready without its NATS node");
     // Every new connection lands on gw-b and works there: nginx took gw-a's
     // 503 as a failed attempt and tried the next gateway.
@@ -206,7 +208,10 @@ async fn nginx_sends_new_connections_past_a_gateway_that_is_not_ready() {
         let conn = Connection::connect(&nginx.ws_url())
             .await
             .unwrap_or_else(|e| panic!("connection {i} through nginx: {e}"));
-        let auth = conn.auth(&user.token).await.expect("auth on the ready gateway");
+        let auth = conn
+            .auth(&user.token)
+            .await
+            .expect("auth on the ready gateway");
         assert_eq!(auth.gateway_id, "gw-b", "connection {i}");
         moved.push(conn);
     }
@@ -219,5 +224,8 @@ async fn nginx_sends_new_connections_past_a_gateway_that_is_not_ready() {
         "gw-a not ready again after its NATS node came back"
     );
     let back = tokio::time::timeout(WAIT, on_gateway("gw-a")).await;
-    assert!(back.is_ok(), "no new connection reached gw-a after it was ready again");
+    assert!(
+        back.is_ok(),
+        "no new connection reached gw-a after it was ready again"
+    );
 }

@@ -82,7 +82,10 @@ async fn readyz_is_503_while_nats_is_gone_and_200_once_deliveries_are_back() {
     };
     // Alice's connection lived through the outage on gw-a: its own
     // delivery subject was subscribed again.
-    let got = a.next_msg(WAIT).await.expect("the direct message reaches alice");
+    let got = a
+        .next_msg(WAIT)
+        .await
+        .expect("the direct message reaches alice");
     assert_eq!((got.conv.as_str(), got.seq), (dm.as_str(), sent.seq));
     // And the group topic she follows.
     let in_group = b
@@ -90,7 +93,10 @@ async fn readyz_is_503_while_nats_is_gone_and_200_once_deliveries_are_back() {
         .await
         .unwrap();
     let got = loop {
-        let msg = a.next_msg(WAIT).await.expect("the group message reaches alice");
+        let msg = a
+            .next_msg(WAIT)
+            .await
+            .expect("the group message reaches alice");
         if msg.conv == group.conv {
             break msg;
         }

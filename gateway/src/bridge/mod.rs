@@ -307,7 +307,12 @@ async fn serve(
         cores.clone(),
     ));
     tokio::spawn(drain_on_signal(cores));
-    tokio::spawn(config.readiness.clone().confirm_forever(clients.nats.clone()));
+    tokio::spawn(
+        config
+            .readiness
+            .clone()
+            .confirm_forever(clients.nats.clone()),
+    );
     let run_users = keys::gateway_run_users(&config.gateway_id, &config.instance);
 
     let mut batch = Vec::with_capacity(BATCH);
