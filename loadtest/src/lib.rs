@@ -18,11 +18,14 @@
 //! - [`body`]: the timed message body; [`stats`]: counters and histograms;
 //!   [`procstat`]: `/proc` sampling; [`report`]: JSON and SVG.
 //! - [`tables`]: the peer table and the capacity report from saved reports.
+//! - [`faults`]: the fault harness (every component killed and restarted
+//!   under load through nginx, then nothing acknowledged may be lost).
 
 pub mod bench;
 pub mod body;
 pub mod capacity;
 pub mod chat;
+pub mod faults;
 pub mod parent;
 pub mod procstat;
 pub mod report;

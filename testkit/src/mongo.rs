@@ -63,6 +63,14 @@ impl Mongo {
         self.server.port()
     }
 
+    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
+    /// starts it again on the same port and folder.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.server.child_mut() {
+            child.kill();
+        }
+    }
+
     /// Stops it gracefully (waiting for it to exit, about 3.5 s), then
     /// starts it on the same port and storage folder: stored data is kept.
     /// Also starts a stopped server.

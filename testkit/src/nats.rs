@@ -104,6 +104,14 @@ impl Nats {
         self.server.port()
     }
 
+    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
+    /// starts it again on the same port and folder.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.server.child_mut() {
+            child.kill();
+        }
+    }
+
     /// Stops it (SIGTERM) and starts it again on the same port with the same
     /// JetStream store; returns once it is ready. Also starts a stopped
     /// server.

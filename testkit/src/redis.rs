@@ -66,6 +66,14 @@ impl Redis {
         self.server.port()
     }
 
+    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
+    /// starts it again on the same port and folder.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.server.child_mut() {
+            child.kill();
+        }
+    }
+
     /// Stops it (SIGTERM) and starts it again on the same port; returns
     /// once it answers PING. Data is kept only for
     /// [`Redis::start_persistent`]. Also starts a stopped server.
