@@ -6,8 +6,10 @@
 //! folders (testkit): Redis (append-only, fsync always, as deployed), a
 //! three-node NATS cluster, SecantusDB, two backends and two gateways
 //! given every NATS node, and nginx with the shipped `deploy/nginx.conf`.
-//! Users chat in one group through [`Session`]s (reconnect with jittered
-//! backoff, re-auth, sync from the last seq), each sending at a steady pace.
+//! Users chat through [`Session`]s (reconnect with jittered backoff,
+//! re-auth, sync from the last seq), each sending at a steady pace, in
+//! turn to one group of everyone (fanned out by topic) and to a direct
+//! conv with the first user (routed by the user's routes in Redis).
 //! Faults, in turn: a gateway, a backend, one NATS node, Redis, SecantusDB.
 //! For each: kill, stay down a moment, restart, and time the recovery (from
 //! the kill until a probe message sent after the restart has reached every
@@ -165,15 +167,37 @@ impl System {
     }
 }
 
+/// The convs of a run: one group of everyone, and a direct conv of each
+/// user with the first user (the prober, who reads the store at the end).
+#[derive(Debug, Clone)]
+struct Convs {
+    group: String,
+    /// `dms[i]`: user `i` with user 0; `None` for user 0.
+    dms: Vec<Option<String>>,
+}
+
+impl Convs {
+    /// The convs client `i` is a member of.
+    fn of(&self, i: usize) -> Vec<&str> {
+        let mut convs = vec![self.group.as_str()];
+        if i == 0 {
+            convs.extend(self.dms.iter().flatten().map(String::as_str));
+        } else if let Some(dm) = &self.dms[i] {
+            convs.push(dm);
+        }
+        convs
+    }
+}
+
 /// What the clients saw, shared by their tasks.
 #[derive(Default)]
 struct Log {
-    /// `client_msg_id` → (seq, when acked).
-    acked: HashMap<String, (u64, Instant)>,
+    /// `client_msg_id` → (conv, seq, when acked).
+    acked: HashMap<String, (String, u64, Instant)>,
     /// Sends still unanswered after [`SEND_PATIENCE`], with when.
     refused: Vec<Instant>,
-    /// Per client: every (seq, when) its session handed out.
-    received: Vec<Vec<(u64, Instant)>>,
+    /// Per client: every (conv, seq, when) its session handed out.
+    received: Vec<Vec<(String, u64, Instant)>>,
 }
 
 /// One row of the report.
@@ -251,7 +275,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         .build()?;
     let api = HttpApi::new(&system.nginx.http_url());
     let ws = system.nginx.ws_url();
-    let (sessions, conv) = runtime.block_on(prepare(&api, &ws, plan.users))?;
+    let (sessions, convs) = runtime.block_on(prepare(&api, &ws, plan.users))?;
+    let conv = convs.group.clone();
     let sessions: Arc<Vec<Session>> = Arc::new(sessions);
     let log = Arc::new(Mutex::new(Log {
         received: vec![Vec::new(); sessions.len()],
@@ -267,25 +292,30 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         tasks.push(runtime.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Some(m) = sessions[i].next_msg(Duration::from_millis(200)).await {
-                    log.lock().expect("log").received[i].push((m.seq, Instant::now()));
+                    log.lock().expect("log").received[i].push((m.conv, m.seq, Instant::now()));
                 }
             }
         }));
     }
     for i in 1..sessions.len() {
-        let (sessions, log, stop, conv) =
-            (sessions.clone(), log.clone(), stop.clone(), conv.clone());
+        let (sessions, log, stop, convs) =
+            (sessions.clone(), log.clone(), stop.clone(), convs.clone());
         tasks.push(runtime.spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("u{i}-{n}");
+                // The group and the direct conv in turn.
+                let conv = match (n % 2, &convs.dms[i]) {
+                    (1, Some(dm)) => dm.as_str(),
+                    _ => convs.group.as_str(),
+                };
                 n += 1;
-                match sessions[i].send(&conv, &id, &id, SEND_PATIENCE).await {
+                match sessions[i].send(conv, &id, &id, SEND_PATIENCE).await {
                     Ok(sent) => {
                         log.lock()
                             .expect("log")
                             .acked
-                            .insert(id, (sent.seq, Instant::now()));
+                            .insert(id, (conv.to_string(), sent.seq, Instant::now()));
                     }
                     Err(_) => log.lock().expect("log").refused.push(Instant::now()),
                 }
@@ -331,16 +361,26 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         }
     });
 
-    // The end: a last probe reaches everyone (or they count as stale), then
-    // the store is read back.
-    let final_seq = runtime
+    // The end: a last probe in the group, the store read back, then every
+    // client must reach the end of each of its convs (or counts as stale).
+    runtime
         .block_on(probe(&sessions, &conv, &mut probes))
         .ok_or_else(|| anyhow::anyhow!("the final probe could not be sent"))?;
+    let reader = runtime
+        .block_on(sessions[0].connection(Duration::from_secs(10)))
+        .ok_or_else(|| anyhow::anyhow!("the prober has no connection to read the store with"))?;
+    let mut stored = HashMap::new();
+    for conv in convs.of(0) {
+        let messages = runtime.block_on(stored_messages(&reader, conv))?;
+        stored.insert(conv.to_string(), messages);
+    }
+    let end_of = |conv: &str| stored.get(conv).map_or(0, |m| m.len() as u64);
     let mut connected = Vec::new();
-    for session in sessions.iter() {
+    for (i, session) in sessions.iter().enumerate() {
         connected.push(runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while session.last_seq(&conv) < final_seq && Instant::now() < deadline {
+            let behind = || convs.of(i).iter().any(|c| session.last_seq(c) < end_of(c));
+            while behind() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             session.connection(Duration::from_secs(5)).await.is_some()
@@ -350,23 +390,19 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
     runtime.block_on(async {
         for (i, session) in sessions.iter().enumerate() {
             while let Some(m) = session.next_msg(Duration::from_millis(100)).await {
-                log.lock().expect("log").received[i].push((m.seq, Instant::now()));
+                log.lock().expect("log").received[i].push((m.conv, m.seq, Instant::now()));
             }
         }
     });
-    let reader = runtime
-        .block_on(sessions[0].connection(Duration::from_secs(10)))
-        .ok_or_else(|| anyhow::anyhow!("the prober has no connection to read the store with"))?;
-    let stored = runtime.block_on(stored_messages(&reader, &conv))?;
     let log = log.lock().expect("log");
-    let outcome = judge(&log, &stored, &windows, &connected, final_seq);
+    let outcome = judge(&log, &stored, &convs, &windows, &connected);
     drop(system);
     Ok(outcome)
 }
 
-/// Registers the users, logs them in, opens one group of all of them and
-/// a session each through nginx.
-async fn prepare(api: &HttpApi, ws: &str, users: usize) -> anyhow::Result<(Vec<Session>, String)> {
+/// Registers the users, logs them in, opens a session each through nginx,
+/// one group of all of them and each one's direct conv with user 0.
+async fn prepare(api: &HttpApi, ws: &str, users: usize) -> anyhow::Result<(Vec<Session>, Convs)> {
     let mut logins = Vec::new();
     for i in 0..users {
         let name = format!("fault_{i}");
@@ -392,10 +428,24 @@ async fn prepare(api: &HttpApi, ws: &str, users: usize) -> anyhow::Result<(Vec<S
         .ok_or_else(|| anyhow::anyhow!("no connection"))?;
     let members: Vec<&str> = logins[1..].iter().map(|l| l.user_id.as_str()).collect();
     let group = owner.group_create("faults", &members).await?;
-    for session in &sessions {
-        session.follow(&group.conv, 0);
+    let mut dms = vec![None];
+    for session in sessions.iter().skip(1) {
+        let conn = session
+            .connection(Duration::from_secs(5))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        dms.push(Some(conn.dm_open(&logins[0].user_id).await?));
     }
-    Ok((sessions, group.conv))
+    let convs = Convs {
+        group: group.conv,
+        dms,
+    };
+    for (i, session) in sessions.iter().enumerate() {
+        for conv in convs.of(i) {
+            session.follow(conv, 0);
+        }
+    }
+    Ok((sessions, convs))
 }
 
 /// Sends one probe message from the first client; its seq.
@@ -449,24 +499,31 @@ async fn stored_messages(conn: &Connection, conv: &str) -> Result<Vec<Message>, 
 
 /// Compares what was promised with what is stored and what each client
 /// got; one row per fault window (from its kill to the next kill). A client
-/// is stale when it lacks any seq up to `final_seq` or has no connection.
+/// is stale when it lacks any stored seq of its convs or has no connection.
 fn judge(
     log: &Log,
-    stored: &[Message],
+    stored: &HashMap<String, Vec<Message>>,
+    convs: &Convs,
     windows: &[(Fault, Instant, Option<Duration>)],
     connected: &[bool],
-    final_seq: u64,
 ) -> Outcome {
     let mut store_problems = Vec::new();
-    let mut by_id: HashMap<&str, u64> = HashMap::new();
+    let mut by_id: HashMap<(&str, &str), u64> = HashMap::new();
     let mut twice = HashSet::new();
-    for (i, m) in stored.iter().enumerate() {
-        if m.seq != i as u64 + 1 {
-            store_problems.push(format!("seq {} stored at position {}", m.seq, i + 1));
-            break;
-        }
-        if by_id.insert(m.client_msg_id.as_str(), m.seq).is_some() {
-            twice.insert(m.client_msg_id.as_str());
+    for (conv, messages) in stored {
+        for (i, m) in messages.iter().enumerate() {
+            if m.seq != i as u64 + 1 {
+                store_problems.push(format!(
+                    "{conv}: seq {} stored at position {}",
+                    m.seq,
+                    i + 1
+                ));
+                break;
+            }
+            let key = (conv.as_str(), m.client_msg_id.as_str());
+            if by_id.insert(key, m.seq).is_some() {
+                twice.insert(key);
+            }
         }
     }
     let window_of = |t: Instant| windows.iter().rposition(|(_, started, _)| *started <= t);
@@ -480,48 +537,41 @@ fn judge(
             duplicates: 0,
         })
         .collect();
-    for (id, (seq, at)) in &log.acked {
-        let Some(w) = window_of(*at) else { continue };
-        if by_id.get(id.as_str()) != Some(seq) {
+    for (id, (conv, seq, at)) in &log.acked {
+        // Acked before the first fault: counted with the first window.
+        let w = window_of(*at).unwrap_or(0);
+        let key = (conv.as_str(), id.as_str());
+        if by_id.get(&key) != Some(seq) {
             rows[w].acked_then_lost += 1;
         }
-        if twice.contains(id.as_str()) {
+        if twice.contains(&key) {
             rows[w].duplicates += 1;
         }
     }
     for at in &log.refused {
-        if let Some(w) = window_of(*at) {
-            rows[w].refused += 1;
-        }
+        rows[window_of(*at).unwrap_or(0)].refused += 1;
     }
     // Each client: every seq once; a second copy counts where it arrived.
     let mut stale_clients = 0;
-    for (received, connected) in log.received.iter().zip(connected) {
+    for (i, (received, connected)) in log.received.iter().zip(connected).enumerate() {
         let mut seen = HashSet::new();
-        for (seq, at) in received {
-            if !seen.insert(*seq) {
-                if let Some(w) = window_of(*at) {
-                    rows[w].duplicates += 1;
-                }
+        for (conv, seq, at) in received {
+            if !seen.insert((conv.as_str(), *seq)) {
+                rows[window_of(*at).unwrap_or(0)].duplicates += 1;
             }
         }
-        if !connected || (1..=final_seq).any(|seq| !seen.contains(&seq)) {
+        let complete = convs.of(i).iter().all(|conv| {
+            let end = stored.get(*conv).map_or(0, |m| m.len() as u64);
+            (1..=end).all(|seq| seen.contains(&(*conv, seq)))
+        });
+        if !connected || !complete {
             stale_clients += 1;
         }
-    }
-    // Acked before the first fault: counted with the first window.
-    let before: usize = log
-        .acked
-        .iter()
-        .filter(|(id, (seq, at))| window_of(*at).is_none() && by_id.get(id.as_str()) != Some(seq))
-        .count();
-    if let Some(first) = rows.first_mut() {
-        first.acked_then_lost += before;
     }
     Outcome {
         rows,
         acked: log.acked.len(),
-        stored: stored.len(),
+        stored: stored.values().map(Vec::len).sum(),
         stale_clients,
         store_problems,
     }
