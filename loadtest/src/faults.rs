@@ -273,9 +273,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let api = HttpApi::new(&system.nginx.http_url());
     let ws = system.nginx.ws_url();
-    let (sessions, convs) = runtime.block_on(prepare(&api, &ws, plan.users))?;
+    let (sessions, convs) = runtime.block_on(prepare(&system.nginx.http_url(), &ws, plan.users))?;
     let conv = convs.group.clone();
     let sessions: Arc<Vec<Session>> = Arc::new(sessions);
     let log = Arc::new(Mutex::new(Log {
@@ -402,9 +401,13 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
 
 /// Registers the users, logs them in, opens a session each through nginx,
 /// one group of all of them and each one's direct conv with user 0.
-async fn prepare(api: &HttpApi, ws: &str, users: usize) -> anyhow::Result<(Vec<Session>, Convs)> {
+async fn prepare(api_url: &str, ws: &str, users: usize) -> anyhow::Result<(Vec<Session>, Convs)> {
     let mut logins = Vec::new();
     for i in 0..users {
+        // Each user from an address of its own, as people are: nginx allows
+        // one address 2 auth requests a second with a burst of 20.
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i % 250) as u8);
+        let api = HttpApi::with_local_address(api_url, from.into());
         let name = format!("fault_{i}");
         api.register(&name, PASSWORD, None).await?;
         logins.push(api.login(&name, PASSWORD).await?);
