@@ -29,8 +29,6 @@ use tokio::task::JoinHandle;
 
 use crate::ws::{ClientError, Connection};
 
-/// `sync` page size (PROTOCOL.md's largest).
-const SYNC_LIMIT: u32 = 500;
 /// How long the session waits for an event before checking its connection.
 const PUMP_WAIT: Duration = Duration::from_millis(500);
 
@@ -321,25 +319,18 @@ async fn sync_conv(
     shared: &Shared,
     out: &mpsc::UnboundedSender<Message>,
     conv: &str,
-    mut from: u64,
+    from: u64,
 ) -> Result<(), ClientError> {
-    loop {
-        let page = conn.sync(&[(conv, from)], Some(SYNC_LIMIT)).await?;
-        let more = page.has_more.get(conv).copied().unwrap_or(false);
-        for message in page.messages {
-            from = from.max(message.seq);
-            let fresh = {
-                let last = shared.last.lock().expect("session lock poisoned");
-                last.get(conv).is_none_or(|&seen| message.seq > seen)
-            };
-            if fresh {
-                hand_out(shared, out, message);
-            }
-        }
-        if !more {
-            return Ok(());
+    for message in conn.sync_all(conv, from).await? {
+        let fresh = {
+            let last = shared.last.lock().expect("session lock poisoned");
+            last.get(conv).is_none_or(|&seen| message.seq > seen)
+        };
+        if fresh {
+            hand_out(shared, out, message);
         }
     }
+    Ok(())
 }
 
 fn hand_out(shared: &Shared, out: &mpsc::UnboundedSender<Message>, message: Message) {

@@ -339,6 +339,21 @@ impl Connection {
         self.request_as(Op::Sync { convs, limit }).await
     }
 
+    /// Every message of `conv` after seq `after`, oldest first: `sync`
+    /// page by page (PROTOCOL.md's largest page) until `has_more` is false.
+    pub async fn sync_all(&self, conv: &str, after: u64) -> Result<Vec<Message>, ClientError> {
+        let mut all: Vec<Message> = Vec::new();
+        loop {
+            let last = all.last().map_or(after, |m| m.seq);
+            let page = self.sync(&[(conv, last)], Some(500)).await?;
+            let more = page.has_more.get(conv).copied().unwrap_or(false);
+            all.extend(page.messages);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
     /// The application-level `ping`.
     pub async fn ping(&self) -> Result<(), ClientError> {
         self.request(Op::Ping {}).await.map(drop)

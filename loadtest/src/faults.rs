@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oceanchat_client::{Backoff, ClientError, Connection, HttpApi, Session, SessionConfig};
+use oceanchat_client::{Backoff, HttpApi, Session, SessionConfig};
 use oceanchat_protocol::client::Message;
 use oceanchat_testkit::{Backend, Gateway, Mongo, Nats, Nginx, Redis, Stack};
 
@@ -370,7 +370,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Outcome> {
         .ok_or_else(|| anyhow::anyhow!("the prober has no connection to read the store with"))?;
     let mut stored = HashMap::new();
     for conv in convs.of(0) {
-        let messages = runtime.block_on(stored_messages(&reader, conv))?;
+        let messages = runtime.block_on(reader.sync_all(conv, 0))?;
         stored.insert(conv.to_string(), messages);
     }
     let end_of = |conv: &str| stored.get(conv).map_or(0, |m| m.len() as u64);
@@ -484,20 +484,6 @@ async fn recover(
         }
     }
     None
-}
-
-/// Every message of `conv`, oldest first, in `sync` pages.
-async fn stored_messages(conn: &Connection, conv: &str) -> Result<Vec<Message>, ClientError> {
-    let mut all: Vec<Message> = Vec::new();
-    loop {
-        let last = all.last().map_or(0, |m| m.seq);
-        let page = conn.sync(&[(conv, last)], Some(500)).await?;
-        let more = page.has_more.get(conv).copied().unwrap_or(false);
-        all.extend(page.messages);
-        if !more {
-            return Ok(all);
-        }
-    }
 }
 
 /// Compares what was promised with what is stored and what each client

@@ -233,17 +233,30 @@ pub async fn stored_messages(
     conn: &Connection,
     conv: &str,
 ) -> Vec<oceanchat_protocol::client::Message> {
-    let mut all: Vec<oceanchat_protocol::client::Message> = Vec::new();
+    conn.sync_all(conv, 0)
+        .await
+        .unwrap_or_else(|e| panic!("sync {conv}: {e}"))
+}
+
+/// `send`, tried again every 100 ms while it fails, for up to [`WAIT`]:
+/// for the first send after a dependency came back, which the service
+/// serves once it has reconnected on its own schedule. Panics with
+/// `what` after that.
+pub async fn send_once_served(
+    conn: &Connection,
+    conv: &str,
+    client_msg_id: &str,
+    what: &str,
+) -> oceanchat_protocol::client::SendResult {
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let last = all.last().map_or(0, |m| m.seq);
-        let page = conn
-            .sync(&[(conv, last)], Some(500))
-            .await
-            .unwrap_or_else(|e| panic!("sync {conv} from {last}: {e}"));
-        let more = page.has_more.get(conv).copied().unwrap_or(false);
-        all.extend(page.messages);
-        if !more {
-            return all;
+        match conn.send(conv, client_msg_id, client_msg_id).await {
+            Ok(sent) => return sent,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("{what}: not served yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
         }
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use oceanchat_protocol::client::ErrorCode;
-use oceanchat_tests::{assert_acked_stored_once, stored_messages, ClientError, World, WAIT};
+use oceanchat_tests::{
+    assert_acked_stored_once, send_once_served, stored_messages, ClientError, World, WAIT,
+};
 
 /// Lets one connection send as fast as the burst needs.
 const UNTHROTTLED: &[&str] = &["--send-rate", "100000", "--send-burst", "100000"];
@@ -159,17 +161,8 @@ async fn a_secantusdb_outage_gives_unavailable_and_never_an_ok_without_a_stored_
     tokio::task::block_in_place(|| world.stack.mongo.restart());
     // Back: what was acknowledged is there, nothing refused got in (the
     // store was down for all of them), and retries store each once.
-    let deadline = Instant::now() + WAIT;
-    let first_retry = loop {
-        match a.send(&conv, "during-0", "during-0").await {
-            Ok(sent) => break sent,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("store not back yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("send after SecantusDB came back: {e}"),
-        }
-    };
+    let first_retry =
+        send_once_served(&a, &conv, "during-0", "send after SecantusDB came back").await;
     assert_eq!(
         first_retry.seq, 6,
         "the retry follows the 5 acked, gap-free"

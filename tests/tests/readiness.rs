@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use oceanchat_client::Connection;
 use oceanchat_testkit::Gateway;
-use oceanchat_tests::{ClientError, World, WAIT};
+use oceanchat_tests::{send_once_served, ClientError, World, WAIT};
 
 /// The status of `GET path` on `gateway`; 0 when it does not answer.
 fn status(gateway: &Gateway, path: &str) -> u16 {
@@ -69,17 +69,7 @@ async fn readyz_is_503_while_nats_is_gone_and_200_once_deliveries_are_back() {
     }
     // The backend reconnects on its own schedule; sends retry until it
     // serves again (a send that is refused stores nothing).
-    let deadline = Instant::now() + WAIT;
-    let sent = loop {
-        match b.send(&dm, "after-restart", "back again").await {
-            Ok(sent) => break sent,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("send not served yet: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("send after NATS came back: {e}"),
-        }
-    };
+    let sent = send_once_served(&b, &dm, "after-restart", "send after NATS came back").await;
     // Alice's connection lived through the outage on gw-a: its own
     // delivery subject was subscribed again.
     let got = a
