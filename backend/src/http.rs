@@ -36,7 +36,20 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .layer(axum::middleware::map_response(close_after_unread_body))
         .with_state(state)
+}
+
+/// A 413 is sent without reading the body, so the connection cannot
+/// carry another request: say so, or a client's pool reuses it and its
+/// next request fails.
+async fn close_after_unread_body(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 impl IntoResponse for ServiceError {
