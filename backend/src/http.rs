@@ -45,9 +45,10 @@ pub fn app(state: AppState) -> Router {
 /// next request fails.
 async fn close_after_unread_body(mut response: Response) -> Response {
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     response
 }

@@ -26,6 +26,7 @@ fn echo_and_broadcast_across_cores(driver: &str) {
     let gateway = Gateway::bench(driver, &["--cores", "2"]);
     // Enough clients that both cores almost surely have some; checked below.
     let mut clients: Vec<Client> = (0..16).map(|_| Client::connect(gateway.port)).collect();
+    gateway.metric_sum_reaching("oc_gateway_connections", "", 16);
     let per_core = [
         gateway.metric("oc_gateway_connections{core=\"0\"}"),
         gateway.metric("oc_gateway_connections{core=\"1\"}"),
@@ -51,7 +52,7 @@ fn echo_and_broadcast_across_cores(driver: &str) {
     }
     // A frame of each kind left the server exactly once per recipient.
     assert_eq!(
-        gateway.metric_sum("oc_gateway_frames_out_total", ""),
+        gateway.metric_sum_reaching("oc_gateway_frames_out_total", "", 2 + 16),
         2 + 16
     );
 }

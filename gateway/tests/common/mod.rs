@@ -121,6 +121,20 @@ impl Gateway {
     /// A metric summed over every core: the samples `name{core="N"...}`
     /// whose labels after `core` are exactly `labels` (e.g. `,code="4008"`,
     /// or empty).
+    /// [`metric_sum`](Self::metric_sum) once it reaches `expected`, or its
+    /// value after 2 s: counters are updated just after the socket write
+    /// that a client may already have read.
+    pub fn metric_sum_reaching(&self, name: &str, labels: &str, expected: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let value = self.metric_sum(name, labels);
+            if value == expected || std::time::Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metric_sum(&self, name: &str, labels: &str) -> u64 {
         self.metrics()
             .lines()
@@ -152,25 +166,10 @@ pub fn metric_value(body: &str, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
 }
 
-/// Sends a plain HTTP GET; returns the status and the body.
+/// Sends a plain HTTP GET; returns the status and the body (status 0 if
+/// the server answered nothing readable).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    oceanchat_testkit::http_get(port, path).unwrap_or((0, String::new()))
 }
 
 /// A frame the server sent.
