@@ -22,6 +22,8 @@ pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u64 = 100;
 pub const DEFAULT_MAX_GROUPS_PER_USER: u64 = 5000;
 pub const DEFAULT_MAX_SESSIONS_PER_USER: u64 = 50;
+pub const DEFAULT_EVENT_RETRY_MAX_MS: u64 = 5_000;
+pub const DEFAULT_EVENTS_DUPLICATE_WINDOW_S: u64 = 120;
 
 /// Login and registration throttling, from the flags below
 /// (docs/config.md); `auth::throttle` applies them.
@@ -144,6 +146,31 @@ pub struct Config {
     /// its own host, which is what nginx in front serves (deploy/nginx.conf).
     #[arg(long, env = "OC_PUBLIC_WS_URL", value_parser = parse_public_ws_url)]
     pub public_ws_url: Option<String>,
+
+    /// Publish a message event to JetStream (stream `OC_EVENTS`) after
+    /// each stored batch, for the workers (offline push, stats). Default
+    /// on; `--message-events=false` turns it off (benchmarks compare the
+    /// two) and then no offline pushes or stats happen.
+    #[arg(long, env = "OC_MESSAGE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub message_events: bool,
+
+    /// Longest pause between retries of an event publish that JetStream
+    /// did not acknowledge, in ms. A publish is retried (with the same
+    /// message id, so it lands once) until acknowledged; the pause doubles
+    /// from 50 ms up to this. Default 5000.
+    #[arg(long, env = "OC_EVENT_RETRY_MAX_MS", default_value_t = DEFAULT_EVENT_RETRY_MAX_MS)]
+    pub event_retry_max_ms: u64,
+
+    /// The duplicate window of the streams when the backend creates them,
+    /// in seconds: a retried publish within it lands once. Default 120,
+    /// JetStream's own default, far longer than a NATS restart.
+    #[arg(long, env = "OC_EVENTS_DUPLICATE_WINDOW_S", default_value_t = DEFAULT_EVENTS_DUPLICATE_WINDOW_S)]
+    pub events_duplicate_window_s: u64,
+
+    /// Bearer token of the operator API (`GET /v1/admin/stats`). Default
+    /// unset: the operator API answers 404. Hidden from logs.
+    #[arg(long, env = "OC_OPERATOR_TOKEN")]
+    pub operator_token: Option<String>,
 }
 
 impl Config {
@@ -200,6 +227,10 @@ impl Default for Config {
             max_groups_per_user: DEFAULT_MAX_GROUPS_PER_USER,
             max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             public_ws_url: None,
+            message_events: true,
+            event_retry_max_ms: DEFAULT_EVENT_RETRY_MAX_MS,
+            events_duplicate_window_s: DEFAULT_EVENTS_DUPLICATE_WINDOW_S,
+            operator_token: None,
         }
     }
 }
@@ -224,6 +255,13 @@ impl fmt::Debug for Config {
             .field("max_groups_per_user", &self.max_groups_per_user)
             .field("max_sessions_per_user", &self.max_sessions_per_user)
             .field("public_ws_url", &self.public_ws_url)
+            .field("message_events", &self.message_events)
+            .field("event_retry_max_ms", &self.event_retry_max_ms)
+            .field("events_duplicate_window_s", &self.events_duplicate_window_s)
+            .field(
+                "operator_token",
+                &self.operator_token.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }
@@ -238,10 +276,12 @@ mod tests {
     fn debug_hides_secrets() {
         let config = Config {
             redis_url: "redis://:topsecret@localhost".into(),
+            operator_token: Some("opsecret".into()),
             ..Config::default()
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(!shown.contains("opsecret"), "{shown}");
         assert!(shown.contains("localhost"));
     }
 

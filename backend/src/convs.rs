@@ -428,6 +428,28 @@ pub async fn typing(
     delivery::deliver_conv_event(state, conv, Some(asking(ctx)), &event).await
 }
 
+/// `conv.mute`: the caller's offline pushes of `conv` stop (`muted`) or
+/// start again. Live delivery is not affected; the push worker reads it.
+pub async fn mute_push(
+    state: &AppState,
+    user_id: &str,
+    conv: &str,
+    muted: bool,
+) -> Result<(), ServiceError> {
+    let updated = state
+        .store
+        .members
+        .update_one(
+            doc! {"conv": conv, "user_id": user_id},
+            doc! {"$set": {"push_muted": muted}},
+        )
+        .await?;
+    if updated.matched_count == 0 {
+        return Err(not_member(conv));
+    }
+    Ok(())
+}
+
 /// The connection a request came from.
 fn asking(ctx: &RpcContext) -> ConnRef {
     ConnRef {

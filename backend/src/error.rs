@@ -142,6 +142,8 @@ pub enum BackendError {
     Http(#[source] std::io::Error),
     #[error("a service task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("JetStream: {0}")]
+    Streams(#[from] crate::events::StreamsError),
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
+        .route("/v1/admin/stats", get(crate::stats::get_stats))
         .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .layer(axum::middleware::map_response(close_after_unread_body))

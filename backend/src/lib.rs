@@ -17,6 +17,8 @@
 //!   (pages bounded by size).
 //! - [`users`]: `user.lookup` and `users.get`, what others see of a user.
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
+//! - [`events`]: message events on JetStream for the workers, and the
+//!   streams they live in.
 //! - [`locks`]: edit locks (leases in Redis with fencing numbers).
 //! - [`lua`]: the Lua scripts run in Redis (locks, presence).
 //! - [`groups`]: group administration under the group's lock.
@@ -28,6 +30,8 @@
 //! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
 //! - [`auth`]: register, login, logout, password hashing and throttling,
 //!   login sessions in Redis.
+//! - [`stats`]: per-day message and active-user counts (written by the
+//!   worker) and the operator API that reads them.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`clock`]: the wall clock in milliseconds.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
@@ -41,6 +45,7 @@ pub mod conn_events;
 pub mod convs;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod groups;
 pub mod http;
 pub mod invitations;
@@ -50,6 +55,7 @@ pub mod messages;
 pub mod presence;
 pub mod rpc;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod users;
 pub mod web;
@@ -99,6 +105,7 @@ pub async fn serve(
         tracing::info!(http = %addr, "backend serving");
     }
 
+    let events = state.events.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = tokio::spawn(
         axum::serve(
@@ -137,6 +144,9 @@ pub async fn serve(
     if !rpc_ended {
         rpc.await?;
     }
+    if let Some(events) = &events {
+        events.drain(EVENT_DRAIN).await;
+    }
     for task in background {
         task.await?;
     }
@@ -151,6 +161,10 @@ pub async fn serve(
     tracing::info!("backend stopped");
     Ok(())
 }
+
+/// How long a stopping backend waits for its message events to be
+/// acknowledged.
+const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Completes once `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: watch::Receiver<bool>) {

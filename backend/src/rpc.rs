@@ -364,6 +364,10 @@ async fn dispatch(state: &AppState, request: RpcRequest) -> Result<Done, Service
             convs::typing(state, &request.ctx, user()?, conv).await?;
             Ok(Done::reply(&Empty {}))
         }
+        Op::ConvMute { conv, muted } => {
+            convs::mute_push(state, user()?, conv, *muted).await?;
+            Ok(Done::reply(&Empty {}))
+        }
         Op::PresenceQuery { user_ids } => {
             user()?;
             Ok(Done::reply(&presence::query(state, user_ids).await?))

@@ -7,6 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{redact_url, Config};
 use crate::error::BackendError;
+use crate::events::{self, Publisher};
 use crate::messages::ConvLocks;
 use crate::store::Store;
 
@@ -22,6 +23,10 @@ pub struct AppState {
     pub store: Store,
     pub redis: ConnectionManager,
     pub nats: async_nats::Client,
+    /// JetStream on `nats`, for message events.
+    pub jetstream: async_nats::jetstream::Context,
+    /// Publishes message events; `None` with `--message-events=false`.
+    pub events: Option<Publisher>,
     pub(crate) conv_locks: Arc<ConvLocks>,
 }
 
@@ -69,12 +74,31 @@ impl AppState {
             .await
             .map_err(BackendError::Indexes)?;
 
-        Ok(AppState {
+        let jetstream = events::jetstream(nats.clone());
+        let events = if config.message_events {
+            events::ensure_streams(
+                &jetstream,
+                Duration::from_secs(config.events_duplicate_window_s.max(1)),
+            )
+            .await?;
+            Some(Publisher::new())
+        } else {
+            tracing::info!("message events off: no offline pushes or stats");
+            None
+        };
+        let (publisher, batches) = events.unzip();
+        let state = AppState {
             config: Arc::new(config),
             store,
             redis,
             nats,
+            jetstream,
+            events: publisher,
             conv_locks: Arc::new(ConvLocks::default()),
-        })
+        };
+        if let Some(batches) = batches {
+            tokio::spawn(events::run(state.clone(), batches));
+        }
+        Ok(state)
     }
 }

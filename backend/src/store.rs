@@ -55,6 +55,9 @@ pub struct MemberDoc {
     pub muted: bool,
     pub read_seq: i64,
     pub joined_at: DateTime,
+    /// The member muted offline pushes of this conv (`conv.mute`).
+    #[serde(default)]
+    pub push_muted: bool,
 }
 
 impl MemberDoc {
@@ -66,6 +69,7 @@ impl MemberDoc {
             muted: false,
             read_seq: 0,
             joined_at: DateTime::now(),
+            push_muted: false,
         }
     }
 }
@@ -80,6 +84,11 @@ pub struct MessageDoc {
     pub ts: i64,
     pub body: String,
     pub client_msg_id: String,
+    /// The body was moved to `messages_archive` (the worker's archiver);
+    /// this document keeps the rest, so the unique indexes still guard
+    /// seq and `client_msg_id`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 impl From<MessageDoc> for Message {
@@ -133,6 +142,12 @@ pub struct Store {
     pub members: Collection<MemberDoc>,
     pub messages: Collection<MessageDoc>,
     pub invitations: Collection<InvitationDoc>,
+    /// Whole copies of archived messages (docs/internals.md, "Archive").
+    pub messages_archive: Collection<MessageDoc>,
+    /// Per day and conv, the seq range stored that day (the stats worker).
+    pub stats_conv_days: Collection<mongodb::bson::Document>,
+    /// Per day, one document per user who sent (the stats worker).
+    pub stats_user_days: Collection<mongodb::bson::Document>,
 }
 
 impl Store {
@@ -147,6 +162,9 @@ impl Store {
             members: db.collection("members"),
             messages: db.collection("messages"),
             invitations: db.collection("invitations"),
+            messages_archive: db.collection("messages_archive"),
+            stats_conv_days: db.collection("stats_conv_days"),
+            stats_user_days: db.collection("stats_user_days"),
             db,
         })
     }
@@ -205,6 +223,20 @@ impl Store {
                     .keys(doc! {"user_id": 1, "at": -1})
                     .build(),
             )
+            .await?;
+        self.messages_archive
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"conv": 1, "seq": 1})
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
+        self.stats_conv_days
+            .create_index(IndexModel::builder().keys(doc! {"day": 1}).build())
+            .await?;
+        self.stats_user_days
+            .create_index(IndexModel::builder().keys(doc! {"day": 1}).build())
             .await?;
         Ok(())
     }

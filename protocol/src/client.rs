@@ -152,6 +152,10 @@ pub enum Op {
     Read { conv: String, seq: u64 },
     #[serde(rename = "typing")]
     Typing { conv: String },
+    /// Mutes (or unmutes) offline push notifications of one conv for the
+    /// caller. Live delivery is not affected.
+    #[serde(rename = "conv.mute")]
+    ConvMute { conv: String, muted: bool },
     #[serde(rename = "presence.query")]
     PresenceQuery { user_ids: Vec<String> },
     #[serde(rename = "presence.watch")]
@@ -246,6 +250,7 @@ impl Op {
             Op::History { .. } => "history",
             Op::Read { .. } => "read",
             Op::Typing { .. } => "typing",
+            Op::ConvMute { .. } => "conv.mute",
             Op::PresenceQuery { .. } => "presence.query",
             Op::PresenceWatch { .. } => "presence.watch",
             Op::LockAcquire { .. } => "lock.acquire",
@@ -751,6 +756,10 @@ mod tests {
                 seq: 3,
             },
             Op::Typing { conv: "c".into() },
+            Op::ConvMute {
+                conv: "c".into(),
+                muted: true,
+            },
             Op::PresenceQuery {
                 user_ids: vec!["u".into()],
             },

@@ -101,3 +101,20 @@ mod tests {
         );
     }
 }
+
+/// `GET /v1/admin/stats?day=YYYY-MM-DD` (operator token): what the stats
+/// worker counted that day (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    pub day: String,
+    /// Messages stored that day, per conv, sorted by conv.
+    pub convs: Vec<ConvDayStats>,
+    /// Users who sent at least one message that day.
+    pub active_users: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvDayStats {
+    pub conv: String,
+    pub messages: u64,
+}

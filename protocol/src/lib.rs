@@ -10,6 +10,8 @@
 //! - [`http`]: the HTTP API bodies of `PROTOCOL.md` section 1.
 //! - [`internal`]: what the gateway and the backend say to each other over
 //!   NATS, and the Redis keys they share.
+//! - [`jobs`]: durable background work on JetStream: streams, message
+//!   events, push and archive tasks, dead letters, the push webhook body.
 //! - [`conv`]: conversation ids (`dm:…`, `g:…`).
 //! - [`limits`]: validation limits of the protocol (usernames, passwords,
 //!   message sizes).
@@ -18,6 +20,7 @@ pub mod client;
 pub mod conv;
 pub mod http;
 pub mod internal;
+pub mod jobs;
 pub mod limits;
 
 pub use client::{CloseCode, ErrorBody, ErrorCode};

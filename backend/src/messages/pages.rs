@@ -21,6 +21,7 @@ use oceanchat_protocol::limits;
 use crate::convs::{require_member, require_member_of_all};
 use crate::error::ServiceError;
 use crate::state::AppState;
+use crate::store::MessageDoc;
 
 /// `sync`'s and `history`'s page size when the client names none.
 const DEFAULT_PAGE_LIMIT: u32 = 100;
@@ -141,19 +142,22 @@ async fn read_page(
     limit: u32,
     max_bytes: usize,
 ) -> Result<Page, ServiceError> {
-    let mut cursor = state
+    let mut stored: Vec<MessageDoc> = state
         .store
         .messages
         .find(filter)
         .sort(doc! {"seq": order})
         .limit(i64::from(limit) + 1)
+        .await?
+        .try_collect()
         .await?;
+    fill_archived(state, &mut stored).await?;
     let mut page = Page {
         messages: Vec::new(),
         has_more: false,
     };
     let mut budget = Budget::new(max_bytes);
-    while let Some(stored) = cursor.try_next().await? {
+    for stored in stored {
         let message = Message::from(stored);
         let size = encoded_len(&message);
         if page.messages.len() == limit as usize || !budget.take(size) {
@@ -163,6 +167,43 @@ async fn read_page(
         page.messages.push((message, size));
     }
     Ok(page)
+}
+
+/// Puts back the bodies of archived messages (their hot document keeps
+/// everything else) from `messages_archive`, so pages read the same
+/// before and after archiving.
+async fn fill_archived(state: &AppState, stored: &mut [MessageDoc]) -> Result<(), ServiceError> {
+    let archived: Vec<(String, i64)> = stored
+        .iter()
+        .filter(|m| m.archived)
+        .map(|m| (m.conv.clone(), m.seq))
+        .collect();
+    if archived.is_empty() {
+        return Ok(());
+    }
+    let mut by_conv: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (conv, seq) in archived {
+        by_conv.entry(conv).or_default().push(seq);
+    }
+    let mut bodies: BTreeMap<(String, i64), String> = BTreeMap::new();
+    for (conv, seqs) in by_conv {
+        let mut cursor = state
+            .store
+            .messages_archive
+            .find(doc! {"conv": &conv, "seq": {"$in": seqs}})
+            .await?;
+        while let Some(copy) = cursor.try_next().await? {
+            bodies.insert((copy.conv, copy.seq), copy.body);
+        }
+    }
+    for m in stored.iter_mut().filter(|m| m.archived) {
+        let body = bodies.remove(&(m.conv.clone(), m.seq)).ok_or_else(|| {
+            ServiceError::Internal(format!("{} seq {} archived without a copy", m.conv, m.seq))
+        })?;
+        m.body = body;
+        m.archived = false;
+    }
+    Ok(())
 }
 
 /// Bytes left for one reply's messages. The first message is always

@@ -23,6 +23,9 @@
 //! `client_msg_id` (answered with the first send's result, also when both
 //! are in the same batch) or a seq taken by another instance (reload and
 //! re-plan the rest).
+//!
+//! After delivery, the writer hands the batch to [`crate::events`], which
+//! publishes its message event to JetStream behind the send path.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,6 +41,7 @@ use crate::clock::now_ms;
 use crate::convs::require_unmuted_member;
 use crate::delivery;
 use crate::error::ServiceError;
+use crate::events;
 use crate::state::AppState;
 use crate::store::{new_id, MessageDoc};
 
@@ -173,6 +177,7 @@ pub async fn send(
                 ts: 0,
                 body: body.to_string(),
                 client_msg_id: client_msg_id.to_string(),
+                archived: false,
             },
             since: Instant::now(),
             answer,
@@ -323,9 +328,17 @@ async fn write_batch(
             }
         }
     }
+    let batches = events::Batch::runs(conv, &stored);
     if !stored.is_empty() {
         if let Err(error) = delivery::deliver_messages(state, conv, stored).await {
             error.log("delivery");
+        }
+    }
+    // After the senders' replies and the live delivery: the event is
+    // at-least-once behind "stored" and never fails a send.
+    if let Some(events) = &state.events {
+        for batch in batches {
+            events.publish(batch).await;
         }
     }
 }
