@@ -14,28 +14,13 @@ use futures::TryStreamExt as _;
 use mongodb::bson::{doc, Document};
 
 use oceanchat_protocol::http::{ConvDayStats, StatsResponse};
-use oceanchat_protocol::jobs::MessageEvent;
+use oceanchat_protocol::jobs::{day_of, MessageEvent};
 use oceanchat_protocol::ErrorCode;
 
 use crate::error::ServiceError;
 use crate::http::bearer_token;
 use crate::state::AppState;
 use crate::store::Store;
-
-/// `YYYY-MM-DD` (UTC) of `ms` since the epoch.
-pub fn day_of(ms: u64) -> String {
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
-    let z = (ms / 86_400_000) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
 
 /// Counts one stored batch; idempotent.
 pub async fn record(store: &Store, event: &MessageEvent) -> Result<(), mongodb::error::Error> {
@@ -153,14 +138,6 @@ fn same_secret(given: &str, expected: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn days_are_utc_dates() {
-        assert_eq!(day_of(0), "1970-01-01");
-        assert_eq!(day_of(951_782_400_000), "2000-02-29");
-        assert_eq!(day_of(1_798_761_599_999), "2026-12-31");
-        assert_eq!(day_of(1_798_761_600_000), "2027-01-01");
-    }
 
     #[test]
     fn day_arguments_and_secrets() {

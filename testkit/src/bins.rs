@@ -283,6 +283,64 @@ impl Gateway {
     }
 }
 
+/// A running `oceanchat-worker` connected to a [`Stack`].
+///
+/// Its flags are `--metrics-listen 127.0.0.1:<free port> --redis-url ..
+/// --nats-url .. --mongo-url .. --mongo-db <stack.mongo_db>`, then
+/// `extra_args`; a flag given in `extra_args` replaces the default one.
+/// Drop sends SIGTERM, waits up to 5 s, then kills it.
+pub struct Worker {
+    server: Server,
+}
+
+impl Worker {
+    /// Starts it and returns once `GET /healthz` on its metrics port
+    /// answers 200 (its consumers are bound by then).
+    pub fn start(stack: &Stack, extra_args: &[&str]) -> Worker {
+        let program = bin_path("oceanchat-worker");
+        let stores = [
+            ("--redis-url", stack.redis.url()),
+            ("--nats-url", stack.nats.url()),
+            ("--mongo-url", stack.mongo.url()),
+            ("--mongo-db", stack.mongo_db.clone()),
+        ];
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let server = Server::start(Spec {
+            name: "worker",
+            command: Box::new(move |port, _dir| {
+                let mut defaults = vec![("--metrics-listen", format!("127.0.0.1:{port}"))];
+                defaults.extend(stores.iter().cloned());
+                command_line(&program, &defaults, &extra)
+            }),
+            ready: |_, port| matches!(http_get_status(port, "/healthz"), Ok(200)),
+            start_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            kill_on_drop: false,
+        });
+        Worker { server }
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.server.port())
+    }
+
+    /// SIGKILL, and wait until it is gone (a crash).
+    pub fn kill(&mut self) {
+        kill(&mut self.server);
+    }
+
+    /// Stops it (if running) and starts it again with the same flags.
+    pub fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.server.dir().join("worker.log")
+    }
+}
+
 fn process_of(server: &Server, name: &str) -> u32 {
     match server.child() {
         Some(child) => child.pid(),

@@ -44,7 +44,7 @@ mod tls;
 
 use std::path::{Path, PathBuf};
 
-pub use bins::{bin_path, Backend, Gateway};
+pub use bins::{bin_path, Backend, Gateway, Worker};
 pub use mongo::Mongo;
 pub use nats::Nats;
 pub use net::{free_port, http_get};

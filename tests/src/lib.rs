@@ -9,6 +9,8 @@
 //! The services are the binaries that `cargo build --workspace --bins`
 //! builds; testkit finds them in the target directory.
 
+pub mod push;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
