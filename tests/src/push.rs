@@ -32,21 +32,29 @@ pub struct Got {
     pub status: u16,
 }
 
+type Shared = Arc<Mutex<(Answer, Vec<Got>)>>;
+
 #[derive(Clone)]
 pub struct Receiver {
-    inner: Arc<Mutex<(Answer, Vec<Got>)>>,
+    inner: Shared,
     pub url: String,
 }
 
 impl Receiver {
     /// Starts one on a free port; it runs until the test's runtime ends.
     pub async fn start(answer: Answer) -> Receiver {
-        let inner = Arc::new(Mutex::new((answer, Vec::new())));
+        Receiver::slow(answer, Duration::ZERO).await
+    }
+
+    /// Like [`Receiver::start`], but each answer comes `delay` after the
+    /// request was recorded (a slow push gateway).
+    pub async fn slow(answer: Answer, delay: Duration) -> Receiver {
+        let inner: Shared = Arc::new(Mutex::new((answer, Vec::new())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/push", listener.local_addr().unwrap());
         let app = Router::new()
             .route("/push", post(receive))
-            .with_state(inner.clone());
+            .with_state((inner.clone(), delay));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver { inner, url }
     }
@@ -106,7 +114,7 @@ impl Receiver {
 }
 
 async fn receive(
-    State(inner): State<Arc<Mutex<(Answer, Vec<Got>)>>>,
+    State((inner, delay)): State<(Shared, Duration)>,
     headers: HeaderMap,
     Json(notice): Json<PushNotice>,
 ) -> StatusCode {
@@ -115,18 +123,22 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let mut inner = inner.lock().unwrap();
-    let status = match inner.0 {
-        Answer::Ok => 200,
-        Answer::Always(status) => status,
-        Answer::Until(until, status) if Instant::now() < until => status,
-        Answer::Until(..) => 200,
+    let status = {
+        let mut inner = inner.lock().unwrap();
+        let status = match inner.0 {
+            Answer::Ok => 200,
+            Answer::Always(status) => status,
+            Answer::Until(until, status) if Instant::now() < until => status,
+            Answer::Until(..) => 200,
+        };
+        inner.1.push(Got {
+            key,
+            notice,
+            status,
+        });
+        status
     };
-    inner.1.push(Got {
-        key,
-        notice,
-        status,
-    });
+    tokio::time::sleep(delay).await;
     StatusCode::from_u16(status).unwrap()
 }
 

@@ -176,7 +176,8 @@ async fn burst(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_burst_loses_no_push() {
     let world = World::with_args(1, 1, &[], FAST_SENDS);
-    let receiver = Receiver::start(Answer::Ok).await;
+    // Slow answers, so that the kill finds a push in flight.
+    let receiver = Receiver::slow(Answer::Ok, Duration::from_millis(300)).await;
     let mut worker = Worker::start(
         &world.stack,
         &worker_args(
@@ -232,12 +233,21 @@ async fn a_worker_killed_mid_burst_loses_no_push() {
     for (seq, keys) in &coverage {
         assert_eq!(keys.len(), 1, "seq {seq} is in pushes {keys:?}");
     }
+    // The push in flight at the kill was sent again, with its key.
     let got = receiver.got();
     let keys: BTreeSet<&str> = got.iter().map(|g| g.key.as_str()).collect();
     eprintln!(
         "pushes: {} requests, {} keys, {before_restart} before the restart",
         got.len(),
         keys.len()
+    );
+    let killed_in_flight = &got[before_restart - 1];
+    assert!(
+        got[before_restart..]
+            .iter()
+            .any(|g| g.key == killed_in_flight.key),
+        "the push in flight at the kill ({}) was not sent again",
+        killed_in_flight.key
     );
 }
 

@@ -25,7 +25,7 @@
 //! task of the push goes to the dead-letter stream with the status as
 //! the reason.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -100,30 +100,65 @@ pub async fn accept(
     }
 }
 
+/// Tasks of one user and conv waiting for their push.
+struct Group {
+    since: Instant,
+    progressed: Instant,
+    items: Vec<Held>,
+}
+
 /// Groups held tasks per user and conv and flushes each group once its
-/// first task has waited the coalescing window.
+/// first task has waited the coalescing window. One push per user and
+/// conv is in flight at a time in this worker; tasks that arrive
+/// meanwhile wait for the next one, so a slow webhook gets fewer, larger
+/// pushes instead of a queue of small ones. Held tasks have their ack
+/// wait renewed while they wait.
 pub async fn coalesce(ctx: Ctx, mut held: mpsc::UnboundedReceiver<Held>) {
     let window = ctx.config.coalesce();
+    let renew = ctx.config.ack_wait() / 3;
     let step = (window / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
-    let mut groups: HashMap<(String, String), (Instant, Vec<Held>)> = HashMap::new();
+    let mut groups: HashMap<(String, String), Group> = HashMap::new();
+    let mut busy: HashSet<(String, String)> = HashSet::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(step);
     loop {
         tokio::select! {
             item = held.recv() => {
                 let Some(item) = item else { return };
                 let key = (item.task.user.clone(), item.task.conv.clone());
-                groups.entry(key).or_insert_with(|| (Instant::now(), Vec::new())).1.push(item);
+                let now = Instant::now();
+                groups
+                    .entry(key)
+                    .or_insert_with(|| Group { since: now, progressed: now, items: Vec::new() })
+                    .items
+                    .push(item);
+            }
+            Some(key) = done_rx.recv() => {
+                busy.remove(&key);
             }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let due: Vec<_> = groups
                     .iter()
-                    .filter(|(_, (since, _))| now.duration_since(*since) >= window)
+                    .filter(|(key, g)| now.duration_since(g.since) >= window && !busy.contains(*key))
                     .map(|(key, _)| key.clone())
                     .collect();
                 for key in due {
-                    if let Some((_, items)) = groups.remove(&key) {
-                        tokio::spawn(flush(ctx.clone(), key.0, key.1, items));
+                    if let Some(group) = groups.remove(&key) {
+                        busy.insert(key.clone());
+                        let (ctx, done_tx) = (ctx.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            flush(ctx, key.0.clone(), key.1.clone(), group.items).await;
+                            let _ = done_tx.send(key);
+                        });
+                    }
+                }
+                for group in groups.values_mut() {
+                    if now.duration_since(group.progressed) >= renew {
+                        group.progressed = now;
+                        for item in &group.items {
+                            item.delivery.progress().await;
+                        }
                     }
                 }
             }
