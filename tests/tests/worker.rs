@@ -374,7 +374,7 @@ async fn a_nats_restart_mid_burst_leaves_no_stored_message_without_its_event() {
         let (conn, conv) = (conn.clone(), conv.clone());
         tokio::spawn(async move {
             let mut stored = Vec::new();
-            let until = Instant::now() + Duration::from_secs(6);
+            let until = Instant::now() + Duration::from_secs(8);
             let mut round = 0;
             while Instant::now() < until {
                 let sent = futures::stream::iter(0..50)
@@ -393,7 +393,13 @@ async fn a_nats_restart_mid_burst_leaves_no_stored_message_without_its_event() {
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::block_in_place(|| world.stack.nats.restart());
+    // Down for longer than a publish waits for its ack, so publishes in
+    // flight fail and are retried.
+    tokio::task::block_in_place(|| {
+        world.stack.nats.stop();
+        std::thread::sleep(Duration::from_millis(2500));
+        world.stack.nats.restart();
+    });
     let acknowledged = sending.await.unwrap();
     assert!(
         acknowledged.len() > 100,
@@ -450,6 +456,13 @@ async fn a_nats_restart_mid_burst_leaves_no_stored_message_without_its_event() {
         &missing[..missing.len().min(10)]
     );
     assert_eq!(repeats, 0, "a retried publish landed twice");
+    let log = std::fs::read_to_string(world.backends[0].log_path()).unwrap_or_default();
+    eprintln!(
+        "{} sends acknowledged, {} stored, {} event publishes retried",
+        acknowledged.len(),
+        stored.len(),
+        log.matches("not acknowledged; retrying").count()
+    );
 }
 
 /// Every message of `conv` by `history` pages of 7, newest first.
