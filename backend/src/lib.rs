@@ -34,6 +34,7 @@
 //!   worker) and the operator API that reads them.
 //! - [`store`]: MongoDB collections, indexes and documents.
 //! - [`clock`]: the wall clock in milliseconds.
+//! - [`service`]: logging and shutdown signals of the service binaries.
 //! - [`error`]: [`ServiceError`], the one error type of the service edge.
 //! - [`web`]: the web client's files and `/config.json`.
 
@@ -54,6 +55,7 @@ pub mod lua;
 pub mod messages;
 pub mod presence;
 pub mod rpc;
+pub mod service;
 pub mod state;
 pub mod stats;
 pub mod store;

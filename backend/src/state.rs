@@ -16,6 +16,24 @@ use crate::store::Store;
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A Redis connection manager with this crate's timeouts. The error names
+/// the URL with its password hidden.
+pub async fn connect_redis(
+    url: &str,
+    tls: &oceanchat_connect::RedisTls,
+) -> Result<ConnectionManager, String> {
+    let client = oceanchat_connect::redis_client(url, tls)
+        .map_err(|e| format!("{}: {e}", redact_url(url)))?;
+    ConnectionManager::new_with_config(
+        client,
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)),
+    )
+    .await
+    .map_err(|e| format!("{}: {e}", redact_url(url)))
+}
+
 /// Cheap to clone: every field is a handle.
 #[derive(Clone)]
 pub struct AppState {
@@ -35,22 +53,12 @@ impl AppState {
     /// indexes exist. Fails if any of them cannot be reached now; once
     /// running, each client reconnects by itself.
     pub async fn connect(config: Config) -> Result<AppState, BackendError> {
-        let redis_client = oceanchat_connect::redis_client(&config.redis_url, &config.redis_tls)
-            .map_err(|e| BackendError::Connect {
+        let redis = connect_redis(&config.redis_url, &config.redis_tls)
+            .await
+            .map_err(|detail| BackendError::Connect {
                 store: "redis",
-                detail: format!("{}: {e}", redact_url(&config.redis_url)),
+                detail,
             })?;
-        let redis = ConnectionManager::new_with_config(
-            redis_client,
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-                .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)),
-        )
-        .await
-        .map_err(|e| BackendError::Connect {
-            store: "redis",
-            detail: format!("{}: {e}", redact_url(&config.redis_url)),
-        })?;
 
         let nats = oceanchat_connect::connect_nats(
             &config.nats_url,

@@ -173,71 +173,35 @@ impl Store {
     /// exists with the same keys and options does nothing, so every
     /// instance runs this at start-up.
     pub async fn ensure_indexes(&self) -> Result<(), mongodb::error::Error> {
-        let unique = || IndexOptions::builder().unique(true).build();
-        self.users
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"username": 1})
-                    .options(unique())
-                    .build(),
-            )
-            .await?;
+        let unique = |keys| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).build())
+                .build()
+        };
+        let plain = |keys| IndexModel::builder().keys(keys).build();
+        self.users.create_index(unique(doc! {"username": 1})).await?;
         self.members
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"conv": 1, "user_id": 1})
-                    .options(unique())
-                    .build(),
-            )
+            .create_index(unique(doc! {"conv": 1, "user_id": 1}))
             .await?;
-        self.members
-            .create_index(IndexModel::builder().keys(doc! {"user_id": 1}).build())
-            .await?;
+        self.members.create_index(plain(doc! {"user_id": 1})).await?;
+        // The archive's copies are found, and kept unique, the same way.
+        for messages in [&self.messages, &self.messages_archive] {
+            messages
+                .create_index(unique(doc! {"conv": 1, "seq": 1}))
+                .await?;
+        }
         self.messages
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"conv": 1, "seq": 1})
-                    .options(unique())
-                    .build(),
-            )
-            .await?;
-        self.messages
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"conv": 1, "from": 1, "client_msg_id": 1})
-                    .options(unique())
-                    .build(),
-            )
+            .create_index(unique(doc! {"conv": 1, "from": 1, "client_msg_id": 1}))
             .await?;
         self.invitations
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"user_id": 1, "group_id": 1})
-                    .options(unique())
-                    .build(),
-            )
+            .create_index(unique(doc! {"user_id": 1, "group_id": 1}))
             .await?;
         self.invitations
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"user_id": 1, "at": -1})
-                    .build(),
-            )
+            .create_index(plain(doc! {"user_id": 1, "at": -1}))
             .await?;
-        self.messages_archive
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"conv": 1, "seq": 1})
-                    .options(unique())
-                    .build(),
-            )
-            .await?;
-        self.stats_conv_days
-            .create_index(IndexModel::builder().keys(doc! {"day": 1}).build())
-            .await?;
-        self.stats_user_days
-            .create_index(IndexModel::builder().keys(doc! {"day": 1}).build())
-            .await?;
+        self.stats_conv_days.create_index(plain(doc! {"day": 1})).await?;
+        self.stats_user_days.create_index(plain(doc! {"day": 1})).await?;
         Ok(())
     }
 

@@ -98,27 +98,9 @@ pub struct Backend {
 impl Backend {
     /// Starts it and returns once `GET /healthz` answers 200.
     pub fn start(stack: &Stack, extra_args: &[&str]) -> Backend {
-        let program = bin_path("oceanchat-backend");
-        let stores = [
-            ("--redis-url", stack.redis.url()),
-            ("--nats-url", stack.nats.url()),
-            ("--mongo-url", stack.mongo.url()),
-            ("--mongo-db", stack.mongo_db.clone()),
-        ];
-        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let server = Server::start(Spec {
-            name: "backend",
-            command: Box::new(move |port, _dir| {
-                let mut defaults = vec![("--http-listen", format!("127.0.0.1:{port}"))];
-                defaults.extend(stores.iter().cloned());
-                command_line(&program, &defaults, &extra)
-            }),
-            ready: |_, port| matches!(http_get_status(port, "/healthz"), Ok(200)),
-            start_timeout: Duration::from_secs(30),
-            stop_grace: Duration::from_secs(5),
-            kill_on_drop: false,
-        });
-        Backend { server }
+        Backend {
+            server: start_on_stores(stack, "backend", "--http-listen", extra_args),
+        }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -297,27 +279,9 @@ impl Worker {
     /// Starts it and returns once `GET /healthz` on its metrics port
     /// answers 200 (its consumers are bound by then).
     pub fn start(stack: &Stack, extra_args: &[&str]) -> Worker {
-        let program = bin_path("oceanchat-worker");
-        let stores = [
-            ("--redis-url", stack.redis.url()),
-            ("--nats-url", stack.nats.url()),
-            ("--mongo-url", stack.mongo.url()),
-            ("--mongo-db", stack.mongo_db.clone()),
-        ];
-        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let server = Server::start(Spec {
-            name: "worker",
-            command: Box::new(move |port, _dir| {
-                let mut defaults = vec![("--metrics-listen", format!("127.0.0.1:{port}"))];
-                defaults.extend(stores.iter().cloned());
-                command_line(&program, &defaults, &extra)
-            }),
-            ready: |_, port| matches!(http_get_status(port, "/healthz"), Ok(200)),
-            start_timeout: Duration::from_secs(30),
-            stop_grace: Duration::from_secs(5),
-            kill_on_drop: false,
-        });
-        Worker { server }
+        Worker {
+            server: start_on_stores(stack, "worker", "--metrics-listen", extra_args),
+        }
     }
 
     /// `http://127.0.0.1:PORT/metrics`
@@ -339,6 +303,37 @@ impl Worker {
     pub fn log_path(&self) -> PathBuf {
         self.server.dir().join("worker.log")
     }
+}
+
+/// `oceanchat-<name>` on a free port of 127.0.0.1 (given as
+/// `listen_flag`), connected to the three stores of `stack`, ready once
+/// `GET /healthz` on that port answers 200.
+fn start_on_stores(
+    stack: &Stack,
+    name: &'static str,
+    listen_flag: &'static str,
+    extra_args: &[&str],
+) -> Server {
+    let program = bin_path(&format!("oceanchat-{name}"));
+    let stores = [
+        ("--redis-url", stack.redis.url()),
+        ("--nats-url", stack.nats.url()),
+        ("--mongo-url", stack.mongo.url()),
+        ("--mongo-db", stack.mongo_db.clone()),
+    ];
+    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    Server::start(Spec {
+        name,
+        command: Box::new(move |port, _dir| {
+            let mut defaults = vec![(listen_flag, format!("127.0.0.1:{port}"))];
+            defaults.extend(stores.iter().cloned());
+            command_line(&program, &defaults, &extra)
+        }),
+        ready: |_, port| matches!(http_get_status(port, "/healthz"), Ok(200)),
+        start_timeout: Duration::from_secs(30),
+        stop_grace: Duration::from_secs(5),
+        kill_on_drop: false,
+    })
 }
 
 fn process_of(server: &Server, name: &str) -> u32 {

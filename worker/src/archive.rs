@@ -60,13 +60,8 @@ pub async fn schedule(ctx: Ctx) {
 
 /// Handles one archive run.
 pub async fn handle(ctx: Ctx, task: Task, permit: OwnedSemaphorePermit) {
-    let run: ArchiveTask = match serde_json::from_slice(task.payload()) {
-        Ok(run) => run,
-        Err(e) => {
-            task.dead_letter(&ctx, &format!("not an archive task: {e}"))
-                .await;
-            return;
-        }
+    let Some(run) = task.decode::<ArchiveTask>(&ctx, "an archive task").await else {
+        return;
     };
     match archive_before(&ctx, &task, run.before_ts).await {
         Ok(0) => task.ack(&ctx).await,

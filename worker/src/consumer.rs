@@ -69,6 +69,18 @@ impl Task {
         &self.msg.payload
     }
 
+    /// The task's JSON as a `T`; a task that is not one is dead-lettered
+    /// (no retry makes it one) and `None` returned.
+    pub async fn decode<T: serde::de::DeserializeOwned>(&self, ctx: &Ctx, what: &str) -> Option<T> {
+        match serde_json::from_slice(self.payload()) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.dead_letter(ctx, &format!("not {what}: {e}")).await;
+                None
+            }
+        }
+    }
+
     /// Handled: never deliver it again.
     pub async fn ack(&self, ctx: &Ctx) {
         match self.msg.ack().await {
@@ -188,6 +200,31 @@ pub async fn bind(
             consumer: name,
             detail: e.to_string(),
         })
+}
+
+/// Binds the consumer `name` and runs [`consume`] and [`watch_pending`]
+/// for it; the handle ends when `stop` completed.
+pub async fn start<F, Fut>(
+    ctx: &Ctx,
+    stream: &'static str,
+    name: &'static str,
+    filter: &str,
+    on_task: F,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, WorkerError>
+where
+    F: FnMut(Task, OwnedSemaphorePermit) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let consumer = bind(ctx, stream, name, filter).await?;
+    tokio::spawn(watch_pending(ctx.clone(), stream, name));
+    Ok(tokio::spawn(consume(
+        ctx.clone(),
+        consumer,
+        name,
+        on_task,
+        stop,
+    )))
 }
 
 /// Feeds every task of `consumer` to `on_task` with a permit of this

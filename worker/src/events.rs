@@ -16,13 +16,8 @@ use crate::consumer::{Ctx, Task};
 
 /// Handles one delivered event.
 pub async fn handle(ctx: Ctx, task: Task, permit: OwnedSemaphorePermit) {
-    let event: MessageEvent = match serde_json::from_slice(task.payload()) {
-        Ok(event) => event,
-        Err(e) => {
-            task.dead_letter(&ctx, &format!("not a message event: {e}"))
-                .await;
-            return;
-        }
+    let Some(event) = task.decode::<MessageEvent>(&ctx, "a message event").await else {
+        return;
     };
     match process(&ctx, &event).await {
         Ok(()) => task.ack(&ctx).await,

@@ -38,11 +38,11 @@ use std::time::Duration;
 use axum::routing::get;
 use mongodb::bson::doc;
 use mongodb::IndexModel;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch};
 
 use oceanchat_backend::config::redact_url;
 use oceanchat_backend::events::{ensure_streams, jetstream, StreamsError};
+use oceanchat_backend::state::connect_redis;
 use oceanchat_backend::store::Store;
 use oceanchat_protocol::jobs::{consumers, streams, subjects};
 
@@ -96,87 +96,68 @@ pub async fn run(
     };
     let mut tasks = Vec::new();
 
-    let events = consumer::bind(
-        &ctx,
-        streams::EVENTS,
-        consumers::EVENTS,
-        subjects::MESSAGE_EVENTS,
-    )
-    .await?;
-    tasks.push(tokio::spawn(consumer::consume(
-        ctx.clone(),
-        events,
-        consumers::EVENTS,
-        {
-            let ctx = ctx.clone();
-            move |task, permit| {
-                tokio::spawn(events::handle(ctx.clone(), task, permit));
-                async {}
-            }
-        },
-        stopped(),
-    )));
-    tokio::spawn(consumer::watch_pending(
-        ctx.clone(),
-        streams::EVENTS,
-        consumers::EVENTS,
-    ));
-
-    if ctx.config.push_webhook.is_some() {
-        let push =
-            consumer::bind(&ctx, streams::TASKS, consumers::PUSH, subjects::TASK_PUSH).await?;
-        let (held_tx, held_rx) = mpsc::unbounded_channel();
-        tokio::spawn(push::coalesce(ctx.clone(), held_rx));
-        tasks.push(tokio::spawn(consumer::consume(
-            ctx.clone(),
-            push,
-            consumers::PUSH,
+    tasks.push(
+        consumer::start(
+            &ctx,
+            streams::EVENTS,
+            consumers::EVENTS,
+            subjects::MESSAGE_EVENTS,
             {
                 let ctx = ctx.clone();
                 move |task, permit| {
-                    let ctx = ctx.clone();
-                    let held_tx = held_tx.clone();
-                    async move { push::accept(ctx, task, permit, &held_tx).await }
+                    tokio::spawn(events::handle(ctx.clone(), task, permit));
+                    async {}
                 }
             },
             stopped(),
-        )));
-        tokio::spawn(consumer::watch_pending(
-            ctx.clone(),
-            streams::TASKS,
-            consumers::PUSH,
-        ));
+        )
+        .await?,
+    );
+
+    if ctx.config.push_webhook.is_some() {
+        let (held_tx, held_rx) = mpsc::unbounded_channel();
+        tokio::spawn(push::coalesce(ctx.clone(), held_rx));
+        tasks.push(
+            consumer::start(
+                &ctx,
+                streams::TASKS,
+                consumers::PUSH,
+                subjects::TASK_PUSH,
+                {
+                    let ctx = ctx.clone();
+                    move |task, permit| {
+                        let ctx = ctx.clone();
+                        let held_tx = held_tx.clone();
+                        async move { push::accept(ctx, task, permit, &held_tx).await }
+                    }
+                },
+                stopped(),
+            )
+            .await?,
+        );
     } else {
         tracing::info!("no --push-webhook: offline pushes off");
     }
 
     if ctx.config.archive_after_s > 0 {
-        let archive = consumer::bind(
-            &ctx,
-            streams::TASKS,
-            consumers::ARCHIVE,
-            subjects::TASK_ARCHIVE,
-        )
-        .await?;
         tokio::spawn(archive::schedule(ctx.clone()));
-        tasks.push(tokio::spawn(consumer::consume(
-            ctx.clone(),
-            archive,
-            consumers::ARCHIVE,
-            {
-                let ctx = ctx.clone();
-                move |task, permit| {
-                    tokio::spawn(archive::handle(ctx.clone(), task, permit));
-                    async {}
-                }
-            },
-            stopped(),
-        )));
-        tokio::spawn(consumer::watch_pending(
-            ctx.clone(),
-            streams::TASKS,
-            consumers::ARCHIVE,
-        ));
+        tasks.push(
+            consumer::start(
+                &ctx,
+                streams::TASKS,
+                consumers::ARCHIVE,
+                subjects::TASK_ARCHIVE,
+                {
+                    let ctx = ctx.clone();
+                    move |task, permit| {
+                        tokio::spawn(archive::handle(ctx.clone(), task, permit));
+                        async {}
+                    }
+                },
+                stopped(),
+            )
+            .await?,
+        );
     } else {
         tracing::info!("--archive-after-s 0: archiving off");
     }
@@ -203,22 +184,12 @@ pub async fn run(
 }
 
 async fn connect(config: Config) -> Result<Ctx, WorkerError> {
-    let redis =
-        redis::Client::open(config.redis_url.as_str()).map_err(|e| WorkerError::Connect {
+    let redis = connect_redis(&config.redis_url)
+        .await
+        .map_err(|detail| WorkerError::Connect {
             store: "redis",
-            detail: format!("{}: {e}", redact_url(&config.redis_url)),
+            detail,
         })?;
-    let redis = ConnectionManager::new_with_config(
-        redis,
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(1))),
-    )
-    .await
-    .map_err(|e| WorkerError::Connect {
-        store: "redis",
-        detail: format!("{}: {e}", redact_url(&config.redis_url)),
-    })?;
     let nats = async_nats::ConnectOptions::new()
         .name("oceanchat-worker")
         .connect(config.nats_url.as_str())

@@ -83,20 +83,16 @@ pub async fn accept(
     permit: OwnedSemaphorePermit,
     to: &mpsc::UnboundedSender<Held>,
 ) {
-    match serde_json::from_slice::<PushTask>(delivery.payload()) {
-        Ok(task) if !task.seqs.is_empty() => {
+    match delivery.decode::<PushTask>(&ctx, "a push task").await {
+        Some(task) if !task.seqs.is_empty() => {
             let _ = to.send(Held {
                 task,
                 delivery,
                 permit,
             });
         }
-        Ok(_) => delivery.ack(&ctx).await,
-        Err(e) => {
-            delivery
-                .dead_letter(&ctx, &format!("not a push task: {e}"))
-                .await
-        }
+        Some(_) => delivery.ack(&ctx).await,
+        None => {}
     }
 }
 

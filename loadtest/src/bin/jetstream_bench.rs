@@ -27,7 +27,10 @@ use oceanchat_protocol::jobs::{consumers, streams, subjects, MessageEvent};
 use oceanchat_testkit::{bin_path, free_port, Backend, Gateway, Stack, Worker};
 
 #[derive(Parser)]
-#[command(name = "oceanchat-jetstream-bench", about = "Message events: send p99 on/off, events/s through 1 and 2 workers")]
+#[command(
+    name = "oceanchat-jetstream-bench",
+    about = "Message events: send p99 on/off, events/s through 1 and 2 workers"
+)]
 struct Args {
     /// Sends per second in all, in the latency runs.
     #[arg(long, default_value_t = 1000)]
@@ -168,7 +171,9 @@ async fn worker_run(args: &Args, workers: usize) {
         "--archive-after-s",
         "0",
     ];
-    let _workers: Vec<Worker> = (0..workers).map(|_| Worker::start(&stack, &worker_args)).collect();
+    let _workers: Vec<Worker> = (0..workers)
+        .map(|_| Worker::start(&stack, &worker_args))
+        .collect();
 
     let client = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -220,7 +225,10 @@ async fn drained(
     let stream = js.get_stream(stream).await.unwrap();
     loop {
         if let Ok(info) = stream.consumer_info(consumer).await {
-            if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0 {
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence > 0
+            {
                 return started.elapsed().as_secs_f64();
             }
         }
