@@ -511,7 +511,11 @@ async fn history_and_sync_read_the_same_across_the_archive_boundary() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let old_done = Instant::now();
+    // The gap the archive cutoff (now - age) sits in while the test
+    // compares: after the old half, before the new half.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let new_start = Instant::now();
     for i in 0..30 {
         a.send(&conv, &format!("new{i}"), &format!("new {i}"))
             .await
@@ -522,11 +526,16 @@ async fn history_and_sync_read_the_same_across_the_archive_boundary() {
     assert_eq!(history_before.len(), 60);
     assert_eq!(sync_before.len(), 60);
 
+    // An age that puts the cutoff four seconds before the new half: past
+    // the old half (six seconds before it), and it stays short of the new
+    // half for four seconds, whatever the sends and pages above took.
+    let since_new = new_start.elapsed().as_secs_f64().ceil() as u64;
+    let age = (since_new + 4).to_string();
     let _worker = Worker::start(
         &world.stack,
         &[
             "--archive-after-s",
-            "4",
+            age.as_str(),
             "--archive-interval-ms",
             "200",
             "--archive-batch",
