@@ -180,11 +180,15 @@ impl Store {
                 .build()
         };
         let plain = |keys| IndexModel::builder().keys(keys).build();
-        self.users.create_index(unique(doc! {"username": 1})).await?;
+        self.users
+            .create_index(unique(doc! {"username": 1}))
+            .await?;
         self.members
             .create_index(unique(doc! {"conv": 1, "user_id": 1}))
             .await?;
-        self.members.create_index(plain(doc! {"user_id": 1})).await?;
+        self.members
+            .create_index(plain(doc! {"user_id": 1}))
+            .await?;
         // The archive's copies are found, and kept unique, the same way.
         for messages in [&self.messages, &self.messages_archive] {
             messages
@@ -200,8 +204,12 @@ impl Store {
         self.invitations
             .create_index(plain(doc! {"user_id": 1, "at": -1}))
             .await?;
-        self.stats_conv_days.create_index(plain(doc! {"day": 1})).await?;
-        self.stats_user_days.create_index(plain(doc! {"day": 1})).await?;
+        self.stats_conv_days
+            .create_index(plain(doc! {"day": 1}))
+            .await?;
+        self.stats_user_days
+            .create_index(plain(doc! {"day": 1}))
+            .await?;
         Ok(())
     }
 

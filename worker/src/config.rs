@@ -27,10 +27,18 @@ pub struct Config {
     #[arg(long, env = "OC_NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
 
+    /// NATS credentials and TLS, as for the backend (docs/config.md).
+    #[command(flatten)]
+    pub nats_security: oceanchat_connect::NatsSecurity,
+
     /// Redis (routes are not read here; the push coalescing state is).
     /// Default `redis://127.0.0.1:6379`.
     #[arg(long, env = "OC_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
+
+    /// Redis over TLS (with a `rediss://` URL), as for the backend.
+    #[command(flatten)]
+    pub redis_tls: oceanchat_connect::RedisTls,
 
     /// MongoDB (members, messages, archive, stats).
     #[arg(long, env = "OC_MONGO_URL", default_value = DEFAULT_MONGO_URL)]
@@ -142,7 +150,9 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("receiver", &self.receiver)
             .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_security", &self.nats_security)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_tls", &self.redis_tls)
             .field("mongo_url", &redact_url(&self.mongo_url))
             .field("mongo_db", &self.mongo_db)
             .field("metrics_listen", &self.metrics_listen)

@@ -184,20 +184,22 @@ pub async fn run(
 }
 
 async fn connect(config: Config) -> Result<Ctx, WorkerError> {
-    let redis = connect_redis(&config.redis_url)
+    let redis = connect_redis(&config.redis_url, &config.redis_tls)
         .await
         .map_err(|detail| WorkerError::Connect {
             store: "redis",
             detail,
         })?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("oceanchat-worker")
-        .connect(config.nats_url.as_str())
-        .await
-        .map_err(|e| WorkerError::Connect {
-            store: "nats",
-            detail: format!("{}: {e}", redact_url(&config.nats_url)),
-        })?;
+    let nats = oceanchat_connect::connect_nats(
+        &config.nats_url,
+        &config.nats_security,
+        async_nats::ConnectOptions::new().name("oceanchat-worker"),
+    )
+    .await
+    .map_err(|e| WorkerError::Connect {
+        store: "nats",
+        detail: e.to_string(),
+    })?;
     let js = jetstream(nats);
     ensure_streams(
         &js,
