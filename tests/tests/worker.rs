@@ -255,8 +255,7 @@ async fn a_worker_killed_mid_burst_loses_no_push() {
 async fn a_failing_webhook_is_retried_with_backoff_until_it_answers() {
     let world = World::start();
     let failing_for = Duration::from_millis(1500);
-    let receiver = Receiver::start(Answer::Until(Instant::now() + failing_for, 503)).await;
-    let started = Instant::now();
+    let receiver = Receiver::start(Answer::Ok).await;
     let _worker = Worker::start(
         &world.stack,
         &worker_args(
@@ -277,6 +276,9 @@ async fn a_failing_webhook_is_retried_with_backoff_until_it_answers() {
     let bob = world.user("bob").await;
     let a = alice.connect(&world, 0).await;
     let conv = a.dm_open(&bob.user_id).await.unwrap();
+    // Failing from now on, for a while: the pushes meet it.
+    receiver.set_answer(Answer::Until(Instant::now() + failing_for, 503));
+    let started = Instant::now();
     for i in 0..5 {
         a.send(&conv, &format!("c{i}"), "hi").await.unwrap();
     }
