@@ -532,7 +532,12 @@ async fn history_and_sync_read_the_same_across_the_archive_boundary() {
     // the old half (six seconds before it), and it stays short of the new
     // half for four seconds, whatever the sends and pages above took.
     let since_new = new_start.elapsed().as_secs_f64().ceil() as u64;
-    let age = (since_new + 4).to_string();
+    let age = since_new + 4;
+    assert!(
+        old_done.elapsed().as_secs_f64() > age as f64 + 0.5,
+        "the cutoff is past the old half"
+    );
+    let age = age.to_string();
     let _worker = Worker::start(
         &world.stack,
         &[

@@ -19,7 +19,7 @@
 //! - [`events`]: message events to stats and push tasks.
 //! - [`push`]: coalescing and the webhook.
 //! - [`archive`]: moving old message bodies to the archive collection.
-//! - [`metrics`]: `/metrics`.
+//! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`receiver`]: the local push receiver (`--receiver`).
 
 pub mod archive;
