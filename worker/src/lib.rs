@@ -40,10 +40,9 @@ use mongodb::bson::doc;
 use mongodb::IndexModel;
 use tokio::sync::{mpsc, watch};
 
-use oceanchat_backend::config::redact_url;
 use oceanchat_backend::events::{ensure_streams, jetstream, StreamsError};
-use oceanchat_backend::state::connect_redis;
-use oceanchat_backend::store::Store;
+use oceanchat_backend::state::Clients;
+use oceanchat_backend::BackendError;
 use oceanchat_protocol::jobs::{consumers, streams, subjects};
 
 pub use config::Config;
@@ -53,8 +52,11 @@ use metrics::Metrics;
 /// What stops a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("cannot connect to {store}: {detail}")]
-    Connect { store: &'static str, detail: String },
+    /// A store could not be reached, or its indexes made.
+    #[error("{0}")]
+    Stores(#[from] BackendError),
+    #[error("cannot set up {what}: {detail}")]
+    Setup { what: &'static str, detail: String },
     #[error("JetStream: {0}")]
     Streams(#[from] StreamsError),
     #[error("consumer {consumer}: {detail}")]
@@ -184,35 +186,22 @@ pub async fn run(
 }
 
 async fn connect(config: Config) -> Result<Ctx, WorkerError> {
-    let redis = connect_redis(&config.redis_url, &config.redis_tls)
-        .await
-        .map_err(|detail| WorkerError::Connect {
-            store: "redis",
-            detail,
-        })?;
-    let nats = oceanchat_connect::connect_nats(
+    let Clients { redis, nats, store } = Clients::connect(
+        &config.redis_url,
+        &config.redis_tls,
         &config.nats_url,
         &config.nats_security,
-        async_nats::ConnectOptions::new().name("oceanchat-worker"),
+        "oceanchat-worker",
+        &config.mongo_url,
+        &config.mongo_db,
     )
-    .await
-    .map_err(|e| WorkerError::Connect {
-        store: "nats",
-        detail: e.to_string(),
-    })?;
+    .await?;
     let js = jetstream(nats);
     ensure_streams(
         &js,
         Duration::from_secs(config.events_duplicate_window_s.max(1)),
     )
     .await?;
-    let store = Store::connect(&config.mongo_url, &config.mongo_db)
-        .await
-        .map_err(|e| WorkerError::Connect {
-            store: "mongodb",
-            detail: format!("{}: {e}", redact_url(&config.mongo_url)),
-        })?;
-    store.ensure_indexes().await.map_err(WorkerError::Indexes)?;
     if config.archive_after_s > 0 {
         // What the archiver looks for.
         store
@@ -223,8 +212,8 @@ async fn connect(config: Config) -> Result<Ctx, WorkerError> {
     }
     let http = reqwest::Client::builder()
         .build()
-        .map_err(|e| WorkerError::Connect {
-            store: "webhook client",
+        .map_err(|e| WorkerError::Setup {
+            what: "the webhook client",
             detail: e.to_string(),
         })?;
     Ok(Ctx {
