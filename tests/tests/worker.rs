@@ -596,3 +596,53 @@ async fn history_and_sync_read_the_same_across_the_archive_boundary() {
     let again = a.send(&conv, "old0", "old 0").await.unwrap();
     assert_eq!(again.seq, 1);
 }
+
+#[test]
+fn the_backend_and_the_worker_refuse_to_start_without_jetstream() {
+    use std::process::{Command, Stdio};
+    let stack = oceanchat_testkit::Stack::start();
+    // A NATS server of its own, without -js.
+    let port = oceanchat_testkit::free_port();
+    let mut nats = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let common = [
+        "--nats-url".to_string(),
+        nats_url,
+        "--redis-url".to_string(),
+        stack.redis.url(),
+        "--mongo-url".to_string(),
+        stack.mongo.url(),
+        "--mongo-db".to_string(),
+        stack.mongo_db.clone(),
+    ];
+    for (binary, listen) in [
+        ("oceanchat-backend", "--http-listen"),
+        ("oceanchat-worker", "--metrics-listen"),
+    ] {
+        let out = Command::new(oceanchat_testkit::bin_path(binary))
+            .args(&common)
+            .args([
+                listen,
+                &format!("127.0.0.1:{}", oceanchat_testkit::free_port()),
+            ])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{binary}: {log}");
+        assert!(log.contains("has no JetStream"), "{binary}: {log}");
+    }
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
