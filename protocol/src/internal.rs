@@ -117,6 +117,22 @@ pub mod headers {
 
 /// Redis keys shared by the gateway and the backend.
 pub mod keys {
+    /// The push worker's lock on one user's pushes of one conv.
+    pub fn push_lock(user_id: &str, conv: &str) -> String {
+        format!("oc:push:lock:{user_id}:{conv}")
+    }
+
+    /// A push notice of one user and conv that is being sent (or whose
+    /// sending was interrupted): sent again exactly so.
+    pub fn push_pending(user_id: &str, conv: &str) -> String {
+        format!("oc:push:pending:{user_id}:{conv}")
+    }
+
+    /// That a push task's push is finished (`ok` or `dead:<reason>`).
+    pub fn push_done(task_id: &str) -> String {
+        format!("oc:push:done:{task_id}")
+    }
+
     /// Sorted set: a user's session keys (see [`session`]), scored by
     /// expiry in ms, to cap sessions per user.
     pub fn user_sessions(user_id: &str) -> String {

@@ -34,6 +34,7 @@ use redis::AsyncCommands as _;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use oceanchat_backend::clock::now_ms;
+use oceanchat_protocol::internal::keys;
 use oceanchat_protocol::jobs::{PushNotice, PushTask};
 
 use crate::consumer::{Ctx, Task};
@@ -49,16 +50,6 @@ const UNREAD_MAX_CONVS: i64 = 500;
 
 /// How long a flush waits for another flush of the same user and conv.
 const LOCK_WAIT_STEP: Duration = Duration::from_millis(25);
-
-fn lock_key(user: &str, conv: &str) -> String {
-    format!("oc:push:lock:{user}:{conv}")
-}
-fn pending_key(user: &str, conv: &str) -> String {
-    format!("oc:push:pending:{user}:{conv}")
-}
-fn done_key(task_id: &str) -> String {
-    format!("oc:push:done:{task_id}")
-}
 
 /// A delivered push task, held until its push is done.
 pub struct Held {
@@ -175,7 +166,7 @@ enum Outcome {
 async fn flush(ctx: Ctx, user: String, conv: String, items: Vec<Held>) {
     let mut redis = ctx.redis.clone();
     let token = format!("{:016x}", rand::random::<u64>());
-    let lock = lock_key(&user, &conv);
+    let lock = keys::push_lock(&user, &conv);
     let wait_until =
         Instant::now() + Duration::from_millis(ctx.config.push_timeout_ms) + Duration::from_secs(1);
     loop {
@@ -216,7 +207,7 @@ async fn flush(ctx: Ctx, user: String, conv: String, items: Vec<Held>) {
 
 async fn flush_locked(ctx: &Ctx, user: &str, conv: &str, items: Vec<Held>) {
     let mut redis = ctx.redis.clone();
-    let pending_key = pending_key(user, conv);
+    let pending_key = keys::push_pending(user, conv);
 
     // 1. An unfinished notice goes first, exactly as recorded.
     let pending: Result<Option<String>, _> = redis.get(&pending_key).await;
@@ -251,7 +242,7 @@ async fn flush_locked(ctx: &Ctx, user: &str, conv: &str, items: Vec<Held>) {
     // 2. Tasks a finished push covered.
     let ids: Vec<String> = items.iter().map(|h| h.delivery.id()).collect();
     let marks: Result<Vec<Option<String>>, _> = redis::cmd("MGET")
-        .arg(ids.iter().map(|id| done_key(id)).collect::<Vec<_>>())
+        .arg(ids.iter().map(|id| keys::push_done(id)).collect::<Vec<_>>())
         .query_async(&mut redis)
         .await;
     let marks = match marks {
@@ -325,7 +316,7 @@ async fn finish(
     let mut pipe = redis::pipe();
     pipe.atomic();
     for id in task_ids {
-        pipe.set_ex(done_key(id), mark, DONE_TTL_S).ignore();
+        pipe.set_ex(keys::push_done(id), mark, DONE_TTL_S).ignore();
     }
     pipe.del(pending_key).ignore();
     pipe.query_async::<()>(&mut redis).await
