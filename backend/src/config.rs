@@ -167,6 +167,11 @@ pub struct Config {
     #[arg(long, env = "OC_EVENTS_DUPLICATE_WINDOW_S", default_value_t = DEFAULT_EVENTS_DUPLICATE_WINDOW_S)]
     pub events_duplicate_window_s: u64,
 
+    /// Copies of each stream when the backend creates them. Default 1 (a
+    /// single NATS server); 3 on a cluster of three or more.
+    #[arg(long, env = "OC_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
     /// Bearer token of the operator API (`GET /v1/admin/stats`). Default
     /// unset: the operator API answers 404. Hidden from logs.
     #[arg(long, env = "OC_OPERATOR_TOKEN")]
@@ -175,6 +180,14 @@ pub struct Config {
 
 impl Config {
     /// The login and registration throttle's limits.
+    /// How this backend makes the JetStream streams if they are missing.
+    pub fn stream_settings(&self) -> crate::events::StreamSettings {
+        crate::events::StreamSettings {
+            duplicate_window: std::time::Duration::from_secs(self.events_duplicate_window_s.max(1)),
+            replicas: self.stream_replicas,
+        }
+    }
+
     pub fn throttle(&self) -> ThrottleLimits {
         ThrottleLimits {
             failures_per_user: self.login_failures_per_user,
@@ -230,6 +243,7 @@ impl Default for Config {
             message_events: true,
             event_retry_max_ms: DEFAULT_EVENT_RETRY_MAX_MS,
             events_duplicate_window_s: DEFAULT_EVENTS_DUPLICATE_WINDOW_S,
+            stream_replicas: 1,
             operator_token: None,
         }
     }
@@ -258,6 +272,7 @@ impl fmt::Debug for Config {
             .field("message_events", &self.message_events)
             .field("event_retry_max_ms", &self.event_retry_max_ms)
             .field("events_duplicate_window_s", &self.events_duplicate_window_s)
+            .field("stream_replicas", &self.stream_replicas)
             .field(
                 "operator_token",
                 &self.operator_token.as_ref().map(|_| "***"),

@@ -70,11 +70,21 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
+/// How the streams are made when a process finds them missing.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// A publish retried within it with the same message id lands once.
+    pub duplicate_window: Duration,
+    /// Copies of each stream in a NATS cluster (1 on a single server; 3
+    /// survives the loss of one node). An existing stream keeps its own.
+    pub replicas: usize,
+}
+
 /// Creates the events, tasks and dead-letter streams, or checks that
 /// they exist. Idempotent: every backend and worker calls it at start.
 pub async fn ensure_streams(
     js: &jetstream::Context,
-    duplicate_window: Duration,
+    settings: StreamSettings,
 ) -> Result<(), StreamsError> {
     use jobs::streams;
     let specs = [
@@ -87,10 +97,11 @@ pub async fn ensure_streams(
             name: name.to_string(),
             subjects: vec![subjects.to_string()],
             storage: stream::StorageType::File,
-            duplicate_window,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas.max(1),
             ..Default::default()
         };
-        let stream = js.get_or_create_stream(config).await.map_err(|e| {
+        let stream = create_when_ready(js, config).await.map_err(|e| {
             use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
             match e.kind() {
                 Kind::JetStreamUnavailable => StreamsError::NoJetStream,
@@ -117,6 +128,30 @@ pub async fn ensure_streams(
         "JetStream streams ready"
     );
     Ok(())
+}
+
+/// How long start-up waits for JetStream to answer: a cluster that has
+/// just started answers nothing until it has elected its meta leader.
+const STREAMS_START_WAIT: Duration = Duration::from_secs(10);
+
+/// `get_or_create_stream`, asked again for up to [`STREAMS_START_WAIT`]
+/// while the answer is a timeout or an error response; the last error
+/// once that has passed.
+async fn create_when_ready(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
+    let deadline = tokio::time::Instant::now() + STREAMS_START_WAIT;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(stream = %config.name, %error, "JetStream not answering yet; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// A stored batch whose event is still to be published.

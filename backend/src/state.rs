@@ -116,11 +116,7 @@ impl AppState {
 
         let jetstream = events::jetstream(nats.clone());
         let events = if config.message_events {
-            events::ensure_streams(
-                &jetstream,
-                Duration::from_secs(config.events_duplicate_window_s.max(1)),
-            )
-            .await?;
+            events::ensure_streams(&jetstream, config.stream_settings()).await?;
             Some(Publisher::new())
         } else {
             tracing::info!("message events off: no offline pushes or stats");

@@ -123,9 +123,22 @@ pub struct Config {
     /// Duplicate window of the streams if this worker creates them, in s.
     #[arg(long, env = "OC_EVENTS_DUPLICATE_WINDOW_S", default_value_t = DEFAULT_EVENTS_DUPLICATE_WINDOW_S)]
     pub events_duplicate_window_s: u64,
+
+    /// Copies of each stream if this worker creates them (as the
+    /// backend's `--stream-replicas`). Default 1.
+    #[arg(long, env = "OC_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
 }
 
 impl Config {
+    /// How this worker makes the JetStream streams if they are missing.
+    pub fn stream_settings(&self) -> oceanchat_backend::events::StreamSettings {
+        oceanchat_backend::events::StreamSettings {
+            duplicate_window: Duration::from_secs(self.events_duplicate_window_s.max(1)),
+            replicas: self.stream_replicas,
+        }
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms.max(100))
     }

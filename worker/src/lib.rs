@@ -33,7 +33,6 @@ pub mod receiver;
 use std::future::{Future, IntoFuture as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::get;
 use mongodb::bson::doc;
@@ -197,11 +196,7 @@ async fn connect(config: Config) -> Result<Ctx, WorkerError> {
     )
     .await?;
     let js = jetstream(nats);
-    ensure_streams(
-        &js,
-        Duration::from_secs(config.events_duplicate_window_s.max(1)),
-    )
-    .await?;
+    ensure_streams(&js, config.stream_settings()).await?;
     if config.archive_after_s > 0 {
         // What the archiver looks for.
         store

@@ -1,0 +1,53 @@
+//! On a NATS cluster the message events are kept in three copies, so
+//! losing one node loses no event and stops none.
+
+use oceanchat_protocol::jobs::streams;
+use oceanchat_testkit::{Backend, Nats, Stack};
+use oceanchat_tests::{start_gateways, World, WAIT};
+
+async fn stream_state(url: &str) -> (usize, u64) {
+    let nats = async_nats::connect(url).await.expect("connect to a node");
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream(streams::EVENTS).await.expect("events stream");
+    let info = stream.info().await.expect("stream info");
+    (info.config.num_replicas, info.state.messages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_have_three_copies_and_survive_a_node_loss() {
+    let stack = Stack::start();
+    let mut nodes = Nats::cluster(3);
+    let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
+    let all = urls.join(",");
+    let backend = Backend::start(&stack, &["--nats-url", &all, "--stream-replicas", "3"]);
+    let gateways = start_gateways(&stack, 1, &["--nats-url", &all]);
+    let world = World::assemble(stack, vec![backend], gateways);
+
+    let alice = world.user("alice").await;
+    let bob = world.user("bob").await;
+    let a = alice.connect(&world, 0).await;
+    let conv = a.dm_open(&bob.user_id).await.unwrap();
+    a.send(&conv, "m1", "before").await.unwrap();
+    let (replicas, _) = stream_state(&urls[1]).await;
+    assert_eq!(replicas, 3);
+
+    tokio::task::block_in_place(|| nodes[0].kill());
+    for i in 0..5 {
+        let id = format!("after-{i}");
+        a.send(&conv, &id, &id).await.unwrap();
+    }
+    // One event per stored batch: at least one for the message before and
+    // one after the loss, all kept by the two nodes left.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, events) = stream_state(&urls[2]).await;
+        if events >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events after the node loss: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
