@@ -5,12 +5,32 @@ use oceanchat_protocol::jobs::streams;
 use oceanchat_testkit::{Backend, Nats, Stack};
 use oceanchat_tests::{start_gateways, World, WAIT};
 
-async fn stream_state(url: &str) -> (usize, u64) {
-    let nats = async_nats::connect(url).await.expect("connect to a node");
+/// The events stream's copies and message count, as node `url` tells
+/// them; `None` while the cluster cannot answer (electing a leader after
+/// a node's loss).
+async fn stream_state(url: &str) -> Option<(usize, u64)> {
+    let nats = async_nats::connect(url).await.ok()?;
     let js = async_nats::jetstream::new(nats);
-    let mut stream = js.get_stream(streams::EVENTS).await.expect("events stream");
-    let info = stream.info().await.expect("stream info");
-    (info.config.num_replicas, info.state.messages)
+    let mut stream = js.get_stream(streams::EVENTS).await.ok()?;
+    let info = stream.info().await.ok()?;
+    Some((info.config.num_replicas, info.state.messages))
+}
+
+/// Asks `url` until the events stream holds at least `events` messages;
+/// its state then.
+async fn wait_for_events(url: &str, events: u64) -> (usize, u64) {
+    let deadline = std::time::Instant::now() + WAIT + WAIT;
+    loop {
+        let state = stream_state(url).await;
+        match state {
+            Some((replicas, held)) if held >= events => return (replicas, held),
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "events stream on {url}: {state:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +48,7 @@ async fn events_have_three_copies_and_survive_a_node_loss() {
     let a = alice.connect(&world, 0).await;
     let conv = a.dm_open(&bob.user_id).await.unwrap();
     a.send(&conv, "m1", "before").await.unwrap();
-    let (replicas, _) = stream_state(&urls[1]).await;
+    let (replicas, _) = wait_for_events(&urls[1], 1).await;
     assert_eq!(replicas, 3);
 
     tokio::task::block_in_place(|| nodes[0].kill());
@@ -38,16 +58,5 @@ async fn events_have_three_copies_and_survive_a_node_loss() {
     }
     // One event per stored batch: at least one for the message before and
     // one after the loss, all kept by the two nodes left.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, events) = stream_state(&urls[2]).await;
-        if events >= 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "events after the node loss: {events}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_events(&urls[2], 2).await;
 }
