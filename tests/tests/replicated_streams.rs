@@ -52,9 +52,16 @@ async fn events_have_three_copies_and_survive_a_node_loss() {
     assert_eq!(replicas, 3);
 
     tokio::task::block_in_place(|| nodes[0].kill());
+    // A process whose node died reconnects to another; a send in that
+    // moment may be `unavailable`, and is retried as a client would (the
+    // same client_msg_id stores it once).
     for i in 0..5 {
         let id = format!("after-{i}");
-        a.send(&conv, &id, &id).await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT + WAIT;
+        while let Err(error) = a.send(&conv, &id, &id).await {
+            assert!(std::time::Instant::now() < deadline, "send {id}: {error}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
     // One event per stored batch: at least one for the message before and
     // one after the loss, all kept by the two nodes left.
