@@ -38,20 +38,26 @@ async fn acquire(redis: &mut redis::aio::MultiplexedConnection, conn_id: u64) ->
         .unwrap()
 }
 
+/// Writes u1's route for connection 7 of session s1 on run `run-a` of
+/// gateway `gw-1`, as the gateway does.
+async fn write_route(redis: &mut redis::aio::MultiplexedConnection) {
+    let field = keys::route_field("gw-1", "run-a", "s1", 7);
+    let _: () = redis::cmd("HSET")
+        .arg(keys::routes("u1"))
+        .arg(&field)
+        .arg("gw-1")
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn lock_acquire_finds_the_instance_in_a_rust_route_field() {
     let server = Redis::start();
     let mut redis = connection(&server).await;
     assert_eq!(acquire(&mut redis, 7).await[0], "gone", "no route yet");
 
-    let field = keys::route_field("gw-1", "run-a", "s1", 7);
-    let _: () = redis::cmd("HSET")
-        .arg(keys::routes("u1"))
-        .arg(&field)
-        .arg("gw-1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    write_route(&mut redis).await;
     assert_eq!(
         acquire(&mut redis, 8).await[0],
         "gone",
@@ -72,14 +78,7 @@ async fn lock_acquire_finds_the_instance_in_a_rust_route_field() {
 async fn presence_settle_reads_gateway_and_instance_from_a_rust_route_field() {
     let server = Redis::start();
     let mut redis = connection(&server).await;
-    let field = keys::route_field("gw-1", "run-a", "s1", 7);
-    let _: () = redis::cmd("HSET")
-        .arg(keys::routes("u1"))
-        .arg(&field)
-        .arg("gw-1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    write_route(&mut redis).await;
     let settle = |now: u64| {
         redis::cmd("EVAL")
             .arg(lua::PRESENCE_SETTLE)
