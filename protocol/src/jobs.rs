@@ -123,6 +123,9 @@ pub struct DeadLetter {
     pub task: serde_json::Value,
 }
 
+/// The header a push carries its key in (HTTP header names match in any case).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// The JSON body POSTed to the push webhook. The request carries the
 /// header `Idempotency-Key: <key>`; a redelivered push has the same key
 /// and the same body.

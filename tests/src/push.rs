@@ -119,7 +119,7 @@ async fn receive(
     Json(notice): Json<PushNotice>,
 ) -> StatusCode {
     let key = headers
-        .get("idempotency-key")
+        .get(oceanchat_protocol::jobs::IDEMPOTENCY_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();

@@ -433,7 +433,10 @@ async fn post(ctx: &Ctx, notice: &PushNotice) -> Outcome {
     let sent = ctx
         .http
         .post(url)
-        .header("Idempotency-Key", &notice.key)
+        .header(
+            oceanchat_protocol::jobs::IDEMPOTENCY_KEY_HEADER,
+            &notice.key,
+        )
         .json(notice)
         .timeout(Duration::from_millis(ctx.config.push_timeout_ms.max(1)))
         .send()
