@@ -181,8 +181,8 @@ pub struct Config {
 impl Config {
     /// The login and registration throttle's limits.
     /// How this backend makes the JetStream streams if they are missing.
-    pub fn stream_settings(&self) -> crate::events::StreamSettings {
-        crate::events::StreamSettings {
+    pub fn stream_settings(&self) -> crate::streams::StreamSettings {
+        crate::streams::StreamSettings {
             duplicate_window: std::time::Duration::from_secs(self.events_duplicate_window_s.max(1)),
             replicas: self.stream_replicas,
         }

@@ -143,7 +143,7 @@ pub enum BackendError {
     #[error("a service task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("JetStream: {0}")]
-    Streams(#[from] crate::events::StreamsError),
+    Streams(#[from] crate::streams::StreamsError),
 }
 
 #[cfg(test)]

@@ -8,59 +8,64 @@
 //! docs/internals.md is the contract it implements.
 //!
 //! # Layout
+//!
+//! A small common core, then one folder per feature. Features depend on
+//! the core and on [`delivery`]; [`rpc`] and [`http`] sit on top and
+//! reach every feature; nothing imports back up (docs/internals.md,
+//! "Backend layout", and `scripts/import-circles`).
+//!
+//! Core:
 //! - [`config`]: flags and environment variables.
+//! - [`error`]: [`ServiceError`], the one error type of the service edge.
+//! - [`clock`]: the wall clock in milliseconds.
+//! - [`store`]: MongoDB: collections, indexes, documents and every query.
+//! - [`redis`]: the Redis connection and the Lua scripts run in it.
+//! - [`streams`]: the JetStream streams of message events and tasks.
 //! - [`state`]: the store clients every handler shares.
-//! - [`http`]: the HTTP routes ([`app`]).
-//! - [`rpc`]: the NATS request service and its dispatch by op.
-//! - [`convs`]: `dm.open`, `group.create`, membership checks.
-//! - [`messages`]: `send` (gap-free seq, idempotent), `sync` and `history`
-//!   (pages bounded by size).
-//! - [`users`]: `user.lookup` and `users.get`, what others see of a user.
+//! - [`bounded`]: serving a NATS subscription with bounded concurrency.
+//! - [`service`]: logging and shutdown signals of the service binaries.
+//!
+//! Features:
 //! - [`delivery`]: routing an event to the gateways holding its recipients.
-//! - [`events`]: message events on JetStream for the workers, and the
-//!   streams they live in.
-//! - [`locks`]: edit locks (leases in Redis with fencing numbers).
-//! - [`lua`]: the Lua scripts run in Redis (locks, presence).
-//! - [`groups`]: group administration under the group's lock.
-//! - [`invitations`]: consent to join groups (`groups_from`), invitations,
-//!   `group.join` and `group.decline`.
-//! - [`conn_events`]: connection events from the gateways (`oc.conn`).
-//! - [`bounded`]: serving a subscription with bounded concurrency (the
-//!   request service and the connection events share it).
-//! - [`presence`]: online state, `last_seen`, and the dead-gateway sweeper.
 //! - [`auth`]: register, login, logout, password hashing and throttling,
 //!   login sessions in Redis.
-//! - [`stats`]: per-day message and active-user counts (written by the
-//!   worker) and the operator API that reads them.
-//! - [`store`]: MongoDB collections, indexes and documents.
-//! - [`clock`]: the wall clock in milliseconds.
-//! - [`service`]: logging and shutdown signals of the service binaries.
-//! - [`error`]: [`ServiceError`], the one error type of the service edge.
-//! - [`web`]: the web client's files and `/config.json`.
+//! - [`users`]: `user.lookup` and `users.get`, what others see of a user.
+//! - [`convs`]: `dm.open`, `conv.list`, `read`, `typing`, `conv.mute`, and
+//!   the membership checks.
+//! - [`messages`]: `send` (gap-free seq, idempotent, batched), `sync` and
+//!   `history` (pages bounded by size), message events for the workers.
+//! - [`locks`]: edit locks (leases in Redis with fencing numbers).
+//! - [`groups`]: `group.create`, `group.get`, administration under the
+//!   group's lock, consent and invitations.
+//! - [`presence`]: online state, `last_seen`, the dead-gateway sweeper and
+//!   the gateways' connection events.
+//! - [`stats`]: the operator API of the per-day stats.
+//!
+//! Edges:
+//! - [`rpc`]: the NATS request service, its [`rpc::Caller`] and the
+//!   dispatch by op.
+//! - [`http`]: the HTTP routes ([`app`]), health checks, the web client.
 
 pub mod auth;
 pub mod bounded;
 pub mod clock;
 pub mod config;
-pub mod conn_events;
 pub mod convs;
 pub mod delivery;
 pub mod error;
-pub mod events;
 pub mod groups;
 pub mod http;
-pub mod invitations;
 pub mod locks;
-pub mod lua;
 pub mod messages;
 pub mod presence;
+pub mod redis;
 pub mod rpc;
 pub mod service;
 pub mod state;
 pub mod stats;
 pub mod store;
+pub mod streams;
 pub mod users;
-pub mod web;
 
 use std::future::{Future, IntoFuture as _};
 
@@ -107,7 +112,7 @@ pub async fn serve(
         tracing::info!(http = %addr, "backend serving");
     }
 
-    let events = state.events.clone();
+    let sends = messages::Sends::start(&state).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = tokio::spawn(
         axum::serve(
@@ -119,18 +124,19 @@ pub async fn serve(
     );
     let mut rpc = tokio::spawn(rpc::serve(
         state.clone(),
+        sends.clone(),
         subscriber,
         stopped(stop_rx.clone()),
     ));
     // Connection events and the presence sweeper: background work whose
     // failures are logged where they happen; they stop with the rest.
     let background = [
-        tokio::spawn(conn_events::serve(
+        tokio::spawn(presence::conn_events::serve(
             state.clone(),
             conn_events,
             stopped(stop_rx.clone()),
         )),
-        tokio::spawn(presence::sweep(state, stopped(stop_rx))),
+        tokio::spawn(presence::sweeper::sweep(state, stopped(stop_rx))),
     ];
 
     // Run until asked to stop, or until a service ends by itself (which
@@ -146,9 +152,7 @@ pub async fn serve(
     if !rpc_ended {
         rpc.await?;
     }
-    if let Some(events) = &events {
-        events.drain(EVENT_DRAIN).await;
-    }
+    sends.drain(EVENT_DRAIN).await;
     for task in background {
         task.await?;
     }

@@ -1,38 +1,14 @@
 //! What every handler shares: the configuration and the store clients.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::config::{redact_url, Config};
 use crate::error::BackendError;
-use crate::events::{self, Publisher};
-use crate::messages::ConvLocks;
+use crate::redis::connect_redis;
 use crate::store::Store;
-
-/// A Redis command that takes longer than this fails, so a hung Redis
-/// turns into `unavailable` rather than a request that never ends.
-const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A Redis connection manager with this crate's timeouts. The error names
-/// the URL with its password hidden.
-pub async fn connect_redis(
-    url: &str,
-    tls: &oceanchat_connect::RedisTls,
-) -> Result<ConnectionManager, String> {
-    let client = oceanchat_connect::redis_client(url, tls)
-        .map_err(|e| format!("{}: {e}", redact_url(url)))?;
-    ConnectionManager::new_with_config(
-        client,
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)),
-    )
-    .await
-    .map_err(|e| format!("{}: {e}", redact_url(url)))
-}
+use crate::streams;
 
 /// The three store clients every OceanChat service process holds.
 pub struct Clients {
@@ -93,9 +69,6 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// JetStream on `nats`, for message events.
     pub jetstream: async_nats::jetstream::Context,
-    /// Publishes message events; `None` with `--message-events=false`.
-    pub events: Option<Publisher>,
-    pub(crate) conv_locks: Arc<ConvLocks>,
 }
 
 impl AppState {
@@ -114,27 +87,12 @@ impl AppState {
         )
         .await?;
 
-        let jetstream = events::jetstream(nats.clone());
-        let events = if config.message_events {
-            events::ensure_streams(&jetstream, config.stream_settings()).await?;
-            Some(Publisher::new())
-        } else {
-            tracing::info!("message events off: no offline pushes or stats");
-            None
-        };
-        let (publisher, batches) = events.unzip();
-        let state = AppState {
+        Ok(AppState {
+            jetstream: streams::jetstream(nats.clone()),
             config: Arc::new(config),
             store,
             redis,
             nats,
-            jetstream,
-            events: publisher,
-            conv_locks: Arc::new(ConvLocks::default()),
-        };
-        if let Some(batches) = batches {
-            tokio::spawn(events::run(state.clone(), batches));
-        }
-        Ok(state)
+        })
     }
 }

@@ -1,5 +1,6 @@
-//! Per-day stats: messages per conv and active users, kept in MongoDB by
-//! the worker (from message events) and read here by the operator API.
+//! The operator API of the per-day stats: messages per conv and active
+//! users, kept in MongoDB by the worker from message events
+//! ([`Store::record_stats`](crate::store::Store::record_stats)).
 //!
 //! Both writes are idempotent, so a redelivered event counts once:
 //! - `stats_conv_days`: one document per day and conv holding the lowest
@@ -10,48 +11,13 @@
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use futures::TryStreamExt as _;
-use mongodb::bson::{doc, Document};
 
-use oceanchat_protocol::http::{ConvDayStats, StatsResponse};
-use oceanchat_protocol::jobs::{day_of, MessageEvent};
+use oceanchat_protocol::http::StatsResponse;
 use oceanchat_protocol::ErrorCode;
 
 use crate::error::ServiceError;
-use crate::http::bearer_token;
+use crate::http::extract::bearer_token;
 use crate::state::AppState;
-use crate::store::Store;
-
-/// Counts one stored batch; idempotent.
-pub async fn record(store: &Store, event: &MessageEvent) -> Result<(), mongodb::error::Error> {
-    let day = day_of(event.ts);
-    store
-        .stats_conv_days
-        .update_one(
-            doc! {"_id": format!("{day}|{}", event.conv)},
-            doc! {
-                "$setOnInsert": {"day": &day, "conv": &event.conv},
-                "$min": {"first_seq": event.first_seq as i64},
-                "$max": {"last_seq": event.last_seq as i64},
-            },
-        )
-        .upsert(true)
-        .await?;
-    let mut senders: Vec<&str> = event.senders.iter().map(String::as_str).collect();
-    senders.sort_unstable();
-    senders.dedup();
-    for user in senders {
-        store
-            .stats_user_days
-            .update_one(
-                doc! {"_id": format!("{day}|{user}")},
-                doc! {"$setOnInsert": {"day": &day, "user": user}},
-            )
-            .upsert(true)
-            .await?;
-    }
-    Ok(())
-}
 
 #[derive(serde::Deserialize)]
 pub struct StatsQuery {
@@ -84,30 +50,8 @@ pub async fn get_stats(
     if !valid_day(&query.day) {
         return Err(ServiceError::bad_request("day must be YYYY-MM-DD"));
     }
-    let docs: Vec<Document> = state
-        .store
-        .stats_conv_days
-        .find(doc! {"day": &query.day})
-        .sort(doc! {"conv": 1})
-        .await?
-        .try_collect()
-        .await?;
-    let convs = docs
-        .iter()
-        .filter_map(|d| {
-            let first = d.get_i64("first_seq").ok()?;
-            let last = d.get_i64("last_seq").ok()?;
-            Some(ConvDayStats {
-                conv: d.get_str("conv").ok()?.to_string(),
-                messages: (last - first + 1).max(0) as u64,
-            })
-        })
-        .collect();
-    let active_users = state
-        .store
-        .stats_user_days
-        .count_documents(doc! {"day": &query.day})
-        .await?;
+    let convs = state.store.conv_day_stats(&query.day).await?;
+    let active_users = state.store.active_users(&query.day).await?;
     Ok(Json(StatsResponse {
         day: query.day,
         convs,

@@ -2,10 +2,6 @@
 //! and `users.get` (names for the ids a client sees in convs and events).
 //! Only what others may see: id, username, display name.
 
-use futures::TryStreamExt as _;
-use mongodb::bson::doc;
-use serde::Deserialize;
-
 use oceanchat_protocol::client::{UserInfo, UsersResult};
 use oceanchat_protocol::internal::topics;
 use oceanchat_protocol::ErrorCode;
@@ -17,34 +13,12 @@ use crate::state::AppState;
 /// name.
 pub const MAX_USERS_PER_REQUEST: usize = 1000;
 
-#[derive(Deserialize)]
-struct Public {
-    #[serde(rename = "_id")]
-    id: String,
-    username: String,
-    display_name: String,
-}
-
-impl From<Public> for UserInfo {
-    fn from(u: Public) -> UserInfo {
-        UserInfo {
-            user_id: u.id,
-            username: u.username,
-            display_name: u.display_name,
-        }
-    }
-}
-
 /// `user.lookup`: the user with `username`, or `not_found`.
 pub async fn lookup(state: &AppState, username: &str) -> Result<UserInfo, ServiceError> {
     state
         .store
-        .users
-        .clone_with_type::<Public>()
-        .find_one(doc! {"username": username})
-        .projection(doc! {"_id": 1, "username": 1, "display_name": 1})
+        .public_user_by_username(username)
         .await?
-        .map(UserInfo::from)
         .ok_or_else(|| {
             ServiceError::refused(ErrorCode::NotFound, format!("no user named {username:?}"))
         })
@@ -53,16 +27,7 @@ pub async fn lookup(state: &AppState, username: &str) -> Result<UserInfo, Servic
 /// `users.get`: the users among `user_ids` that exist, in no set order.
 pub async fn get(state: &AppState, user_ids: &[String]) -> Result<UsersResult, ServiceError> {
     check_user_ids(user_ids)?;
-    let users = state
-        .store
-        .users
-        .clone_with_type::<Public>()
-        .find(doc! {"_id": {"$in": user_ids}})
-        .projection(doc! {"_id": 1, "username": 1, "display_name": 1})
-        .await?
-        .map_ok(UserInfo::from)
-        .try_collect()
-        .await?;
+    let users = state.store.public_users(user_ids).await?;
     Ok(UsersResult { users })
 }
 

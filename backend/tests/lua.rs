@@ -2,7 +2,7 @@
 //! fields made by `keys::route_field` against a real Redis, so a change
 //! of that format on one side only fails here.
 
-use oceanchat_backend::lua;
+use oceanchat_backend::redis::scripts as lua;
 use oceanchat_protocol::internal::keys;
 use oceanchat_testkit::Redis;
 

@@ -466,7 +466,7 @@ fn ping_payload() -> Vec<u8> {
             gateway_id: "gw-test".into(),
             conn_id: 1,
             user_id: Some("someone".into()),
-            session_id: None,
+            session_id: Some("a-session".into()),
         },
         op: Op::Ping {},
     })

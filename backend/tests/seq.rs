@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use common::{config, dm_open_op, ok, rpc, send_op, user, Running};
 use futures::TryStreamExt as _;
 use mongodb::bson::doc;
-use oceanchat_backend::messages::{self, Sent};
+use oceanchat_backend::messages::{self, Sends, Sent};
 use oceanchat_backend::AppState;
 use oceanchat_testkit::Stack;
 
@@ -76,11 +76,15 @@ async fn two_instances_each_sending_100_at_once_store_1_to_200() {
     // in-memory last seq go stale against each other's inserts.
     let burst = |state: AppState, from: String, tag: &'static str| {
         let conv = conv.clone();
+        // One instance's send path: its own queues and last seq.
+        let path = Sends::default();
         tokio::spawn(async move {
             let sends = (0..100).map(|i| {
                 let (state, from, conv) = (state.clone(), from.clone(), conv.clone());
+                let path = path.clone();
                 async move {
-                    match messages::send(&state, &from, &conv, &format!("{tag}{i}"), "x").await {
+                    let client_msg_id = format!("{tag}{i}");
+                    match messages::send(&state, &path, &from, &conv, &client_msg_id, "x").await {
                         Ok(Sent::New(message)) => message.seq,
                         Ok(Sent::Repeat(_)) => panic!("nothing was repeated"),
                         Err(e) => panic!("send failed: {e}"),

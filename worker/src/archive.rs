@@ -17,12 +17,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
-use futures::TryStreamExt as _;
-use mongodb::bson::{doc, Document};
 use tokio::sync::OwnedSemaphorePermit;
 
 use oceanchat_backend::clock::now_ms;
-use oceanchat_backend::store::{is_duplicate_key, MessageDoc};
+
 use oceanchat_protocol::jobs::{subjects, ArchiveTask};
 
 use crate::consumer::{Ctx, Task};
@@ -80,60 +78,17 @@ async fn archive_before(
     task: &Task,
     before_ts: u64,
 ) -> Result<u64, mongodb::error::Error> {
-    let hot = ctx.store.messages.clone_with_type::<Document>();
     let mut moved = 0u64;
     loop {
-        let batch: Vec<Document> = hot
-            .find(doc! {"ts": {"$lt": before_ts as i64}, "archived": {"$ne": true}})
-            .limit(i64::from(ctx.config.archive_batch))
-            .await?
-            .try_collect()
+        let batch = ctx
+            .store
+            .archive_candidates(before_ts, ctx.config.archive_batch)
             .await?;
-        if batch.is_empty() {
+        if batch.copies.is_empty() {
             return Ok(moved);
         }
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut copies = Vec::with_capacity(batch.len());
-        for mut document in batch {
-            if let Some(id) = document.remove("_id") {
-                ids.push(id);
-            }
-            copies.push(mongodb::bson::from_document::<MessageDoc>(document)?);
-        }
-        // The copy first; an earlier run's copy is a duplicate, skipped.
-        match ctx
-            .store
-            .messages_archive
-            .insert_many(&copies)
-            .ordered(false)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if only_duplicates(&e) => {}
-            Err(e) => return Err(e),
-        }
-        // Acknowledged: now the bodies may go.
-        hot.update_many(
-            doc! {"_id": {"$in": ids}},
-            doc! {"$set": {"archived": true, "body": ""}},
-        )
-        .await?;
-        moved += copies.len() as u64;
+        ctx.store.archive(&batch).await?;
+        moved += batch.copies.len() as u64;
         task.progress().await;
-    }
-}
-
-/// Whether an unordered insert failed only on documents that exist.
-fn only_duplicates(error: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    match &*error.kind {
-        ErrorKind::InsertMany(failure) => {
-            failure.write_concern_error.is_none()
-                && failure
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|errors| errors.iter().all(|e| e.code == 11000))
-        }
-        _ => is_duplicate_key(error),
     }
 }

@@ -132,8 +132,8 @@ pub struct Config {
 
 impl Config {
     /// How this worker makes the JetStream streams if they are missing.
-    pub fn stream_settings(&self) -> oceanchat_backend::events::StreamSettings {
-        oceanchat_backend::events::StreamSettings {
+    pub fn stream_settings(&self) -> oceanchat_backend::streams::StreamSettings {
+        oceanchat_backend::streams::StreamSettings {
             duplicate_window: Duration::from_secs(self.events_duplicate_window_s.max(1)),
             replicas: self.stream_replicas,
         }

@@ -5,11 +5,8 @@
 //! harm; the event is acknowledged once both are done.
 
 use async_nats::jetstream::message::PublishMessage;
-use futures::TryStreamExt as _;
-use mongodb::bson::doc;
 use tokio::sync::OwnedSemaphorePermit;
 
-use oceanchat_backend::stats;
 use oceanchat_protocol::jobs::{subjects, MessageEvent, PushTask};
 
 use crate::consumer::{Ctx, Task};
@@ -27,13 +24,18 @@ pub async fn handle(ctx: Ctx, task: Task, permit: OwnedSemaphorePermit) {
 }
 
 async fn process(ctx: &Ctx, event: &MessageEvent) -> Result<(), String> {
-    stats::record(&ctx.store, event)
+    ctx.store
+        .record_stats(event)
         .await
         .map_err(|e| format!("stats: {e}"))?;
     if ctx.config.push_webhook.is_none() || event.offline.is_empty() {
         return Ok(());
     }
-    let recipients = push_recipients(ctx, event)
+    // The offline members who are still members and have not muted the
+    // conv's pushes.
+    let recipients = ctx
+        .store
+        .push_recipients(&event.conv, &event.offline)
         .await
         .map_err(|e| format!("members: {e}"))?;
     let publishes = recipients.into_iter().filter_map(|user| {
@@ -55,31 +57,6 @@ async fn process(ctx: &Ctx, event: &MessageEvent) -> Result<(), String> {
     });
     futures::future::try_join_all(publishes).await?;
     Ok(())
-}
-
-/// The offline members of the event who are still members and have not
-/// muted the conv's pushes.
-async fn push_recipients(
-    ctx: &Ctx,
-    event: &MessageEvent,
-) -> Result<Vec<String>, mongodb::error::Error> {
-    #[derive(serde::Deserialize)]
-    struct Member {
-        user_id: String,
-    }
-    ctx.store
-        .members
-        .clone_with_type::<Member>()
-        .find(doc! {
-            "conv": &event.conv,
-            "user_id": {"$in": &event.offline},
-            "push_muted": {"$ne": true},
-        })
-        .projection(doc! {"user_id": 1, "_id": 0})
-        .await?
-        .map_ok(|m| m.user_id)
-        .try_collect()
-        .await
 }
 
 async fn publish_task(ctx: &Ctx, task: PushTask) -> Result<(), String> {

@@ -35,12 +35,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
-use mongodb::bson::doc;
-use mongodb::IndexModel;
 use tokio::sync::{mpsc, watch};
 
-use oceanchat_backend::events::{ensure_streams, jetstream, StreamsError};
 use oceanchat_backend::state::Clients;
+use oceanchat_backend::streams::{ensure_streams, jetstream, StreamsError};
 use oceanchat_backend::BackendError;
 use oceanchat_protocol::jobs::{consumers, streams, subjects};
 
@@ -200,8 +198,7 @@ async fn connect(config: Config) -> Result<Ctx, WorkerError> {
     if config.archive_after_s > 0 {
         // What the archiver looks for.
         store
-            .messages
-            .create_index(IndexModel::builder().keys(doc! {"ts": 1}).build())
+            .ensure_archive_index()
             .await
             .map_err(WorkerError::Indexes)?;
     }

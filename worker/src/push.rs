@@ -28,7 +28,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt as _;
 use mongodb::bson::doc;
 use redis::AsyncCommands as _;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -346,7 +345,9 @@ async fn new_notice(ctx: &Ctx, user: &str, conv: &str, items: &[Held]) -> Result
         .collect();
     let seqs: Vec<u64> = seqs.into_iter().collect();
     let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
-    let (sender, body) = message_of(ctx, conv, last)
+    let (sender, body) = ctx
+        .store
+        .sender_and_body(conv, last)
         .await
         .map_err(|e| format!("message: {e}"))?
         .unwrap_or_default();
@@ -371,56 +372,17 @@ async fn new_notice(ctx: &Ctx, user: &str, conv: &str, items: &[Held]) -> Result
     })
 }
 
-/// The sender and body of one message, archived or not.
-async fn message_of(
-    ctx: &Ctx,
-    conv: &str,
-    seq: u64,
-) -> Result<Option<(String, String)>, mongodb::error::Error> {
-    let filter = doc! {"conv": conv, "seq": seq as i64};
-    let Some(hot) = ctx.store.messages.find_one(filter.clone()).await? else {
-        return Ok(None);
-    };
-    if !hot.archived {
-        return Ok(Some((hot.from, hot.body)));
-    }
-    let body = ctx
-        .store
-        .messages_archive
-        .find_one(filter)
-        .await?
-        .map(|m| m.body)
-        .unwrap_or_default();
-    Ok(Some((hot.from, body)))
-}
-
 /// Messages of others the user has not read, over (at most
 /// [`UNREAD_MAX_CONVS`] of) their convs.
 async fn unread_of(ctx: &Ctx, user: &str) -> Result<u64, mongodb::error::Error> {
-    let members: Vec<_> = ctx
+    let members = ctx
         .store
-        .members
-        .find(doc! {"user_id": user})
-        .limit(UNREAD_MAX_CONVS)
-        .await?
-        .try_collect()
+        .first_memberships_of(user, UNREAD_MAX_CONVS)
         .await?;
-    #[derive(serde::Deserialize)]
-    struct Seq {
-        seq: i64,
-    }
     let mut unread = 0u64;
     for member in members {
-        let last = ctx
-            .store
-            .messages
-            .clone_with_type::<Seq>()
-            .find_one(doc! {"conv": &member.conv})
-            .sort(doc! {"seq": -1})
-            .projection(doc! {"seq": 1, "_id": 0})
-            .await?
-            .map_or(0, |m| m.seq);
-        unread += (last - member.read_seq).max(0) as u64;
+        let last = ctx.store.max_seq(&member.conv).await?;
+        unread += last.saturating_sub(member.read_seq.max(0) as u64);
     }
     Ok(unread)
 }

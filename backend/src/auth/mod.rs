@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::DateTime;
 
 use oceanchat_protocol::client::CloseCode;
 use oceanchat_protocol::http::{LoginRequest, LoginResponse, RegisterRequest, RegisterResponse};
@@ -21,7 +21,7 @@ use oceanchat_protocol::{limits, ErrorCode};
 use crate::clock::now_ms;
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::http::{bearer_token, ApiJson};
+use crate::http::extract::{bearer_token, ApiJson};
 use crate::state::AppState;
 use crate::store::{is_duplicate_key, new_id, UserDoc};
 use passwords::{dummy_hash, hash_password, off_the_runtime, verify_password, Pool};
@@ -67,7 +67,7 @@ pub(crate) async fn register(
     };
     // The unique index decides who gets a name, so two concurrent
     // registrations cannot both succeed.
-    match state.store.users.insert_one(&user).await {
+    match state.store.insert_user(&user).await {
         Ok(_) => {}
         Err(e) if is_duplicate_key(&e) => {
             return Err(ServiceError::refused(
@@ -100,11 +100,7 @@ pub(crate) async fn login(
     let limits = state.config.throttle();
     let ip = throttle::client_ip(peer, &headers, &limits);
     let failures = throttle::check_login(&mut state.redis, &limits, &req.username, ip).await?;
-    let user = state
-        .store
-        .users
-        .find_one(doc! {"username": &req.username})
-        .await?;
+    let user = state.store.user_by_username(&req.username).await?;
     // An unknown user costs a hash check too, so that the answer's timing
     // does not tell which usernames exist.
     let stored_hash = user

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use mongodb::bson::{doc, Document};
 
 use oceanchat_protocol::client::{HistoryResult, Message, SyncResult};
 use oceanchat_protocol::limits;
@@ -21,7 +20,7 @@ use oceanchat_protocol::limits;
 use crate::convs::{require_member, require_member_of_all};
 use crate::error::ServiceError;
 use crate::state::AppState;
-use crate::store::MessageDoc;
+use crate::store::{MessageDoc, SeqRange};
 
 /// `sync`'s and `history`'s page size when the client names none.
 const DEFAULT_PAGE_LIMIT: u32 = 100;
@@ -91,13 +90,19 @@ async fn sync_page<'a>(
     limit: u32,
     spent: &AtomicBool,
 ) -> Result<(&'a str, Page), ServiceError> {
-    let filter = doc! {"conv": conv, "seq": {"$gt": seq_bound(last)}};
     let limit = if spent.load(Ordering::Relaxed) {
         1
     } else {
         limit
     };
-    let page = read_page(state, filter, 1, limit, limits::MAX_PAGE_BYTES).await?;
+    let page = read_page(
+        state,
+        conv,
+        SeqRange::After(last),
+        limit,
+        limits::MAX_PAGE_BYTES,
+    )
+    .await?;
     Ok((conv, page))
 }
 
@@ -113,11 +118,8 @@ pub async fn history(
 ) -> Result<HistoryResult, ServiceError> {
     let limit = page_limit(limit)?;
     require_member(state, user_id, conv).await?;
-    let mut filter = doc! {"conv": conv};
-    if let Some(before) = before_seq {
-        filter.insert("seq", doc! {"$lt": seq_bound(before)});
-    }
-    let page = read_page(state, filter, -1, limit, limits::MAX_PAGE_BYTES).await?;
+    let range = SeqRange::Before(before_seq);
+    let page = read_page(state, conv, range, limit, limits::MAX_PAGE_BYTES).await?;
     Ok(HistoryResult {
         messages: page.messages.into_iter().map(|(m, _)| m).collect(),
         has_more: page.has_more,
@@ -131,25 +133,19 @@ struct Page {
     has_more: bool,
 }
 
-/// Reads messages matching `filter` in seq order (`1` oldest first, `-1`
-/// newest first) until `limit` messages or `max_bytes` of them are read.
-/// The first message is always taken. One message more than the page is
-/// read, to tell whether more follow.
+/// Reads the messages of `conv` in `range` until `limit` messages or
+/// `max_bytes` of them are read. The first message is always taken. One
+/// message more than the page is read, to tell whether more follow.
 async fn read_page(
     state: &AppState,
-    filter: Document,
-    order: i32,
+    conv: &str,
+    range: SeqRange,
     limit: u32,
     max_bytes: usize,
 ) -> Result<Page, ServiceError> {
-    let mut stored: Vec<MessageDoc> = state
+    let mut stored = state
         .store
-        .messages
-        .find(filter)
-        .sort(doc! {"seq": order})
-        .limit(i64::from(limit) + 1)
-        .await?
-        .try_collect()
+        .messages_in(conv, range, i64::from(limit) + 1)
         .await?;
     fill_archived(state, &mut stored).await?;
     let mut page = Page {
@@ -187,12 +183,7 @@ async fn fill_archived(state: &AppState, stored: &mut [MessageDoc]) -> Result<()
     }
     let mut bodies: BTreeMap<(String, i64), String> = BTreeMap::new();
     for (conv, seqs) in by_conv {
-        let mut cursor = state
-            .store
-            .messages_archive
-            .find(doc! {"conv": &conv, "seq": {"$in": seqs}})
-            .await?;
-        while let Some(copy) = cursor.try_next().await? {
+        for copy in state.store.archived_copies(&conv, &seqs).await? {
             bodies.insert((copy.conv, copy.seq), copy.body);
         }
     }
@@ -261,12 +252,6 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ServiceError> {
     Ok(limit)
 }
 
-/// A client's `last_seq_seen` as a BSON bound; no stored seq is above
-/// `i64::MAX`.
-fn seq_bound(last: u64) -> i64 {
-    i64::try_from(last).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,11 +290,5 @@ mod tests {
         assert!(budget.take(6));
         assert!(budget.take(4));
         assert!(!budget.take(1));
-    }
-
-    #[test]
-    fn seq_bounds_saturate() {
-        assert_eq!(seq_bound(5), 5);
-        assert_eq!(seq_bound(u64::MAX), i64::MAX);
     }
 }

@@ -31,17 +31,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::doc;
 use tokio::sync::oneshot;
 
 use oceanchat_protocol::client::{Message, SendResult};
 use oceanchat_protocol::{limits, ErrorCode};
 
+use super::events::{self, Publisher};
 use crate::clock::now_ms;
 use crate::convs::require_unmuted_member;
 use crate::delivery;
+use crate::error::BackendError;
 use crate::error::ServiceError;
-use crate::events;
 use crate::state::AppState;
 use crate::store::{new_id, MessageDoc};
 
@@ -71,7 +71,7 @@ const MAX_CACHED_CONVS: usize = 50_000;
 /// serialises this process's writes to the conv, guarding the last seq
 /// known to be stored (`None` until loaded, or after a failure).
 #[derive(Default)]
-pub(crate) struct ConvLocks {
+struct ConvLocks {
     map: Mutex<HashMap<String, Arc<ConvQueue>>>,
 }
 
@@ -139,10 +139,45 @@ fn result_of(m: &Message) -> SendResult {
     }
 }
 
+/// The send path's own parts in one process: each conv's queue of sends,
+/// and the publisher of message events (none with
+/// `--message-events=false`). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Sends {
+    queues: Arc<ConvLocks>,
+    events: Option<Publisher>,
+}
+
+impl Sends {
+    /// The send path of `state`'s process: with `--message-events` it
+    /// makes sure the streams exist and starts the event publisher.
+    pub async fn start(state: &AppState) -> Result<Sends, BackendError> {
+        if !state.config.message_events {
+            tracing::info!("message events off: no offline pushes or stats");
+            return Ok(Sends::default());
+        }
+        crate::streams::ensure_streams(&state.jetstream, state.config.stream_settings()).await?;
+        let (publisher, batches) = Publisher::new();
+        tokio::spawn(events::run(state.clone(), publisher.clone(), batches));
+        Ok(Sends {
+            queues: Arc::default(),
+            events: Some(publisher),
+        })
+    }
+
+    /// Waits until every message event is acknowledged, or `timeout`.
+    pub async fn drain(&self, timeout: Duration) {
+        if let Some(events) = &self.events {
+            events.drain(timeout).await;
+        }
+    }
+}
+
 /// Stores a message from `user_id` in `conv` and delivers it; returns
 /// once MongoDB has acknowledged it.
 pub async fn send(
     state: &AppState,
+    sends: &Sends,
     user_id: &str,
     conv: &str,
     client_msg_id: &str,
@@ -162,7 +197,7 @@ pub async fn send(
     }
     require_unmuted_member(state, user_id, conv).await?;
 
-    let queue = state.conv_locks.get(conv);
+    let queue = sends.queues.get(conv);
     let (answer, mut answered) = oneshot::channel();
     queue
         .waiting
@@ -198,7 +233,7 @@ pub async fn send(
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
                 let batch = next_batch(&queue).await;
-                write_batch(state, conv, &mut last_seq, batch).await;
+                write_batch(state, sends, conv, &mut last_seq, batch).await;
             }
         }
     }
@@ -227,6 +262,7 @@ async fn next_batch(queue: &ConvQueue) -> Vec<Waiting> {
 /// and delivers what was stored, in seq order.
 async fn write_batch(
     state: &AppState,
+    sends: &Sends,
     conv: &str,
     last_seq: &mut Option<u64>,
     batch: Vec<Waiting>,
@@ -238,10 +274,10 @@ async fn write_batch(
     while !todo.is_empty() {
         let last = match *last_seq {
             Some(seq) => seq,
-            None => match max_seq(state, conv).await {
+            None => match state.store.max_seq(conv).await {
                 Ok(seq) => seq,
                 Err(error) => {
-                    fail_all(todo, &error);
+                    fail_all(todo, &error.into());
                     break;
                 }
             },
@@ -252,7 +288,7 @@ async fn write_batch(
             w.doc.ts = ts;
         }
         let docs: Vec<&MessageDoc> = todo.iter().map(|w| &w.doc).collect();
-        let result = state.store.messages.insert_many(docs).ordered(true).await;
+        let result = state.store.insert_messages(docs).await;
         let error = match result {
             Ok(_) => {
                 *last_seq = Some(last + todo.len() as u64);
@@ -292,8 +328,10 @@ async fn write_batch(
         *last_seq = Some(last + refused_at as u64);
         stored.extend(todo.drain(..refused_at).map(answer_new));
         let refused = todo.pop_front().expect("the refused send is in the batch");
-        let first =
-            find_by_client_msg_id(state, conv, &refused.doc.from, &refused.doc.client_msg_id).await;
+        let first = state
+            .store
+            .message_by_client_msg_id(conv, &refused.doc.from, &refused.doc.client_msg_id)
+            .await;
         match first {
             Ok(Some(first)) => {
                 // A repeat: answered with the first send; costs no seq.
@@ -323,7 +361,7 @@ async fn write_batch(
             Err(error) => {
                 *last_seq = None;
                 todo.push_front(refused);
-                fail_all(todo, &error);
+                fail_all(todo, &error.into());
                 break;
             }
         }
@@ -336,7 +374,7 @@ async fn write_batch(
     }
     // After the senders' replies and the live delivery: the event is
     // at-least-once behind "stored" and never fails a send.
-    if let Some(events) = &state.events {
+    if let Some(events) = &sends.events {
         for batch in batches {
             events.publish(batch).await;
         }
@@ -350,23 +388,9 @@ async fn stored_ids(
     conv: &str,
     sends: &VecDeque<Waiting>,
 ) -> Result<std::collections::HashSet<String>, ServiceError> {
-    #[derive(serde::Deserialize)]
-    struct MsgId {
-        msg_id: String,
-    }
     // By the planned seqs, which the unique `(conv, seq)` index finds.
     let seqs: Vec<i64> = sends.iter().map(|w| w.doc.seq).collect();
-    let found: Vec<MsgId> = futures::TryStreamExt::try_collect(
-        state
-            .store
-            .messages
-            .clone_with_type::<MsgId>()
-            .find(doc! {"conv": conv, "seq": {"$in": seqs}})
-            .projection(doc! {"msg_id": 1, "_id": 0})
-            .await?,
-    )
-    .await?;
-    Ok(found.into_iter().map(|m| m.msg_id).collect())
+    Ok(state.store.msg_ids_at(conv, &seqs).await?)
 }
 
 /// Answers a stored send; returns its message for delivery.
@@ -410,30 +434,6 @@ fn first_duplicate(error: &mongodb::error::Error) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-/// The highest seq stored in a conv, 0 if none.
-pub(crate) async fn max_seq(state: &AppState, conv: &str) -> Result<u64, ServiceError> {
-    let last = state
-        .store
-        .messages
-        .find_one(doc! {"conv": conv})
-        .sort(doc! {"seq": -1})
-        .await?;
-    Ok(last.map_or(0, |m| m.seq as u64))
-}
-
-async fn find_by_client_msg_id(
-    state: &AppState,
-    conv: &str,
-    from: &str,
-    client_msg_id: &str,
-) -> Result<Option<MessageDoc>, ServiceError> {
-    Ok(state
-        .store
-        .messages
-        .find_one(doc! {"conv": conv, "from": from, "client_msg_id": client_msg_id})
-        .await?)
 }
 
 #[cfg(test)]

@@ -8,11 +8,9 @@
 //! invitations cannot crowd out the newest, and none of them costs the
 //! user a group (or a topic) until accepted.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use futures::TryStreamExt as _;
-use mongodb::bson::{doc, DateTime};
-use serde::Deserialize;
+use mongodb::bson::DateTime;
 use serde_json::json;
 
 use oceanchat_protocol::client::{
@@ -22,6 +20,7 @@ use oceanchat_protocol::conv::{dm_conv, group_conv};
 use oceanchat_protocol::internal::topics;
 use oceanchat_protocol::ErrorCode;
 
+use super::change::{bump_version, publish, require_room_in_groups};
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::state::AppState;
@@ -47,23 +46,7 @@ pub async fn admit(
     if user_ids.is_empty() {
         return Ok(Admission::default());
     }
-    #[derive(Deserialize)]
-    struct Setting {
-        #[serde(rename = "_id")]
-        id: String,
-        #[serde(default)]
-        groups_from: GroupsFrom,
-    }
-    let settings: HashMap<String, GroupsFrom> = state
-        .store
-        .users
-        .clone_with_type::<Setting>()
-        .find(doc! {"_id": {"$in": &user_ids}})
-        .projection(doc! {"groups_from": 1})
-        .await?
-        .map_ok(|s| (s.id, s.groups_from))
-        .try_collect()
-        .await?;
+    let settings = state.store.groups_from_of(&user_ids).await?;
     let asks_known: Vec<&String> = user_ids
         .iter()
         .filter(|u| settings.get(*u) == Some(&GroupsFrom::Known))
@@ -94,21 +77,8 @@ async fn known_to(
     if user_ids.is_empty() {
         return Ok(BTreeSet::new());
     }
-    #[derive(Deserialize)]
-    struct UserOnly {
-        user_id: String,
-    }
     let convs: Vec<String> = user_ids.iter().map(|u| dm_conv(actor, u)).collect();
-    Ok(state
-        .store
-        .members
-        .clone_with_type::<UserOnly>()
-        .find(doc! {"conv": {"$in": &convs}, "user_id": {"$in": user_ids}})
-        .projection(doc! {"user_id": 1, "_id": 0})
-        .await?
-        .map_ok(|m| m.user_id)
-        .try_collect()
-        .await?)
+    Ok(state.store.members_of_any(&convs, user_ids).await?)
 }
 
 /// Leaves an invitation to group `group_id` from `inviter` for each of
@@ -122,34 +92,20 @@ pub async fn invite(
     if user_ids.is_empty() {
         return Ok(());
     }
-    #[derive(Deserialize)]
-    struct NameOnly {
-        name: String,
-    }
-    let name = state
-        .store
-        .groups
-        .clone_with_type::<NameOnly>()
-        .find_one(doc! {"_id": group_id})
-        .projection(doc! {"name": 1, "_id": 0})
-        .await?
-        .map(|g| g.name)
-        .unwrap_or_default();
-    let name = name.as_str();
-    let invitations = &state.store.invitations;
+    let name = state.store.group_name(group_id).await?.unwrap_or_default();
     for user_id in user_ids {
         let invitation = InvitationDoc {
             group_id: group_id.to_string(),
             user_id: user_id.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             inviter: inviter.to_string(),
             at: DateTime::now(),
         };
-        invitations
-            .replace_one(doc! {"group_id": group_id, "user_id": user_id}, &invitation)
-            .upsert(true)
+        state.store.upsert_invitation(&invitation).await?;
+        state
+            .store
+            .drop_invitations_beyond(user_id, MAX_PENDING_INVITATIONS as u64)
             .await?;
-        drop_oldest_beyond_cap(state, user_id).await?;
         let frame = encode_event(&Event::Invitation(invitation.into()));
         if let Err(error) =
             delivery::deliver_to_users(state, std::slice::from_ref(user_id), &frame).await
@@ -167,44 +123,15 @@ pub async fn invite(
     Ok(())
 }
 
-async fn drop_oldest_beyond_cap(state: &AppState, user_id: &str) -> Result<(), ServiceError> {
-    #[derive(Deserialize)]
-    struct GroupOnly {
-        group_id: String,
-    }
-    let stale: Vec<String> = state
-        .store
-        .invitations
-        .clone_with_type::<GroupOnly>()
-        .find(doc! {"user_id": user_id})
-        .sort(doc! {"at": -1, "_id": -1})
-        .skip(MAX_PENDING_INVITATIONS as u64)
-        .projection(doc! {"group_id": 1, "_id": 0})
-        .await?
-        .map_ok(|i| i.group_id)
-        .try_collect()
-        .await?;
-    if !stale.is_empty() {
-        state
-            .store
-            .invitations
-            .delete_many(doc! {"user_id": user_id, "group_id": {"$in": &stale}})
-            .await?;
-    }
-    Ok(())
-}
-
 /// `group.invitations`: the asking user's, newest first.
 pub async fn list(state: &AppState, user_id: &str) -> Result<InvitationsResult, ServiceError> {
     let invitations = state
         .store
-        .invitations
-        .find(doc! {"user_id": user_id})
-        .sort(doc! {"at": -1, "_id": -1})
+        .invitations_of(user_id)
         .await?
-        .map_ok(Invitation::from)
-        .try_collect()
-        .await?;
+        .into_iter()
+        .map(Invitation::from)
+        .collect();
     Ok(InvitationsResult { invitations })
 }
 
@@ -217,28 +144,21 @@ pub async fn join(
     if !topics::valid_id(group_id) {
         return Err(ServiceError::bad_request("malformed group_id"));
     }
-    let pending = doc! {"group_id": group_id, "user_id": user_id};
-    if state
-        .store
-        .invitations
-        .find_one(pending.clone())
-        .await?
-        .is_none()
-    {
+    if state.store.invitation(group_id, user_id).await?.is_none() {
         return Err(ServiceError::refused(
             ErrorCode::NotFound,
             format!("no invitation to group {group_id}"),
         ));
     }
     let me = [user_id.to_string()];
-    crate::groups::require_room_in_groups(state, &me).await?;
+    require_room_in_groups(state, &me).await?;
     let conv = group_conv(group_id);
-    let version = crate::groups::bump_version(state, group_id).await?;
-    crate::convs::add_member_if_absent(state, &conv, user_id).await?;
-    state.store.invitations.delete_one(pending).await?;
+    let version = bump_version(state, group_id).await?;
+    state.store.add_member_if_absent(&conv, user_id).await?;
+    state.store.delete_invitation(group_id, user_id).await?;
     tracing::info!(group_id, version, user_id, "invitation accepted");
     let change = json!({"kind": "members_added", "user_ids": &me, "joined": true});
-    let frame = crate::groups::publish(state, group_id, version, change).await;
+    let frame = publish(state, group_id, version, change).await;
     if let Err(e) = delivery::change_topics(state, &me, &[topics::group(group_id)], true).await {
         e.log("group topic follow");
     }
@@ -254,11 +174,7 @@ pub async fn join(
 
 /// `group.decline`: removes the invitation, if there is one.
 pub async fn decline(state: &AppState, user_id: &str, group_id: &str) -> Result<(), ServiceError> {
-    state
-        .store
-        .invitations
-        .delete_one(doc! {"group_id": group_id, "user_id": user_id})
-        .await?;
+    state.store.delete_invitation(group_id, user_id).await?;
     Ok(())
 }
 
@@ -266,10 +182,7 @@ pub async fn decline(state: &AppState, user_id: &str, group_id: &str) -> Result<
 pub async fn settings(state: &AppState, user_id: &str) -> Result<Settings, ServiceError> {
     state
         .store
-        .users
-        .clone_with_type::<Settings>()
-        .find_one(doc! {"_id": user_id})
-        .projection(doc! {"groups_from": 1, "_id": 0})
+        .settings(user_id)
         .await?
         .ok_or_else(|| ServiceError::refused(ErrorCode::NotFound, "user not found"))
 }
@@ -281,13 +194,7 @@ pub async fn update_settings(
     groups_from: Option<GroupsFrom>,
 ) -> Result<Settings, ServiceError> {
     if let Some(groups_from) = groups_from {
-        let value = mongodb::bson::to_bson(&groups_from)
-            .map_err(|e| ServiceError::Internal(format!("settings: {e}")))?;
-        state
-            .store
-            .users
-            .update_one(doc! {"_id": user_id}, doc! {"$set": {"groups_from": value}})
-            .await?;
+        state.store.set_groups_from(user_id, groups_from).await?;
     }
     settings(state, user_id).await
 }

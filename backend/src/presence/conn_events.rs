@@ -11,11 +11,11 @@
 
 use std::future::Future;
 
-use oceanchat_protocol::internal::ConnEvent;
+use oceanchat_protocol::internal::{ConnEvent, ConnRef};
 
 use crate::bounded::{self, InFlight, Stopped};
+use crate::locks;
 use crate::state::AppState;
-use crate::{locks, presence};
 
 /// Events handled at the same time by one instance; beyond that the
 /// subscription is read no faster than events are handled.
@@ -61,7 +61,11 @@ async fn handle(state: &AppState, event: ConnEvent) {
         ConnEvent::Closed { ctx, instance } => {
             tracing::debug!(gateway = %ctx.gateway_id, conn_id = ctx.conn_id, %instance, "connection closed");
             // Locks are held by a connection: free them for the next editor.
-            if let Err(error) = locks::release_connection(state, &ctx, &instance).await {
+            let conn = ConnRef {
+                gateway_id: ctx.gateway_id.clone(),
+                conn_id: ctx.conn_id,
+            };
+            if let Err(error) = locks::release_connection(state, &conn, &instance).await {
                 error.log("lock release on close");
             }
             if let Some(user_id) = &ctx.user_id {
@@ -72,7 +76,7 @@ async fn handle(state: &AppState, event: ConnEvent) {
 }
 
 async fn settle_presence(state: &AppState, user_id: &str) {
-    if let Err(error) = presence::settle(state, &[user_id.to_string()]).await {
+    if let Err(error) = super::settle(state, &[user_id.to_string()]).await {
         error.log("presence");
     }
 }

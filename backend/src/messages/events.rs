@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
-use mongodb::bson::doc;
+use async_nats::jetstream::message::PublishMessage;
 use tokio::sync::{mpsc, Semaphore};
 
 use oceanchat_protocol::client::Message;
@@ -44,115 +43,6 @@ const MAX_IN_FLIGHT: usize = 256;
 /// The first pause after a failed publish; it doubles up to
 /// `--event-retry-max-ms`.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
-
-/// How long a JetStream request (a publish's acknowledgement, a stream
-/// lookup) may take before it counts as failed and is retried.
-pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What went wrong while creating or checking the streams.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamsError {
-    /// The NATS server runs without JetStream (`nats-server -js`).
-    #[error("the NATS server has no JetStream (start it with -js)")]
-    NoJetStream,
-    /// A stream could not be created or read.
-    #[error("stream {stream}: {detail}")]
-    Stream {
-        stream: &'static str,
-        detail: String,
-    },
-}
-
-/// A JetStream context on `client` with this crate's timeouts.
-pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
-    jetstream::ContextBuilder::new()
-        .timeout(JETSTREAM_TIMEOUT)
-        .build(client)
-}
-
-/// How the streams are made when a process finds them missing.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamSettings {
-    /// A publish retried within it with the same message id lands once.
-    pub duplicate_window: Duration,
-    /// Copies of each stream in a NATS cluster (1 on a single server; 3
-    /// survives the loss of one node). An existing stream keeps its own.
-    pub replicas: usize,
-}
-
-/// Creates the events, tasks and dead-letter streams, or checks that
-/// they exist. Idempotent: every backend and worker calls it at start.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    settings: StreamSettings,
-) -> Result<(), StreamsError> {
-    use jobs::streams;
-    let specs = [
-        (streams::EVENTS, streams::EVENTS_SUBJECTS),
-        (streams::TASKS, streams::TASKS_SUBJECTS),
-        (streams::DEAD_LETTERS, streams::DEAD_LETTERS_SUBJECTS),
-    ];
-    for (name, subjects) in specs {
-        let config = stream::Config {
-            name: name.to_string(),
-            subjects: vec![subjects.to_string()],
-            storage: stream::StorageType::File,
-            duplicate_window: settings.duplicate_window,
-            num_replicas: settings.replicas.max(1),
-            ..Default::default()
-        };
-        let stream = create_when_ready(js, config).await.map_err(|e| {
-            use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
-            match e.kind() {
-                Kind::JetStreamUnavailable => StreamsError::NoJetStream,
-                // A server without JetStream does not answer its API.
-                Kind::TimedOut | Kind::Response => StreamsError::NoJetStream,
-                _ => StreamsError::Stream {
-                    stream: name,
-                    detail: e.to_string(),
-                },
-            }
-        })?;
-        let held = &stream.cached_info().config.subjects;
-        if !held.iter().any(|s| s == subjects) {
-            return Err(StreamsError::Stream {
-                stream: name,
-                detail: format!("holds subjects {held:?}, expected {subjects}"),
-            });
-        }
-    }
-    tracing::info!(
-        events = jobs::streams::EVENTS,
-        tasks = jobs::streams::TASKS,
-        dead_letters = jobs::streams::DEAD_LETTERS,
-        "JetStream streams ready"
-    );
-    Ok(())
-}
-
-/// How long start-up waits for JetStream to answer: a cluster that has
-/// just started answers nothing until it has elected its meta leader.
-const STREAMS_START_WAIT: Duration = Duration::from_secs(10);
-
-/// `get_or_create_stream`, asked again for up to [`STREAMS_START_WAIT`]
-/// while the answer is a timeout or an error response; the last error
-/// once that has passed.
-async fn create_when_ready(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
-    let deadline = tokio::time::Instant::now() + STREAMS_START_WAIT;
-    loop {
-        match js.get_or_create_stream(config.clone()).await {
-            Ok(stream) => return Ok(stream),
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(stream = %config.name, %error, "JetStream not answering yet; asking again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
 
 /// A stored batch whose event is still to be published.
 #[derive(Debug)]
@@ -236,10 +126,7 @@ impl Publisher {
 
 /// Publishes the event of every batch `batches` yields, a bounded number
 /// at once, each retried until acknowledged.
-pub async fn run(state: AppState, mut batches: mpsc::Receiver<Batch>) {
-    let Some(publisher) = state.events.clone() else {
-        return;
-    };
+pub async fn run(state: AppState, publisher: Publisher, mut batches: mpsc::Receiver<Batch>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(batch) = batches.recv().await {
         let permit = in_flight
@@ -310,21 +197,7 @@ async fn publish_once(state: &AppState, batch: &Batch) -> Result<(), String> {
 pub async fn offline_members(state: &AppState, conv: &str) -> Result<Vec<String>, ServiceError> {
     let mut members: Vec<String> = match dm_users_of(conv) {
         Some((a, b)) => vec![a.to_string(), b.to_string()],
-        None => {
-            #[derive(serde::Deserialize)]
-            struct UserId {
-                user_id: String,
-            }
-            let cursor = state
-                .store
-                .members
-                .clone_with_type::<UserId>()
-                .find(doc! {"conv": conv})
-                .projection(doc! {"user_id": 1, "_id": 0})
-                .await?;
-            let found: Vec<UserId> = futures::TryStreamExt::try_collect(cursor).await?;
-            found.into_iter().map(|m| m.user_id).collect()
-        }
+        None => state.store.member_ids(conv).await?,
     };
     let online: std::collections::BTreeSet<String> = online_by_gateway(state, &members)
         .await?

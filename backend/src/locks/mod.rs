@@ -31,22 +31,21 @@
 //! holder.
 
 use bytes::Bytes;
-use mongodb::bson::doc;
 use rand::RngCore as _;
-use serde::Deserialize;
 
 use oceanchat_protocol::client::{
     encode_event, Event, LockAcquired, LockHolder, LockRenewed, Role,
 };
 use oceanchat_protocol::conv::group_conv;
-use oceanchat_protocol::internal::{keys, topics, RpcContext};
+use oceanchat_protocol::internal::{keys, topics, ConnRef};
 use oceanchat_protocol::ErrorCode;
 
 use crate::clock::now_ms;
 use crate::convs::require_member;
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::lua;
+use crate::redis::scripts as lua;
+use crate::rpc::Caller;
 use crate::state::AppState;
 
 /// A resource that can be locked.
@@ -73,26 +72,6 @@ impl Resource {
     }
 }
 
-/// The connection a request came from, as a lock holder needs it.
-struct Conn<'a> {
-    gateway_id: &'a str,
-    conn_id: u64,
-    user_id: &'a str,
-    session_id: &'a str,
-}
-
-fn conn(ctx: &RpcContext) -> Result<Conn<'_>, ServiceError> {
-    match (&ctx.user_id, &ctx.session_id) {
-        (Some(user_id), Some(session_id)) => Ok(Conn {
-            gateway_id: &ctx.gateway_id,
-            conn_id: ctx.conn_id,
-            user_id,
-            session_id,
-        }),
-        _ => Err(ServiceError::unauthenticated()),
-    }
-}
-
 /// What `lock.acquire` got: the lease, or the holder that has it.
 pub enum Acquire {
     Granted(LockAcquired),
@@ -102,12 +81,11 @@ pub enum Acquire {
 /// `lock.acquire`: only the owner and admins of a group may take its lock.
 pub async fn acquire(
     state: &AppState,
-    ctx: &RpcContext,
+    me: &Caller,
     resource: &str,
 ) -> Result<Acquire, ServiceError> {
-    let me = conn(ctx)?;
     let Resource::Group(group_id) = Resource::parse(resource)?;
-    let member = require_member(state, me.user_id, &group_conv(&group_id)).await?;
+    let member = require_member(state, &me.user_id, &group_conv(&group_id)).await?;
     if member.role == Role::Member {
         return Err(ServiceError::refused(
             ErrorCode::Forbidden,
@@ -116,11 +94,11 @@ pub async fn acquire(
     }
     // Most refusals end here, before the reads a new lease needs: a page
     // that waits for the lock asks again each time it is released.
-    if let Some(holder) = held_by_other(state, &me, resource).await? {
+    if let Some(holder) = held_by_other(state, me, resource).await? {
         return Ok(Acquire::Locked(holder));
     }
     let floor = current_fence(state, &group_id).await?.unwrap_or(0) + 1;
-    let display_name = display_name(state, me.user_id).await?;
+    let display_name = state.store.display_name(&me.user_id).await?;
 
     let ttl_ms = state.config.lock_ttl_ms;
     let since = now_ms();
@@ -129,14 +107,14 @@ pub async fn acquire(
     let reply: Vec<String> = lua::LOCK_ACQUIRE
         .key(keys::lock(resource))
         .key(keys::lock_fence(resource))
-        .key(keys::conn_locks(me.gateway_id, me.conn_id))
-        .key(keys::routes(me.user_id))
+        .key(keys::conn_locks(&me.gateway_id, me.conn_id))
+        .key(keys::routes(&me.user_id))
         .arg(&token)
         .arg(ttl_ms)
-        .arg(me.gateway_id)
+        .arg(&me.gateway_id)
         .arg(me.conn_id)
-        .arg(me.session_id)
-        .arg(me.user_id)
+        .arg(&me.session_id)
+        .arg(&me.user_id)
         .arg(&display_name)
         .arg(since)
         .arg(floor)
@@ -155,11 +133,11 @@ pub async fn acquire(
                 .map_err(|_| ServiceError::Internal(format!("lock fence {fence:?}")))?;
             // The fence must be on the group before the holder can write;
             // from now on every write of an earlier holder matches nothing.
-            if let Err(e) = raise_fence(state, &group_id, fence).await {
-                release_token(state, &me, resource, token).await.ok();
-                return Err(e);
+            if let Err(e) = state.store.raise_fence(&group_id, fence).await {
+                release_token(state, me, resource, token).await.ok();
+                return Err(e.into());
             }
-            tracing::info!(resource, fence, user_id = me.user_id, "lock taken");
+            tracing::info!(resource, fence, user_id = &me.user_id, "lock taken");
             let holder = LockHolder {
                 user_id: me.user_id.to_string(),
                 display_name,
@@ -193,7 +171,7 @@ pub async fn acquire(
 /// shortcut: the acquire script decides.
 async fn held_by_other(
     state: &AppState,
-    me: &Conn<'_>,
+    me: &Caller,
     resource: &str,
 ) -> Result<Option<LockHolder>, ServiceError> {
     let mut redis = state.redis.clone();
@@ -213,20 +191,19 @@ async fn held_by_other(
 /// `lock.renew`.
 pub async fn renew(
     state: &AppState,
-    ctx: &RpcContext,
+    me: &Caller,
     resource: &str,
     token: &str,
 ) -> Result<LockRenewed, ServiceError> {
-    let me = conn(ctx)?;
     Resource::parse(resource)?;
     let ttl_ms = state.config.lock_ttl_ms;
     let mut redis = state.redis.clone();
     let renewed: i64 = lua::LOCK_RENEW
         .key(keys::lock(resource))
-        .key(keys::conn_locks(me.gateway_id, me.conn_id))
+        .key(keys::conn_locks(&me.gateway_id, me.conn_id))
         .arg(token)
         .arg(ttl_ms)
-        .arg(me.gateway_id)
+        .arg(&me.gateway_id)
         .arg(me.conn_id)
         .invoke_async(&mut redis)
         .await?;
@@ -241,14 +218,13 @@ pub async fn renew(
 /// holds it; otherwise there is nothing to release and it succeeds too.
 pub async fn release(
     state: &AppState,
-    ctx: &RpcContext,
+    me: &Caller,
     resource: &str,
     token: &str,
 ) -> Result<(), ServiceError> {
-    let me = conn(ctx)?;
     Resource::parse(resource)?;
-    if release_token(state, &me, resource, token).await? {
-        tracing::info!(resource, user_id = me.user_id, "lock released");
+    if release_token(state, me, resource, token).await? {
+        tracing::info!(resource, user_id = &me.user_id, "lock released");
         announce(state, resource, None).await;
     }
     Ok(())
@@ -256,16 +232,16 @@ pub async fn release(
 
 async fn release_token(
     state: &AppState,
-    me: &Conn<'_>,
+    me: &Caller,
     resource: &str,
     token: &str,
 ) -> Result<bool, ServiceError> {
     let mut redis = state.redis.clone();
     let released: i64 = lua::LOCK_RELEASE
         .key(keys::lock(resource))
-        .key(keys::conn_locks(me.gateway_id, me.conn_id))
+        .key(keys::conn_locks(&me.gateway_id, me.conn_id))
         .arg(token)
-        .arg(me.gateway_id)
+        .arg(&me.gateway_id)
         .arg(me.conn_id)
         .arg(resource)
         .invoke_async(&mut redis)
@@ -278,12 +254,11 @@ async fn release_token(
 /// Members of the group may watch (they see the read-only view).
 pub async fn watch(
     state: &AppState,
-    ctx: &RpcContext,
+    me: &Caller,
     resource: &str,
 ) -> Result<Option<LockHolder>, ServiceError> {
-    let me = conn(ctx)?;
     let Resource::Group(group_id) = Resource::parse(resource)?;
-    require_member(state, me.user_id, &group_conv(&group_id)).await?;
+    require_member(state, &me.user_id, &group_conv(&group_id)).await?;
     holder(state, resource).await
 }
 
@@ -314,11 +289,10 @@ pub async fn holder(state: &AppState, resource: &str) -> Result<Option<LockHolde
 /// `lock_lost` when the token or the connection is not the holder's.
 pub async fn live_fence(
     state: &AppState,
-    ctx: &RpcContext,
+    me: &Caller,
     resource: &str,
     token: &str,
 ) -> Result<i64, ServiceError> {
-    let me = conn(ctx)?;
     if token.is_empty() {
         return Err(lock_required(resource));
     }
@@ -337,7 +311,7 @@ pub async fn live_fence(
         return Err(lock_required(resource));
     };
     let mine = live_token == token
-        && gateway_id.as_deref() == Some(me.gateway_id)
+        && gateway_id.as_deref() == Some(&me.gateway_id)
         && conn_id == Some(me.conn_id);
     match fence {
         Some(fence) if mine => Ok(fence),
@@ -349,10 +323,10 @@ pub async fn live_fence(
 /// Called for each `closed` connection event.
 pub async fn release_connection(
     state: &AppState,
-    ctx: &RpcContext,
+    conn: &ConnRef,
     instance: &str,
 ) -> Result<(), ServiceError> {
-    let list = keys::conn_locks(&ctx.gateway_id, ctx.conn_id);
+    let list = keys::conn_locks(&conn.gateway_id, conn.conn_id);
     let mut redis = state.redis.clone();
     let resources: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&list)
@@ -362,8 +336,8 @@ pub async fn release_connection(
         let released: i64 = lua::LOCK_RELEASE_CONN
             .key(keys::lock(&resource))
             .key(&list)
-            .arg(&ctx.gateway_id)
-            .arg(ctx.conn_id)
+            .arg(&conn.gateway_id)
+            .arg(conn.conn_id)
             .arg(instance)
             .arg(&resource)
             .invoke_async(&mut redis)
@@ -371,8 +345,8 @@ pub async fn release_connection(
         if released == 1 {
             tracing::info!(
                 resource,
-                gateway = %ctx.gateway_id,
-                conn_id = ctx.conn_id,
+                gateway = %conn.gateway_id,
+                conn_id = conn.conn_id,
                 "lock released: its connection closed"
             );
             announce(state, &resource, None).await;
@@ -394,51 +368,13 @@ async fn announce(state: &AppState, resource: &str, holder: Option<LockHolder>) 
     }
 }
 
-#[derive(Deserialize)]
-struct FenceOnly {
-    #[serde(default)]
-    lock_fence: Option<i64>,
-}
-
 /// The highest fencing number written onto the group, `None` for a group
 /// never locked; `not_found` if the group does not exist.
 async fn current_fence(state: &AppState, group_id: &str) -> Result<Option<i64>, ServiceError> {
-    let found = state
-        .store
-        .groups
-        .clone_with_type::<FenceOnly>()
-        .find_one(doc! {"_id": group_id})
-        .projection(doc! {"lock_fence": 1})
-        .await?
-        .ok_or_else(|| {
-            ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
-        })?;
+    let found = state.store.fenced(group_id).await?.ok_or_else(|| {
+        ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
+    })?;
     Ok(found.lock_fence)
-}
-
-/// `$max`: a late acquire with a smaller fence never lowers it.
-async fn raise_fence(state: &AppState, group_id: &str, fence: i64) -> Result<(), ServiceError> {
-    state
-        .store
-        .groups
-        .update_one(doc! {"_id": group_id}, doc! {"$max": {"lock_fence": fence}})
-        .await?;
-    Ok(())
-}
-
-async fn display_name(state: &AppState, user_id: &str) -> Result<String, ServiceError> {
-    #[derive(Deserialize)]
-    struct NameOnly {
-        display_name: String,
-    }
-    let found = state
-        .store
-        .users
-        .clone_with_type::<NameOnly>()
-        .find_one(doc! {"_id": user_id})
-        .projection(doc! {"display_name": 1})
-        .await?;
-    Ok(found.map(|u| u.display_name).unwrap_or_default())
 }
 
 /// 128 random bits, hex.

@@ -25,29 +25,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
-use mongodb::bson::{doc, Document};
-use mongodb::options::ReturnDocument;
-use serde::Deserialize;
 use serde_json::json;
 
-use oceanchat_protocol::client::{
-    encode_event, Event, GroupPatch, MembersAddResult, Role, VersionResult,
-};
+use oceanchat_protocol::client::{GroupPatch, MembersAddResult, Role, VersionResult};
 use oceanchat_protocol::conv::group_conv;
-use oceanchat_protocol::internal::{topics, RpcContext};
+use oceanchat_protocol::internal::topics;
 use oceanchat_protocol::ErrorCode;
 
-use crate::convs::require_member;
+use super::change::{
+    bump_version, forbidden, group_not_found, publish, require_room_in_groups, MAX_NAME_CHARS,
+};
+use super::invitations;
+use crate::convs::{require_member, require_users_exist};
 use crate::delivery;
 use crate::error::ServiceError;
-use crate::invitations;
 use crate::locks::{self, Resource};
+use crate::rpc::Caller;
 use crate::state::AppState;
-
-/// Longest group name, in characters (as `group.create`).
-const MAX_NAME_CHARS: usize = 100;
+use crate::store::{GroupFields, MemberFlag};
 /// Longest announcement, in characters.
 const MAX_ANNOUNCEMENT_CHARS: usize = 4000;
 /// The join policies a group can have.
@@ -59,14 +54,14 @@ const MAX_USERS_PER_CHANGE: usize = 1000;
 /// the group is still at `expected_version`.
 pub async fn update(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     patch: &GroupPatch,
     expected_version: Option<u64>,
 ) -> Result<VersionResult, ServiceError> {
     let set = patch_fields(patch)?;
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     let version = admin.commit(state, set, expected_version).await?;
     let change = json!({"kind": "updated", "patch": patch});
     publish(state, group_id, version, change).await;
@@ -77,13 +72,13 @@ pub async fn update(
 /// their role and mute state.
 pub async fn members_add(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     user_ids: &[String],
 ) -> Result<MembersAddResult, ServiceError> {
     let user_ids = distinct_users(user_ids)?;
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     require_users_exist(state, &user_ids).await?;
     let present = admin.members_among(state, &user_ids).await?;
     let absent: Vec<String> = user_ids
@@ -94,9 +89,12 @@ pub async fn members_add(
     let added = admission.added;
     require_room_in_groups(state, &added).await?;
 
-    let version = admin.commit(state, Document::new(), None).await?;
+    let version = admin.commit(state, GroupFields::default(), None).await?;
     for user_id in &added {
-        crate::convs::add_member_if_absent(state, &admin.conv, user_id).await?;
+        state
+            .store
+            .add_member_if_absent(&admin.conv, user_id)
+            .await?;
     }
     tracing::info!(group_id, version, added = added.len(), "members added");
     let change = json!({"kind": "members_added", "user_ids": &added});
@@ -121,26 +119,22 @@ pub async fn members_add(
 /// `group.members.remove`: users who are not members are skipped.
 pub async fn members_remove(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     user_ids: &[String],
 ) -> Result<VersionResult, ServiceError> {
     let user_ids = distinct_users(user_ids)?;
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     let present = admin.members_among(state, &user_ids).await?;
     for (user_id, role) in &present {
         admin.may_act_on(user_id, *role, "remove")?;
     }
     let removed: Vec<String> = present.into_keys().collect();
 
-    let version = admin.commit(state, Document::new(), None).await?;
+    let version = admin.commit(state, GroupFields::default(), None).await?;
     if !removed.is_empty() {
-        state
-            .store
-            .members
-            .delete_many(doc! {"conv": &admin.conv, "user_id": {"$in": &removed}})
-            .await?;
+        state.store.remove_members(&admin.conv, &removed).await?;
     }
     tracing::info!(
         group_id,
@@ -163,7 +157,7 @@ pub async fn members_remove(
 /// promote members to admin; only the owner demotes an admin.
 pub async fn members_set_role(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     user_id: &str,
@@ -174,12 +168,15 @@ pub async fn members_set_role(
             "a group has one owner; the owner hands it on with group.transfer",
         ));
     }
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     let current = admin.member_role(state, user_id).await?;
     may_set_role(admin.role, current, role)?;
 
-    let version = admin.commit(state, Document::new(), None).await?;
-    set_member_role(state, &admin.conv, user_id, role).await?;
+    let version = admin.commit(state, GroupFields::default(), None).await?;
+    state
+        .store
+        .set_member_role(&admin.conv, user_id, role)
+        .await?;
     tracing::info!(group_id, version, user_id, role = role.as_str(), "role set");
     let change = json!({"kind": "role_set", "user_id": user_id, "role": role});
     publish(state, group_id, version, change).await;
@@ -190,12 +187,12 @@ pub async fn members_set_role(
 /// an admin.
 pub async fn transfer(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     user_id: &str,
 ) -> Result<VersionResult, ServiceError> {
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     if admin.role != Role::Owner {
         return Err(forbidden("only the owner hands on ownership"));
     }
@@ -208,9 +205,17 @@ pub async fn transfer(
     // A backend that dies between these writes leaves the caller still
     // recorded as owner in its member document, so repeating the request
     // is allowed and completes the change (every write is a `$set`).
-    let version = admin.commit(state, doc! {"owner": user_id}, None).await?;
-    set_member_role(state, &admin.conv, user_id, Role::Owner).await?;
-    set_member_role(state, &admin.conv, &admin.user_id, Role::Admin).await?;
+    let version = admin
+        .commit(state, GroupFields::owner(user_id), None)
+        .await?;
+    state
+        .store
+        .set_member_role(&admin.conv, user_id, Role::Owner)
+        .await?;
+    state
+        .store
+        .set_member_role(&admin.conv, &admin.user_id, Role::Admin)
+        .await?;
     tracing::info!(group_id, version, from = %admin.user_id, to = user_id, "ownership transferred");
     let change = json!({"kind": "transferred", "from": &admin.user_id, "to": user_id});
     publish(state, group_id, version, change).await;
@@ -237,8 +242,7 @@ pub async fn leave(
     let version = bump_version(state, group_id).await?;
     state
         .store
-        .members
-        .delete_one(doc! {"conv": &conv, "user_id": user_id})
+        .remove_members(&conv, std::slice::from_ref(&user_id.to_string()))
         .await?;
     tracing::info!(group_id, version, user_id, "member left");
     let left = [user_id.to_string()];
@@ -250,87 +254,23 @@ pub async fn leave(
     Ok(VersionResult { version })
 }
 
-/// Bumps the group's version without the lock, for the changes a user
-/// makes to their own membership (leave, join); returns the new version.
-pub async fn bump_version(state: &AppState, group_id: &str) -> Result<u64, ServiceError> {
-    #[derive(Deserialize)]
-    struct Versioned {
-        version: i64,
-    }
-    let bumped = state
-        .store
-        .groups
-        .clone_with_type::<Versioned>()
-        .find_one_and_update(doc! {"_id": group_id}, doc! {"$inc": {"version": 1}})
-        .projection(doc! {"version": 1})
-        .return_document(ReturnDocument::After)
-        .await?
-        .ok_or_else(|| {
-            ServiceError::refused(ErrorCode::NotFound, format!("group {group_id} not found"))
-        })?;
-    Ok(bumped.version as u64)
-}
-
-/// `forbidden` for the first of `user_ids` already in the most groups one
-/// user may be in (`--max-groups-per-user`).
-pub async fn require_room_in_groups(
-    state: &AppState,
-    user_ids: &[String],
-) -> Result<(), ServiceError> {
-    let cap = state.config.max_groups_per_user;
-    if cap == 0 {
-        return Ok(());
-    }
-    let counts: Vec<(&str, u64)> = futures::stream::iter(
-        user_ids
-            .iter()
-            .map(|user_id| groups_of(state, user_id))
-            .collect::<Vec<_>>(),
-    )
-    .buffer_unordered(16)
-    .try_collect()
-    .await?;
-    match counts.into_iter().find(|(_, count)| *count >= cap) {
-        Some((user_id, _)) => Err(forbidden(format!(
-            "{user_id} is in {cap} groups already, the most one user may be in"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// How many groups `user_id` is a member of.
-async fn groups_of<'a>(state: &AppState, user_id: &'a str) -> Result<(&'a str, u64), ServiceError> {
-    // Group convs are `g:<id>`: the ids from "g:" up to "g;", the next
-    // character, an index range rather than a pattern.
-    let count = state
-        .store
-        .members
-        .count_documents(doc! {"user_id": user_id, "conv": {"$gte": "g:", "$lt": "g;"}})
-        .await?;
-    Ok((user_id, count))
-}
-
 /// `group.members.mute`: a muted member cannot send (`muted`).
 pub async fn members_mute(
     state: &AppState,
-    ctx: &RpcContext,
+    caller: &Caller,
     group_id: &str,
     lock_token: &str,
     user_id: &str,
     muted: bool,
 ) -> Result<VersionResult, ServiceError> {
-    let admin = Admin::check(state, ctx, group_id, lock_token).await?;
+    let admin = Admin::check(state, caller, group_id, lock_token).await?;
     let current = admin.member_role(state, user_id).await?;
     admin.may_act_on(user_id, current, "mute")?;
 
-    let version = admin.commit(state, Document::new(), None).await?;
+    let version = admin.commit(state, GroupFields::default(), None).await?;
     state
         .store
-        .members
-        .update_one(
-            doc! {"conv": &admin.conv, "user_id": user_id},
-            doc! {"$set": {"muted": muted}},
-        )
+        .set_member_flag(&admin.conv, user_id, MemberFlag::Muted, muted)
         .await?;
     tracing::info!(group_id, version, user_id, muted, "mute set");
     let change = json!({"kind": "muted", "user_id": user_id, "muted": muted});
@@ -352,19 +292,16 @@ impl Admin {
     /// Checks the lock token (in Redis) and the writer's role.
     async fn check(
         state: &AppState,
-        ctx: &RpcContext,
+        caller: &Caller,
         group_id: &str,
         lock_token: &str,
     ) -> Result<Admin, ServiceError> {
-        let user_id = ctx
-            .user_id
-            .clone()
-            .ok_or_else(ServiceError::unauthenticated)?;
+        let user_id = caller.user_id.clone();
         if !topics::valid_id(group_id) {
             return Err(ServiceError::bad_request("malformed group_id"));
         }
         let resource = Resource::group(group_id);
-        let fence = locks::live_fence(state, ctx, &resource, lock_token).await?;
+        let fence = locks::live_fence(state, caller, &resource, lock_token).await?;
         let conv = group_conv(group_id);
         let member = require_member(state, &user_id, &conv).await?;
         let role = member.role;
@@ -386,42 +323,20 @@ impl Admin {
     async fn commit(
         &self,
         state: &AppState,
-        set: Document,
+        set: GroupFields,
         expected_version: Option<u64>,
     ) -> Result<u64, ServiceError> {
-        #[derive(Deserialize)]
-        struct Fenced {
-            version: i64,
-            #[serde(default)]
-            lock_fence: Option<i64>,
-        }
-        let mut filter = doc! {"_id": &self.group_id, "lock_fence": self.fence};
-        if let Some(expected) = expected_version {
-            filter.insert("version", expected as i64);
-        }
-        let mut update = doc! {"$inc": {"version": 1}};
-        if !set.is_empty() {
-            update.insert("$set", set);
-        }
-        let groups = state.store.groups.clone_with_type::<Fenced>();
-        let updated = groups
-            .find_one_and_update(filter, update)
-            .projection(doc! {"version": 1, "lock_fence": 1})
-            .return_document(ReturnDocument::After)
+        let committed = state
+            .store
+            .commit_fenced(&self.group_id, self.fence, &set, expected_version)
             .await?;
-        if let Some(group) = updated {
-            return Ok(group.version as u64);
+        if let Some(version) = committed {
+            return Ok(version);
         }
         // Nothing matched: say why.
-        let found = groups
-            .find_one(doc! {"_id": &self.group_id})
-            .projection(doc! {"version": 1, "lock_fence": 1})
-            .await?;
+        let found = state.store.fenced(&self.group_id).await?;
         match found {
-            None => Err(ServiceError::refused(
-                ErrorCode::NotFound,
-                format!("group {} not found", self.group_id),
-            )),
+            None => Err(group_not_found(&self.group_id)),
             Some(group) if group.lock_fence != Some(self.fence) => {
                 tracing::info!(
                     group_id = %self.group_id,
@@ -449,21 +364,7 @@ impl Admin {
         state: &AppState,
         user_ids: &[String],
     ) -> Result<BTreeMap<String, Role>, ServiceError> {
-        #[derive(Deserialize)]
-        struct UserRole {
-            user_id: String,
-            role: Role,
-        }
-        let found: Vec<UserRole> = state
-            .store
-            .members
-            .clone_with_type::<UserRole>()
-            .find(doc! {"conv": &self.conv, "user_id": {"$in": user_ids}})
-            .projection(doc! {"user_id": 1, "role": 1, "_id": 0})
-            .await?
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().map(|m| (m.user_id, m.role)).collect())
+        Ok(state.store.roles_among(&self.conv, user_ids).await?)
     }
 
     /// The role of a member; `not_member` if `user_id` is not one.
@@ -486,36 +387,16 @@ impl Admin {
     }
 }
 
-/// Publishes a `group` event to the group's followers; returns the frame.
-/// Best effort: the change is stored whether or not the event goes out,
-/// and `group.get` shows it.
-pub(crate) async fn publish(
-    state: &AppState,
-    group_id: &str,
-    version: u64,
-    change: serde_json::Value,
-) -> Bytes {
-    let frame = Bytes::from(encode_event(&Event::Group {
-        group_id: group_id.to_string(),
-        version,
-        change,
-    }));
-    if let Err(e) = delivery::publish_topic(state, &topics::group(group_id), None, &frame).await {
-        e.log("group event");
-    }
-    frame
-}
-
-/// The `$set` of a patch, validated.
-fn patch_fields(patch: &GroupPatch) -> Result<Document, ServiceError> {
-    let mut set = Document::new();
+/// The fields a patch sets, validated.
+fn patch_fields(patch: &GroupPatch) -> Result<GroupFields, ServiceError> {
+    let mut set = GroupFields::default();
     if let Some(name) = &patch.name {
         if !(1..=MAX_NAME_CHARS).contains(&name.chars().count()) {
             return Err(ServiceError::bad_request(format!(
                 "name must be 1 to {MAX_NAME_CHARS} characters"
             )));
         }
-        set.insert("name", name);
+        set.name = Some(name.clone());
     }
     if let Some(announcement) = &patch.announcement {
         if announcement.chars().count() > MAX_ANNOUNCEMENT_CHARS {
@@ -523,7 +404,7 @@ fn patch_fields(patch: &GroupPatch) -> Result<Document, ServiceError> {
                 "announcement must be at most {MAX_ANNOUNCEMENT_CHARS} characters"
             )));
         }
-        set.insert("announcement", announcement);
+        set.announcement = Some(announcement.clone());
     }
     if let Some(policy) = &patch.join_policy {
         if !JOIN_POLICIES.contains(&policy.as_str()) {
@@ -531,7 +412,7 @@ fn patch_fields(patch: &GroupPatch) -> Result<Document, ServiceError> {
                 "join_policy must be one of {JOIN_POLICIES:?}"
             )));
         }
-        set.insert("join_policy", policy);
+        set.join_policy = Some(policy.clone());
     }
     if set.is_empty() {
         return Err(ServiceError::bad_request("the patch changes nothing"));
@@ -554,31 +435,6 @@ fn distinct_users(user_ids: &[String]) -> Result<Vec<String>, ServiceError> {
         .collect())
 }
 
-async fn require_users_exist(state: &AppState, user_ids: &[String]) -> Result<(), ServiceError> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        #[serde(rename = "_id")]
-        id: String,
-    }
-    let found: BTreeSet<String> = state
-        .store
-        .users
-        .clone_with_type::<IdOnly>()
-        .find(doc! {"_id": {"$in": user_ids}})
-        .projection(doc! {"_id": 1})
-        .await?
-        .map_ok(|u| u.id)
-        .try_collect()
-        .await?;
-    match user_ids.iter().find(|u| !found.contains(*u)) {
-        Some(missing) => Err(ServiceError::refused(
-            ErrorCode::NotFound,
-            format!("user {missing} not found"),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Who may give `target` a role of `to` when they hold `current` now: a
 /// member becomes an admin by any admin's hand; an admin becomes a member
 /// only by the owner's; the owner's role changes only by `group.transfer`.
@@ -592,33 +448,12 @@ fn may_set_role(actor: Role, current: Role, to: Role) -> Result<(), ServiceError
     }
 }
 
-async fn set_member_role(
-    state: &AppState,
-    conv: &str,
-    user_id: &str,
-    role: Role,
-) -> Result<(), ServiceError> {
-    state
-        .store
-        .members
-        .update_one(
-            doc! {"conv": conv, "user_id": user_id},
-            doc! {"$set": {"role": role.as_str()}},
-        )
-        .await?;
-    Ok(())
-}
-
 fn rank(role: Role) -> u8 {
     match role {
         Role::Owner => 2,
         Role::Admin => 1,
         Role::Member => 0,
     }
-}
-
-fn forbidden(message: impl Into<String>) -> ServiceError {
-    ServiceError::refused(ErrorCode::Forbidden, message)
 }
 
 #[cfg(test)]
@@ -644,9 +479,9 @@ mod tests {
             join_policy: Some("approval".into()),
         };
         let set = patch_fields(&ok).unwrap();
-        assert_eq!(set.get_str("name").unwrap(), "club");
-        assert_eq!(set.get_str("announcement").unwrap(), "");
-        assert_eq!(set.get_str("join_policy").unwrap(), "approval");
+        assert_eq!(set.name.as_deref(), Some("club"));
+        assert_eq!(set.announcement.as_deref(), Some(""));
+        assert_eq!(set.join_policy.as_deref(), Some("approval"));
     }
 
     #[test]
