@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::body;
 use crate::scenario::{BenchMode, Scenario};
-use crate::worker::{Go, Local, Shared};
+use crate::shared::{Go, Local, Shared};
 use crate::wsraw::{self, WsClient};
 
 /// How long one connect and upgrade may take.

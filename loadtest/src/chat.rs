@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use crate::bench::source_addr;
 use crate::body;
 use crate::scenario::Scenario;
+use crate::shared::Shared;
 use crate::wire::ChatConn;
-use crate::worker::Shared;
 use crate::wsraw::{self, WsUrl};
 
 /// Registrations and logins in flight at once: the backend hashes each
@@ -367,7 +367,7 @@ async fn open(url: &str, global: u32, s: &Scenario, token: &str) -> Result<Conne
 
 /// Sends to the conv of chat connection `plan` on the scenario's schedule
 /// until the stop time.
-async fn send_loop(shared: Rc<Shared>, conn: Rc<Connection>, plan: usize, go: crate::worker::Go) {
+async fn send_loop(shared: Rc<Shared>, conn: Rc<Connection>, plan: usize, go: crate::shared::Go) {
     let s = &shared.task.scenario;
     let sender_index = shared.task.chat[plan].sender_index;
     let rate = s.sender_rate();

@@ -12,7 +12,8 @@
 //!
 //! # Layout
 //! - [`scenario`]: the TOML scenario and its command-line overrides.
-//! - [`parent`]: one run from start to report; [`worker`]: a worker process.
+//! - [`parent`]: one run from start to report; [`worker`]: a worker process,
+//!   whose connection tasks share [`shared`].
 //! - [`bench`] (with [`wsraw`], a lean WebSocket client) and [`chat`] (with
 //!   the `oceanchat-client` crate): one connection of each protocol.
 //! - [`body`]: the timed message body; [`stats`]: counters and histograms;
@@ -30,6 +31,7 @@ pub mod parent;
 pub mod procstat;
 pub mod report;
 pub mod scenario;
+pub mod shared;
 pub mod stats;
 pub mod tables;
 pub mod wire;
