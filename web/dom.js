@@ -31,6 +31,17 @@ function append(el, children) {
   }
 }
 
+/**
+ * Adds each `[target, type, listener]` and returns the function that
+ * removes them all again, for a view's `destroy`.
+ */
+export function listen(bindings) {
+  for (const [target, type, listener] of bindings) target.addEventListener(type, listener);
+  return () => {
+    for (const [target, type, listener] of bindings) target.removeEventListener(type, listener);
+  };
+}
+
 /** Replaces the children of `el`. */
 export function fill(el, ...children) {
   el.replaceChildren();

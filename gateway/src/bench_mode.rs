@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::cores;
-use crate::transport::{codec, Conn, Core, Handler, Message, TransportConfig};
+use crate::cores::CoreSetup;
+use crate::transport::{codec, Conn, Core, Handler, Message};
 
 /// Depth of each core's queue of published frames.
 const QUEUE_DEPTH: usize = 4096;
@@ -96,13 +97,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let transport = config.transport();
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    let setups: Vec<CoreSetup> = inboxes
+    let modes = inboxes
         .into_iter()
         .enumerate()
-        .map(|(index, inbox)| CoreSetup {
-            index: index as u16,
-            listen: config.listen,
-            transport: transport.clone(),
+        .map(|(index, inbox)| BenchCore {
             others: senders
                 .iter()
                 .enumerate()
@@ -110,9 +108,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 .map(|(_, s)| s.clone())
                 .collect(),
             inbox,
-            grace,
-        })
-        .collect();
+        });
+    let setups = cores::setups(config.listen, &transport, grace, modes);
     drop(senders);
     cores::run(config.driver, setups, core_main, || {
         tracing::info!(
@@ -124,26 +121,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// What one core thread needs.
-struct CoreSetup {
-    index: u16,
-    listen: std::net::SocketAddr,
-    transport: TransportConfig,
+/// What a bench-mode core has of its own.
+struct BenchCore {
     /// The queues of the other cores.
     others: Vec<mpsc::Sender<Command>>,
     inbox: mpsc::Receiver<Command>,
-    grace: Duration,
 }
 
-async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
+async fn core_main(setup: CoreSetup<BenchCore>) -> anyhow::Result<()> {
     let listener = cores::bind(setup.index, setup.listen)?;
     let bench = Bench {
-        others: setup.others,
+        others: setup.mode.others,
         core: OnceCell::new(),
     };
     let core = Core::new(setup.index, Rc::new(setup.transport), bench);
     let _ = core.handler.core.set(Rc::downgrade(&core));
-    monoio::spawn(handle_commands(core.clone(), setup.inbox));
+    monoio::spawn(handle_commands(core.clone(), setup.mode.inbox));
     cores::serve_until_drained(listener, core, setup.grace).await;
     Ok(())
 }

@@ -10,7 +10,38 @@ use anyhow::Context;
 use monoio::net::TcpListener;
 
 use crate::config::Driver;
-use crate::transport::{self, Core, Handler};
+use crate::transport::{self, Core, Handler, TransportConfig};
+
+/// What one core thread needs: the part both modes share, and the mode's
+/// own part (`mode`).
+pub struct CoreSetup<M> {
+    pub index: u16,
+    pub listen: SocketAddr,
+    pub transport: TransportConfig,
+    /// How long a drain waits for connections to close.
+    pub grace: Duration,
+    pub mode: M,
+}
+
+/// One setup per core, in core order, each with its part of `modes`.
+pub fn setups<M>(
+    listen: SocketAddr,
+    transport: &TransportConfig,
+    grace: Duration,
+    modes: impl IntoIterator<Item = M>,
+) -> Vec<CoreSetup<M>> {
+    modes
+        .into_iter()
+        .enumerate()
+        .map(|(index, mode)| CoreSetup {
+            index: index as u16,
+            listen,
+            transport: transport.clone(),
+            grace,
+            mode,
+        })
+        .collect()
+}
 
 /// Fails clearly if another process listens on `addr`. Every core binds
 /// with `SO_REUSEPORT`, which would otherwise share the port silently with

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use crate::bridge::{Bridge, BridgeConfig, CoreCommand};
 use crate::chat::{Chat, ChatConfig};
 use crate::config::Config;
-use crate::transport::TransportConfig;
+use crate::cores::CoreSetup;
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -91,19 +91,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let grace = Duration::from_secs(config.shutdown_grace_s);
 
-    let setups: Vec<CoreSetup> = inboxes
-        .into_iter()
-        .enumerate()
-        .map(|(index, inbox)| CoreSetup {
-            index: index as u16,
-            listen: config.listen,
-            transport: transport.clone(),
-            chat: chat.clone(),
-            bridge: bridge.clone(),
-            inbox,
-            grace,
-        })
-        .collect();
+    let modes = inboxes.into_iter().map(|inbox| ChatCore {
+        chat: chat.clone(),
+        bridge: bridge.clone(),
+        inbox,
+    });
+    let setups = cores::setups(config.listen, &transport, grace, modes);
     cores::run(config.driver, setups, core_main, || {
         tracing::info!(
             %gateway_id,
@@ -115,23 +108,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// What one core thread needs.
-struct CoreSetup {
-    index: u16,
-    listen: std::net::SocketAddr,
-    transport: TransportConfig,
+/// What a chat-mode core has of its own.
+struct ChatCore {
     chat: ChatConfig,
     bridge: Bridge,
     inbox: mpsc::Receiver<CoreCommand>,
-    grace: Duration,
 }
 
-async fn core_main(setup: CoreSetup) -> anyhow::Result<()> {
+async fn core_main(setup: CoreSetup<ChatCore>) -> anyhow::Result<()> {
     let listener = cores::bind(setup.index, setup.listen)?;
-    let chat = Chat::new(setup.chat, setup.bridge, setup.index);
+    let chat = Chat::new(setup.mode.chat, setup.mode.bridge, setup.index);
     monoio::spawn(chat.clone().close_expired_forever());
     let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
-    monoio::spawn(handle_commands(core.clone(), setup.inbox));
+    monoio::spawn(handle_commands(core.clone(), setup.mode.inbox));
     cores::serve_until_drained(listener, core, setup.grace).await;
     Ok(())
 }

@@ -568,17 +568,9 @@ mod tests {
 
     #[test]
     fn overloaded_runs_are_not_sustained() {
-        use crate::report::{ConnectSummary, Machine, MachineLoad, RunSummary};
         let mut r = Report {
-            scenario: crate::scenario::Scenario::default(),
-            started_unix_s: 0,
-            machine: Machine::default(),
-            load: MachineLoad::default(),
             workers: 1,
-            connect: ConnectSummary::default(),
-            run: RunSummary::default(),
-            targets: Vec::new(),
-            timeline: Vec::new(),
+            ..Report::default()
         };
         r.run.sent = 1000;
         r.run.expected = 2000;

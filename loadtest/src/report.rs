@@ -241,7 +241,7 @@ impl From<&Target> for TargetReport {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: Scenario,
     /// Unix seconds at the start.
@@ -509,14 +509,9 @@ mod tests {
                 name: "a<b".into(),
                 ..Scenario::default()
             },
-            started_unix_s: 0,
-            machine: Machine::default(),
-            load: MachineLoad::default(),
             workers: 1,
-            connect: ConnectSummary::default(),
-            run: RunSummary::default(),
-            targets: Vec::new(),
             timeline: b.timeline(),
+            ..Report::default()
         };
         let svg = svg(&report);
         assert!(svg.starts_with("<svg"));

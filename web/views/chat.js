@@ -1,7 +1,7 @@
 // One conversation: its messages (older ones load when scrolled to the
 // top), live messages, the composer, typing, read receipts, presence.
 
-import { h, formatTime, presenceDot, reconcile } from '../dom.js';
+import { h, formatTime, listen, presenceDot, reconcile } from '../dom.js';
 import { PAGE } from '../state.js';
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -250,15 +250,17 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
     }
   };
 
-  chat.addEventListener('messages', onMessages);
-  chat.addEventListener('read', onRead);
-  chat.addEventListener('typing', onTyping);
-  chat.addEventListener('convs', onConvs);
-  chat.addEventListener('presence', onPresence);
-  chat.addEventListener('removed', onRemoved);
-  dir.addEventListener('change', onConvs);
-  conn.addEventListener('ready', onReady);
-  document.addEventListener('visibilitychange', onVisible);
+  const unlisten = listen([
+    [chat, 'messages', onMessages],
+    [chat, 'read', onRead],
+    [chat, 'typing', onTyping],
+    [chat, 'convs', onConvs],
+    [chat, 'presence', onPresence],
+    [chat, 'removed', onRemoved],
+    [dir, 'change', onConvs],
+    [conn, 'ready', onReady],
+    [document, 'visibilitychange', onVisible],
+  ]);
 
   renderHead();
   renderMessages();
@@ -268,15 +270,7 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
 
   return {
     destroy() {
-      chat.removeEventListener('messages', onMessages);
-      chat.removeEventListener('read', onRead);
-      chat.removeEventListener('typing', onTyping);
-      chat.removeEventListener('convs', onConvs);
-      chat.removeEventListener('presence', onPresence);
-      chat.removeEventListener('removed', onRemoved);
-      dir.removeEventListener('change', onConvs);
-      conn.removeEventListener('ready', onReady);
-      document.removeEventListener('visibilitychange', onVisible);
+      unlisten();
       document.title = 'OceanChat';
     },
   };

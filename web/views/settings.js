@@ -8,7 +8,7 @@
 // lease that was lost turns the page read-only and says so. Any member
 // but the owner may leave the group here, without the lock.
 
-import { h, formatTime } from '../dom.js';
+import { h, formatTime, listen } from '../dom.js';
 import { lookupAll, parseNames, unknownNames } from '../names.js';
 import { TRANSIENT } from '../protocol.js';
 
@@ -496,11 +496,13 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
   };
   const onNames = () => render();
 
-  conn.addEventListener('event', onEvent);
-  conn.addEventListener('state', onState);
-  conn.addEventListener('ready', onReady);
-  dir.addEventListener('change', onNames);
-  window.addEventListener('pagehide', onPageHide);
+  const unlisten = listen([
+    [conn, 'event', onEvent],
+    [conn, 'state', onState],
+    [conn, 'ready', onReady],
+    [dir, 'change', onNames],
+    [window, 'pagehide', onPageHide],
+  ]);
 
   if (conn.isOpen) open();
   else {
@@ -513,11 +515,7 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
       alive = false;
       stopTimers();
       clearTimeout(loadTimer);
-      conn.removeEventListener('event', onEvent);
-      conn.removeEventListener('state', onState);
-      conn.removeEventListener('ready', onReady);
-      dir.removeEventListener('change', onNames);
-      window.removeEventListener('pagehide', onPageHide);
+      unlisten();
       if (s.token) conn.request('lock.release', { resource, token: s.token }).catch(() => {});
       s.token = null;
     },
