@@ -23,6 +23,7 @@
 //! - [`streams`]: the JetStream streams of message events and tasks.
 //! - [`state`]: the store clients every handler shares.
 //! - [`bounded`]: serving a NATS subscription with bounded concurrency.
+//! - [`metrics`]: `GET /metrics`, where a request's time goes, hop by hop.
 //! - [`service`]: logging and shutdown signals of the service binaries.
 //!
 //! Features:
@@ -57,6 +58,7 @@ pub mod groups;
 pub mod http;
 pub mod locks;
 pub mod messages;
+pub mod metrics;
 pub mod presence;
 pub mod redis;
 pub mod rpc;

@@ -132,18 +132,26 @@ async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Recei
         for command in batch.drain(..) {
             match command {
                 CoreCommand::Deliver {
+                    received,
                     users,
                     except,
                     frame,
-                } => core.handler.deliver(&users, except, &frame),
+                } => {
+                    core.handler.deliver(&users, except, &frame);
+                    core.metrics().delivery_handoff.observe(received.elapsed());
+                }
                 CoreCommand::CloseSession { session_id, code } => {
                     core.handler.close_session(&session_id, code)
                 }
                 CoreCommand::Publish {
+                    received,
                     topic,
                     except,
                     frame,
-                } => core.handler.publish(&topic, except, &frame),
+                } => {
+                    core.handler.publish(&topic, except, &frame);
+                    core.metrics().delivery_handoff.observe(received.elapsed());
+                }
                 CoreCommand::Subscribe {
                     users,
                     topics,

@@ -6,6 +6,7 @@
 //! read-modify-write: no lock and no contended cache line on the hot path.
 //! Each core's set is aligned to its own cache lines.
 
+use oceanchat_protocol::metrics::{render_histogram_header, LatencyHistogram};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -87,6 +88,9 @@ pub struct CoreMetrics {
     rate_limited: [Counter; RATE_LIMITS.len()],
     lag_buckets: [Counter; LAG_BOUNDS.len() + 1],
     lag_sum_micros: Counter,
+    /// From the bridge's receipt of a delivery to this core applying it
+    /// (its frames are written by the flusher in the same turn).
+    pub delivery_handoff: LatencyHistogram,
 }
 
 impl CoreMetrics {
@@ -142,6 +146,10 @@ pub struct BridgeMetrics {
     pub topic_subscribe_failures: Counter,
     /// NATS subscriptions held for topics (a gauge).
     pub topics: Counter,
+    /// A request forwarded to the backend until its reply came back.
+    pub rpc: LatencyHistogram,
+    /// From the backend's publish of a delivery to the bridge's receipt.
+    pub delivery_transit: LatencyHistogram,
 }
 
 /// Every core's counters.
@@ -372,6 +380,34 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 counter.get()
             );
+        }
+
+        let hops: [(&str, &str, &LatencyHistogram); 2] = [
+            (
+                "oc_gateway_rpc_seconds",
+                "A request forwarded to the backend until its reply came back.",
+                &self.bridge.rpc,
+            ),
+            (
+                "oc_gateway_delivery_transit_seconds",
+                "From the backend's publish of a delivery to its receipt here.",
+                &self.bridge.delivery_transit,
+            ),
+        ];
+        for (name, help, histogram) in hops {
+            render_histogram_header(&mut out, name, help);
+            histogram.render(&mut out, name, "");
+        }
+        let name = "oc_gateway_delivery_handoff_seconds";
+        render_histogram_header(
+            &mut out,
+            name,
+            "From the receipt of a delivery to a core applying it.",
+        );
+        for (core, metrics) in self.cores.iter().enumerate() {
+            metrics
+                .delivery_handoff
+                .render(&mut out, name, &format!("core=\"{core}\""));
         }
         out
     }

@@ -18,6 +18,7 @@
 //!   the `oceanchat-client` crate): one connection of each protocol.
 //! - [`body`]: the timed message body; [`stats`]: counters and histograms;
 //!   [`procstat`]: `/proc` sampling; [`report`]: JSON and SVG.
+//! - [`hops`]: the hop timings read from the targets' `/metrics`.
 //! - [`tables`]: the peer table and the capacity report from saved reports.
 //! - [`faults`]: the fault harness (every component killed and restarted
 //!   under load through nginx, then nothing acknowledged may be lost).
@@ -27,6 +28,7 @@ pub mod body;
 pub mod capacity;
 pub mod chat;
 pub mod faults;
+pub mod hops;
 pub mod parent;
 pub mod procstat;
 pub mod report;

@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)?;
             std::fs::write(out.join("report.svg"), report::svg(&r))?;
             println!("{}", r.summary_line());
+            print!("{}", oceanchat_loadtest::hops::table(&r.hops));
             eprintln!("report: {}/report.json and report.svg", out.display());
             Ok(())
         }

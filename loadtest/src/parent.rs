@@ -42,6 +42,7 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
     let mut reports: Vec<TargetReport> = targets.iter().map(TargetReport::from).collect();
     let mut load = MachineLoad::default();
     let mut machine_at_go = None;
+    let mut hops_at_go = crate::hops::Scrapes::new();
     let sample_all = |reports: &[TargetReport]| -> Vec<Option<procstat::ProcSample>> {
         reports.iter().map(|t| procstat::sample(t.pid)).collect()
     };
@@ -125,6 +126,7 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
                 eprintln!("{}", progress_line(&buckets, t0, &reports, s));
                 if let Some(until) = settle_until {
                     if go_at.is_none() && Instant::now() >= until {
+                        hops_at_go = crate::hops::scrape(&s.metrics).await;
                         go_at = Some(send_go(&mut procs, &mut reports, &sample_all).await?);
                         load.loadavg_start = procstat::loadavg();
                         machine_at_go = procstat::machine_cpu_s().map(|(busy, _)| (busy, Instant::now()));
@@ -143,6 +145,8 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
     for (t, sample) in reports.iter_mut().zip(samples) {
         t.end = sample;
     }
+    let hops_at_end = crate::hops::scrape(&s.metrics).await;
+    let hops = crate::hops::between(&s.metrics, &hops_at_go, &hops_at_end);
     load.loadavg_end = procstat::loadavg();
     if let (Some((busy0, at)), Some((busy1, _))) = (machine_at_go, procstat::machine_cpu_s()) {
         let wall = at.elapsed().as_secs_f64();
@@ -192,6 +196,7 @@ pub async fn run(s: &Scenario, targets: &[Target], paths: Paths<'_>) -> anyhow::
         run,
         targets: reports,
         timeline: buckets.timeline(),
+        hops,
     })
 }
 

@@ -257,6 +257,9 @@ pub struct Report {
     pub run: RunSummary,
     pub targets: Vec<TargetReport>,
     pub timeline: Vec<TimelinePoint>,
+    /// The hop timings of the measured part (`metrics` of the scenario).
+    #[serde(default)]
+    pub hops: Vec<crate::hops::Hop>,
 }
 
 impl Report {

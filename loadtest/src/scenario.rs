@@ -60,6 +60,10 @@ pub struct Scenario {
     pub targets: Vec<String>,
     /// Chat: the backend's HTTP API base URL.
     pub api: String,
+    /// `/metrics` URLs of the gateways and backends, read at the start
+    /// and the end of the measured part for the hop-by-hop timings.
+    #[serde(default)]
+    pub metrics: Vec<String>,
 
     /// Bench: how many connections in all.
     pub connections: u32,
@@ -121,6 +125,7 @@ impl Default for Scenario {
             protocol: Protocol::Bench,
             targets: vec!["ws://127.0.0.1:9000/ws".into()],
             api: "http://127.0.0.1:8080".into(),
+            metrics: Vec::new(),
             connections: 100,
             mode: BenchMode::Echo,
             users: 100,
@@ -286,6 +291,9 @@ pub struct Overrides {
     /// WebSocket URL; repeat for several.
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// A `/metrics` URL to read hop timings from; repeat for several.
+    #[arg(long = "metrics")]
+    pub metrics: Vec<String>,
     #[arg(long)]
     pub api: Option<String>,
     #[arg(long)]
@@ -364,6 +372,9 @@ impl Overrides {
         );
         if !self.targets.is_empty() {
             s.targets = self.targets.clone();
+        }
+        if !self.metrics.is_empty() {
+            s.metrics = self.metrics.clone();
         }
         if !self.groups.is_empty() {
             s.groups = self.groups.clone();

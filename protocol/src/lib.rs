@@ -15,6 +15,8 @@
 //! - [`conv`]: conversation ids (`dm:…`, `g:…`).
 //! - [`limits`]: validation limits of the protocol (usernames, passwords,
 //!   message sizes).
+//! - [`metrics`]: latency histograms in the Prometheus text format, and
+//!   the `Oc-Sent-Us` stamp that times a hop between processes.
 
 pub mod client;
 pub mod conv;
@@ -22,5 +24,6 @@ pub mod http;
 pub mod internal;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
 
 pub use client::{CloseCode, ErrorBody, ErrorCode};

@@ -16,6 +16,7 @@ use oceanchat_protocol::conv::group_id_of;
 use oceanchat_protocol::internal::{
     encode_gateway_message, subjects, topics, ConnRef, GatewayCommand,
 };
+use oceanchat_protocol::metrics::{now_us, SENT_AT_HEADER};
 
 pub mod routes;
 
@@ -29,25 +30,19 @@ use crate::state::AppState;
 /// (logged by the caller) instead of a request that never ends.
 pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Publishes `payload` on `subject` (with `headers`, if any), within
-/// [`PUBLISH_TIMEOUT`]. Every publish of the backend goes through here.
+/// Publishes `payload` on `subject` (with `headers`, if any), stamped
+/// with the time of the publish ([`SENT_AT_HEADER`]: the receiver times
+/// the hop), within [`PUBLISH_TIMEOUT`]. Every publish of the backend
+/// goes through here.
 pub async fn publish(
     state: &AppState,
     subject: String,
     headers: Option<async_nats::HeaderMap>,
     payload: bytes::Bytes,
 ) -> Result<(), ServiceError> {
-    let sent = async {
-        match headers {
-            Some(headers) => {
-                state
-                    .nats
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-            }
-            None => state.nats.publish(subject, payload).await,
-        }
-    };
+    let mut headers = headers.unwrap_or_default();
+    headers.insert(SENT_AT_HEADER, now_us().to_string().as_str());
+    let sent = state.nats.publish_with_headers(subject, headers, payload);
     match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
         Ok(sent) => Ok(sent?),
         Err(_) => Err(ServiceError::Unavailable {

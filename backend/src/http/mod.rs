@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
         .route("/v1/admin/stats", get(crate::stats::get_stats))
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))

@@ -28,6 +28,7 @@
 //! publishes its message event to JetStream behind the send path.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ use crate::convs::require_unmuted_member;
 use crate::delivery;
 use crate::error::BackendError;
 use crate::error::ServiceError;
+use crate::metrics::METRICS;
 use crate::state::AppState;
 use crate::store::{new_id, MessageDoc};
 
@@ -269,6 +271,9 @@ async fn write_batch(
 ) {
     let give_up = Instant::now() + CONTENTION_BUDGET;
     let mut todo: VecDeque<Waiting> = batch.into();
+    for waiting in &todo {
+        METRICS.send_queue.observe(waiting.since.elapsed());
+    }
     let mut lost_races = 0u32;
     let mut stored = Vec::new();
     while !todo.is_empty() {
@@ -288,7 +293,13 @@ async fn write_batch(
             w.doc.ts = ts;
         }
         let docs: Vec<&MessageDoc> = todo.iter().map(|w| &w.doc).collect();
+        let writing = Instant::now();
         let result = state.store.insert_messages(docs).await;
+        METRICS.store_write.observe(writing.elapsed());
+        METRICS.batches.fetch_add(1, Ordering::Relaxed);
+        METRICS
+            .batched_messages
+            .fetch_add(todo.len() as u64, Ordering::Relaxed);
         let error = match result {
             Ok(_) => {
                 *last_seq = Some(last + todo.len() as u64);
@@ -368,9 +379,11 @@ async fn write_batch(
     }
     let batches = events::Batch::runs(conv, &stored);
     if !stored.is_empty() {
+        let delivering = Instant::now();
         if let Err(error) = delivery::deliver_messages(state, conv, stored).await {
             error.log("delivery");
         }
+        METRICS.delivery.observe(delivering.elapsed());
     }
     // After the senders' replies and the live delivery: the event is
     // at-least-once behind "stored" and never fails a send.

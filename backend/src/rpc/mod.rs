@@ -9,14 +9,15 @@
 //! sending connection before or after the send's reply.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tracing::Instrument as _;
 
-use oceanchat_protocol::client::{reply_error, ErrorBody, ErrorCode};
+use oceanchat_protocol::client::{reply_error, ErrorBody, ErrorCode, Op};
 use oceanchat_protocol::internal::{headers as oc_headers, RpcRequest};
+use oceanchat_protocol::metrics::{since_us, SENT_AT_HEADER};
 
 mod caller;
 mod dispatch;
@@ -27,6 +28,7 @@ use crate::bounded::{self, InFlight, Stopped};
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::messages::Sends;
+use crate::metrics::METRICS;
 use crate::state::AppState;
 use dispatch::{dispatch, Done};
 
@@ -74,6 +76,10 @@ pub async fn serve(
 
 /// Answers one request.
 async fn handle(state: AppState, sends: Sends, message: async_nats::Message) {
+    let decoded = Instant::now();
+    if let Some(sent) = sent_at(&message) {
+        METRICS.rpc_transit.observe(since_us(sent));
+    }
     let Some(reply_to) = message.reply else {
         tracing::debug!("request without a reply subject ignored");
         return;
@@ -96,6 +102,7 @@ async fn handle(state: AppState, sends: Sends, message: async_nats::Message) {
     );
     async move {
         let op = request.op.name();
+        let is_send = matches!(request.op, Op::Send { .. });
         let done = match dispatch(&state, &sends, request).await {
             Ok(done) => done,
             Err(error) => {
@@ -103,6 +110,12 @@ async fn handle(state: AppState, sends: Sends, message: async_nats::Message) {
                 Done::body(reply_error(&error.body()))
             }
         };
+        let took = decoded.elapsed();
+        if is_send {
+            METRICS.send.observe(took);
+        } else {
+            METRICS.other_requests.observe(took);
+        }
         reply(&state, reply_to, done).await;
     }
     .instrument(span)
@@ -111,6 +124,17 @@ async fn handle(state: AppState, sends: Sends, message: async_nats::Message) {
 
 async fn publish(state: &AppState, subject: async_nats::Subject, body: Vec<u8>) {
     send_reply(state, subject, None, body).await
+}
+
+/// When the publisher stamped the message ([`SENT_AT_HEADER`]).
+fn sent_at(message: &async_nats::Message) -> Option<u64> {
+    message
+        .headers
+        .as_ref()?
+        .get(SENT_AT_HEADER)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 /// Sends a reply, with the topic changes for the asking connection as

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::CoreCommand;
+use super::commands::CoreCommand;
 use crate::metrics::{CoreLinkMetrics, Metrics};
 
 /// Commands one core's relay may hold before new ones are dropped.
@@ -59,6 +59,11 @@ impl Cores {
         Cores {
             links: links.into(),
         }
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.links[0].metrics
     }
 
     /// Hands `command` to every core whose bit is set in `mask`.

@@ -9,11 +9,14 @@
 //! waits for a slow core. A delivery's WebSocket frame is encoded here once
 //! and the same `Bytes` goes to every core.
 
+mod commands;
 mod fanout;
 mod topics;
 
+pub use commands::CoreCommand;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,6 +24,7 @@ use oceanchat_protocol::client::{reply_error, ErrorBody, ErrorCode};
 use oceanchat_protocol::internal::{
     decode_gateway_message, headers, keys, subjects, GatewayCommand,
 };
+use oceanchat_protocol::metrics::{now_us, SENT_AT_HEADER};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -74,39 +78,6 @@ pub struct RpcReply {
     pub body: Bytes,
     pub subscribe: Vec<String>,
     pub unsubscribe: Vec<String>,
-}
-
-/// What the bridge tells a core.
-#[derive(Debug, Clone)]
-pub enum CoreCommand {
-    /// Write `frame` (an encoded WebSocket frame) to every local
-    /// connection of these users but the connection `except`.
-    Deliver {
-        users: Arc<[String]>,
-        except: Option<u64>,
-        frame: Bytes,
-    },
-    /// Close every local connection of this login session.
-    CloseSession { session_id: Arc<str>, code: u16 },
-    /// Write `frame` to every local subscriber of `topic` except the
-    /// connection `except`.
-    Publish {
-        topic: Arc<str>,
-        except: Option<u64>,
-        frame: Bytes,
-    },
-    /// Subscribe (or unsubscribe) every local connection of these users.
-    Subscribe {
-        users: Arc<[String]>,
-        topics: Arc<[String]>,
-        subscribe: bool,
-    },
-    /// Stop accepting and close every connection with `code`.
-    Drain { code: u16 },
-    /// Redis lost this gateway's routes (restarted empty, or was away
-    /// longer than the route TTL): hand every live route to
-    /// [`Bridge::restore`].
-    RestoreRoutes,
 }
 
 /// The cores' side of the bridge: cheap to clone, usable from any thread.
@@ -324,7 +295,12 @@ async fn serve(
         for request in batch.drain(..) {
             match request {
                 BridgeRequest::Rpc { payload, reply } => {
-                    tokio::spawn(forward(clients.nats.clone(), payload, reply));
+                    tokio::spawn(forward(
+                        clients.nats.clone(),
+                        config.metrics.clone(),
+                        payload,
+                        reply,
+                    ));
                 }
                 BridgeRequest::Opened {
                     user_id,
@@ -424,12 +400,22 @@ async fn retry_route_deletes(
     );
 }
 
-async fn forward(nats: async_nats::Client, payload: Bytes, reply: oneshot::Sender<RpcReply>) {
+async fn forward(
+    nats: async_nats::Client,
+    metrics: Arc<Metrics>,
+    payload: Bytes,
+    reply: oneshot::Sender<RpcReply>,
+) {
+    let mut stamp = async_nats::HeaderMap::new();
+    stamp.insert(SENT_AT_HEADER, now_us().to_string().as_str());
     let request = async_nats::Request::new()
         .payload(payload)
+        .headers(stamp)
         .timeout(Some(RPC_TIMEOUT));
+    let asked = Instant::now();
     let answer = match nats.send_request(subjects::RPC, request).await {
         Ok(message) => {
+            metrics.bridge.rpc.observe(asked.elapsed());
             let topics = |name: &str| -> Vec<String> {
                 message
                     .headers
@@ -531,8 +517,11 @@ async fn receive_commands(config: BridgeConfig, nats: async_nats::Client, cores:
     config.readiness.set_subscribed(true);
     let mut messages = futures::stream::select(own, all);
     while let Some(message) = messages.next().await {
+        let received = Instant::now();
+        commands::observe_transit(&config.metrics, &message);
         let command = match decode_gateway_message(&message.payload) {
             Ok((GatewayCommand::Deliver { users, except }, event)) => CoreCommand::Deliver {
+                received,
                 users: users.into(),
                 // Connection ids are unique within one gateway only.
                 except: except

@@ -17,14 +17,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use oceanchat_protocol::internal::{decode_gateway_message, subjects, GatewayCommand};
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::CoreCommand;
 use super::fanout::Cores;
-use super::CoreCommand;
 use crate::metrics::Metrics;
 use crate::transport::codec;
 
@@ -287,6 +287,8 @@ async fn forward_topic(
     followers: Arc<CoreMask>,
 ) {
     while let Some(message) = subscriber.next().await {
+        let received = Instant::now();
+        super::commands::observe_transit(cores.metrics(), &message);
         let (except, event) = match decode_gateway_message(&message.payload) {
             Ok((GatewayCommand::Publish { except }, event)) => (except, event),
             Ok((other, _)) => {
@@ -299,6 +301,7 @@ async fn forward_topic(
             }
         };
         let command = CoreCommand::Publish {
+            received,
             topic: topic.clone(),
             // Connection ids are unique within one gateway only.
             except: except
