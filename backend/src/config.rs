@@ -176,6 +176,12 @@ pub struct Config {
     /// unset: the operator API answers 404. Hidden from logs.
     #[arg(long, env = "OC_OPERATOR_TOKEN")]
     pub operator_token: Option<String>,
+
+    /// When set, `GET /metrics` needs it as a bearer token (as the
+    /// gateway's). Default unset: anyone who reaches the port may read
+    /// the metrics (deploy/nginx.conf does not pass `/metrics` on).
+    #[arg(long, env = "OC_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -245,6 +251,7 @@ impl Default for Config {
             events_duplicate_window_s: DEFAULT_EVENTS_DUPLICATE_WINDOW_S,
             stream_replicas: 1,
             operator_token: None,
+            metrics_token: None,
         }
     }
 }
@@ -273,6 +280,7 @@ impl fmt::Debug for Config {
             .field("event_retry_max_ms", &self.event_retry_max_ms)
             .field("events_duplicate_window_s", &self.events_duplicate_window_s)
             .field("stream_replicas", &self.stream_replicas)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field(
                 "operator_token",
                 &self.operator_token.as_ref().map(|_| "***"),

@@ -16,7 +16,7 @@ use oceanchat_protocol::http::StatsResponse;
 use oceanchat_protocol::ErrorCode;
 
 use crate::error::ServiceError;
-use crate::http::extract::bearer_token;
+use crate::http::extract::{bearer_token, same_secret};
 use crate::state::AppState;
 
 #[derive(serde::Deserialize)]
@@ -67,16 +67,6 @@ fn valid_day(day: &str) -> bool {
         && b.iter()
             .enumerate()
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-}
-
-/// Compares without stopping at the first difference.
-fn same_secret(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 #[cfg(test)]

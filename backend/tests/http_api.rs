@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::{config, login, register, username, Running};
 use futures::StreamExt as _;
+use oceanchat_backend::Config;
 use oceanchat_protocol::internal::{decode_gateway_message, subjects, GatewayCommand};
 use oceanchat_testkit::Stack;
 use serde_json::{json, Value};
@@ -251,4 +252,32 @@ async fn readyz_names_the_store_that_does_not_answer() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "readyz recovers once redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_need_the_metrics_token_once_one_is_set() {
+    let stack = Stack::start();
+    let backend = Running::start(Config {
+        metrics_token: Some("scrape-me".into()),
+        ..config(&stack)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", backend.http);
+    let bare = client.get(&url).send().await.unwrap();
+    assert_eq!(bare.status(), 401);
+    let wrong = client.get(&url).bearer_auth("guess").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let text = right.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE oc_backend_store_write_seconds histogram"),
+        "{text}"
+    );
 }

@@ -79,6 +79,65 @@ fn load_disk(dir: &Path, name: &str) -> Option<DiskUse> {
     serde_json::from_str(&text).ok()
 }
 
+/// What each hop histogram times, in the words of the capacity report.
+fn hop_name(series: &str) -> &'static str {
+    match series.split('{').next().unwrap_or("") {
+        "oc_gateway_rpc_seconds" => "gateway: a request to the backend and back",
+        "oc_backend_rpc_transit_seconds" => "NATS: gateway to backend (request)",
+        "oc_backend_request_seconds" if series.contains("\"send\"") => {
+            "backend: `send` decoded to answered"
+        }
+        "oc_backend_request_seconds" => "backend: other requests",
+        "oc_backend_send_queue_seconds" => "backend: a send waiting for its batch",
+        "oc_backend_store_write_seconds" => "store: one batch written (SecantusDB)",
+        "oc_backend_delivery_seconds" => "backend: one batch delivered (routes, publish)",
+        "oc_gateway_delivery_transit_seconds" => "NATS: backend to gateway (delivery)",
+        "oc_gateway_delivery_handoff_seconds" => "gateway: bridge thread to core",
+        "oc_gateway_event_loop_lag_seconds" => "gateway: event-loop lag (10 ms probe)",
+        _ => "other",
+    }
+}
+
+/// The hop timings of one run, with its end-to-end figures beside them.
+fn hop_table(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "**{}** ({:.0} messages/s stored): send→delivery p50 {:.2} ms, p99 {:.2} ms; \
+         send→ok p50 {:.2} ms, p99 {:.2} ms.\n",
+        r.scenario.name,
+        r.run.acked_per_s,
+        ms(r.run.latency.p50_us),
+        ms(r.run.latency.p99_us),
+        ms(r.run.ack_latency.p50_us),
+        ms(r.run.ack_latency.p99_us)
+    );
+    if r.hops.is_empty() {
+        let _ = writeln!(o, "(no hop timings: the run read no `/metrics`)\n");
+        return o;
+    }
+    let _ = writeln!(o, "| hop | from | series | count | p50 ms | p99 ms |");
+    let _ = writeln!(o, "| --- | --- | --- | ---: | ---: | ---: |");
+    for h in &r.hops {
+        let from = h
+            .source
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let _ = writeln!(
+            o,
+            "| {} | {} | `{}` | {} | {:.3} | {:.3} |",
+            hop_name(&h.series),
+            from,
+            h.series,
+            h.count,
+            h.p50_ms,
+            h.p99_ms
+        );
+    }
+    let _ = writeln!(o);
+    o
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
@@ -436,6 +495,18 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
          (docs/internals.md). Latency is measured from the scheduled send time, carried in the \
          body, to the arrival on each member's connection, all on one clock.\n"
     );
+
+    // --- where the time goes ---------------------------------------------------
+    let _ = writeln!(o, "## Where a message's time goes\n");
+    let _ = writeln!(
+        o,
+        "Each process times its own hops into histograms on its `/metrics` (docs/performance.md, \
+         \"Where a message's time goes\"); the load generator reads them at the start and the end \
+         of the measured part. p50 and p99 are interpolated within the histogram buckets.\n"
+    );
+    for r in [&loaded[2], &loaded[3]] {
+        let _ = write!(o, "{}", hop_table(r));
+    }
 
     // --- per message and what a core carries ---------------------------------
     let _ = writeln!(o, "## What one core and one machine carry\n");

@@ -9,14 +9,15 @@ pub mod extract;
 pub mod web;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use oceanchat_protocol::ErrorCode;
 
 pub use extract::MAX_REQUEST_BODY_BYTES;
+use extract::{bearer_token, same_secret};
 
 use crate::auth::{login, logout, register};
 use crate::error::ServiceError;
@@ -33,7 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/metrics", get(metrics))
         .route("/v1/admin/stats", get(crate::stats::get_stats))
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
@@ -52,6 +53,16 @@ async fn close_after_unread_body(mut response: Response) -> Response {
         );
     }
     response
+}
+
+/// `GET /metrics`; with `--metrics-token`, only for its bearer.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = state.config.metrics_token.as_deref() {
+        if !bearer_token(&headers).is_some_and(|token| same_secret(token, expected)) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    crate::metrics::render().into_response()
 }
 
 /// 200 while every store answers; otherwise 503 naming those that do not.
