@@ -81,6 +81,11 @@ pub struct CloseCode;
 
 impl CloseCode {
     pub const NORMAL: u16 = 1000;
+    /// A WebSocket protocol error (an unmasked client frame, a fragmented
+    /// control frame...): RFC 6455's 1002, docs/protocol.md section B.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8: RFC 6455's 1007.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_LARGE: u16 = 1009;
     /// The server failed on this connection (RFC 6455's internal error).
@@ -845,6 +850,248 @@ mod tests {
             );
             assert_eq!(decode_request(&frame).unwrap().op, op);
         }
+    }
+
+    /// Every op's name on the wire, in the order of [`Op`]'s variants.
+    const WIRE_NAMES: [&str; 32] = [
+        "auth",
+        "dm.open",
+        "group.create",
+        "group.get",
+        "conv.list",
+        "user.lookup",
+        "users.get",
+        "send",
+        "sync",
+        "history",
+        "read",
+        "typing",
+        "conv.mute",
+        "presence.query",
+        "presence.watch",
+        "lock.acquire",
+        "lock.renew",
+        "lock.release",
+        "lock.watch",
+        "group.update",
+        "group.members.add",
+        "group.members.remove",
+        "group.members.set_role",
+        "group.members.mute",
+        "group.transfer",
+        "group.leave",
+        "group.invitations",
+        "group.join",
+        "group.decline",
+        "settings.get",
+        "settings.update",
+        "ping",
+    ];
+
+    /// The variant's place in [`WIRE_NAMES`]. No wildcard arm: a new op
+    /// does not compile until it is listed here, and then fails
+    /// [`every_op_wire_name_round_trips`] until it has a name and an
+    /// example.
+    fn ordinal(op: &Op) -> usize {
+        match op {
+            Op::Auth { .. } => 0,
+            Op::DmOpen { .. } => 1,
+            Op::GroupCreate { .. } => 2,
+            Op::GroupGet { .. } => 3,
+            Op::ConvList {} => 4,
+            Op::UserLookup { .. } => 5,
+            Op::UsersGet { .. } => 6,
+            Op::Send { .. } => 7,
+            Op::Sync { .. } => 8,
+            Op::History { .. } => 9,
+            Op::Read { .. } => 10,
+            Op::Typing { .. } => 11,
+            Op::ConvMute { .. } => 12,
+            Op::PresenceQuery { .. } => 13,
+            Op::PresenceWatch { .. } => 14,
+            Op::LockAcquire { .. } => 15,
+            Op::LockRenew { .. } => 16,
+            Op::LockRelease { .. } => 17,
+            Op::LockWatch { .. } => 18,
+            Op::GroupUpdate { .. } => 19,
+            Op::GroupMembersAdd { .. } => 20,
+            Op::GroupMembersRemove { .. } => 21,
+            Op::GroupMembersSetRole { .. } => 22,
+            Op::GroupMembersMute { .. } => 23,
+            Op::GroupTransfer { .. } => 24,
+            Op::GroupLeave { .. } => 25,
+            Op::GroupInvitations {} => 26,
+            Op::GroupJoin { .. } => 27,
+            Op::GroupDecline { .. } => 28,
+            Op::SettingsGet {} => 29,
+            Op::SettingsUpdate { .. } => 30,
+            Op::Ping {} => 31,
+        }
+    }
+
+    /// One op of each variant, in [`WIRE_NAMES`] order.
+    fn one_of_each() -> Vec<Op> {
+        let s = |v: &str| v.to_string();
+        vec![
+            Op::Auth { token: s("t") },
+            Op::DmOpen { user_id: s("u") },
+            Op::GroupCreate {
+                name: s("n"),
+                members: vec![s("u")],
+            },
+            Op::GroupGet {
+                group_id: s("g"),
+                members_after: None,
+                members_limit: None,
+            },
+            Op::ConvList {},
+            Op::UserLookup { username: s("a") },
+            Op::UsersGet {
+                user_ids: vec![s("u")],
+            },
+            Op::Send {
+                conv: s("c"),
+                client_msg_id: s("m"),
+                body: s("b"),
+            },
+            Op::Sync {
+                convs: [(s("c"), 1)].into(),
+                limit: None,
+            },
+            Op::History {
+                conv: s("c"),
+                before_seq: None,
+                limit: Some(5),
+            },
+            Op::Read {
+                conv: s("c"),
+                seq: 1,
+            },
+            Op::Typing { conv: s("c") },
+            Op::ConvMute {
+                conv: s("c"),
+                muted: false,
+            },
+            Op::PresenceQuery {
+                user_ids: vec![s("u")],
+            },
+            Op::PresenceWatch {
+                user_ids: vec![s("u")],
+            },
+            Op::LockAcquire {
+                resource: s("group:g"),
+            },
+            Op::LockRenew {
+                resource: s("group:g"),
+                token: s("t"),
+            },
+            Op::LockRelease {
+                resource: s("group:g"),
+                token: s("t"),
+            },
+            Op::LockWatch {
+                resource: s("group:g"),
+            },
+            Op::GroupUpdate {
+                group_id: s("g"),
+                lock_token: s("t"),
+                patch: GroupPatch::default(),
+                expected_version: None,
+            },
+            Op::GroupMembersAdd {
+                group_id: s("g"),
+                lock_token: s("t"),
+                user_ids: vec![s("u")],
+            },
+            Op::GroupMembersRemove {
+                group_id: s("g"),
+                lock_token: s("t"),
+                user_ids: vec![s("u")],
+            },
+            Op::GroupMembersSetRole {
+                group_id: s("g"),
+                lock_token: s("t"),
+                user_id: s("u"),
+                role: Role::Member,
+            },
+            Op::GroupMembersMute {
+                group_id: s("g"),
+                lock_token: s("t"),
+                user_id: s("u"),
+                muted: false,
+            },
+            Op::GroupTransfer {
+                group_id: s("g"),
+                lock_token: s("t"),
+                user_id: s("u"),
+            },
+            Op::GroupLeave { group_id: s("g") },
+            Op::GroupInvitations {},
+            Op::GroupJoin { group_id: s("g") },
+            Op::GroupDecline { group_id: s("g") },
+            Op::SettingsGet {},
+            Op::SettingsUpdate { groups_from: None },
+            Op::Ping {},
+        ]
+    }
+
+    #[test]
+    fn every_op_wire_name_round_trips() {
+        let ops = one_of_each();
+        let places: Vec<usize> = ops.iter().map(ordinal).collect();
+        assert_eq!(
+            places,
+            (0..WIRE_NAMES.len()).collect::<Vec<_>>(),
+            "one example of every op, in order"
+        );
+        let distinct: std::collections::BTreeSet<&str> = WIRE_NAMES.into_iter().collect();
+        assert_eq!(distinct.len(), WIRE_NAMES.len(), "wire names are distinct");
+        for (op, name) in ops.iter().zip(WIRE_NAMES) {
+            assert_eq!(op.name(), name, "Op::name of {op:?}");
+            // Serialized, the frame names the op as documented...
+            let frame = encode_request(3, op);
+            let json: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(json["op"], name, "{json}");
+            // ...and that name parses back to the same op.
+            assert_eq!(
+                decode_request(&frame).unwrap(),
+                Request {
+                    id: 3,
+                    op: op.clone()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn every_documented_op_exists_and_every_op_is_documented() {
+        // The first column of every `| op | args | result |` table.
+        let doc = include_str!("../../docs/protocol.md");
+        let mut documented = std::collections::BTreeSet::new();
+        let mut in_op_table = false;
+        for line in doc.lines() {
+            if line.starts_with("| op |") {
+                in_op_table = true;
+            } else if !line.starts_with('|') {
+                in_op_table = false;
+            } else if in_op_table {
+                if let Some(name) = line
+                    .strip_prefix("| `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name)
+                {
+                    documented.insert(name);
+                }
+            }
+        }
+        let known: std::collections::BTreeSet<&str> = WIRE_NAMES.into_iter().collect();
+        assert_eq!(
+            documented, known,
+            "docs/protocol.md's op tables and Op differ"
+        );
+        // Unknown names are refused with the request's id.
+        let err = decode_request(br#"{"id":8,"op":"lock.steal","resource":"r"}"#).unwrap_err();
+        assert_eq!(err.id, Some(8));
     }
 
     #[test]
