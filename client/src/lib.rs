@@ -19,11 +19,20 @@
 //! - [`session`]: [`Session`], a connection that heals: reconnects with
 //!   jittered backoff, authenticates again, syncs from the last seq per
 //!   conv and hands out each message once.
+//! - `admin`: the edit-lock and group administration ops (`lock.*`,
+//!   `group.get`, `group.update`, `group.members.*`, `group.transfer`,
+//!   `group.leave`, invitations) as typed methods of [`Connection`].
 //! - [`frame`]: sorting server frames into replies and events, without I/O.
+//! - [`wire`]: WebSocket framing without I/O (upgrade request and answer,
+//!   client frames out, server frames in) for clients that handle every
+//!   byte themselves: the load generator's lean client and the gateway's
+//!   tests. [`Connection`] runs on tokio-tungstenite instead.
 
+mod admin;
 pub mod frame;
 pub mod http;
 pub mod session;
+pub mod wire;
 pub mod ws;
 
 pub use http::{ApiError, HttpApi, RawResponse};
