@@ -7,12 +7,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use oceanchat_client::wire;
 use tokio::time::Instant;
 
 use crate::body;
 use crate::scenario::{BenchMode, Scenario};
 use crate::shared::{Go, Local, Shared};
-use crate::wsraw::{self, WsClient};
+use crate::wsraw::{self, opcode, WsClient};
 
 /// How long one connect and upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,10 +154,15 @@ async fn run(
                 let now_ns = body::now_ns();
                 let mut returned = 0u32;
                 let mut l = local.borrow_mut();
-                while let Some((opcode, range)) = client.next_frame() {
-                    match opcode {
-                        wsraw::OP_TEXT | wsraw::OP_BINARY => {
-                            let Some((kind, sent_ns, from)) = body::read(client.payload(range)) else {
+                loop {
+                    let head = match client.next_frame() {
+                        Ok(Some(head)) => head,
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("frame:{e}")),
+                    };
+                    match head.opcode {
+                        opcode::TEXT | opcode::BINARY => {
+                            let Some((kind, sent_ns, from)) = body::read(client.payload(head.payload)) else {
                                 continue;
                             };
                             l.record(body::latency_us(sent_ns, now_ns));
@@ -167,16 +173,14 @@ async fn run(
                                 returned += 1;
                             }
                         }
-                        wsraw::OP_PING => {
-                            let payload = client.payload(range).to_vec();
-                            wsraw::push_frame(&mut out, wsraw::OP_PONG, &payload);
+                        opcode::PING => {
+                            let payload = client.payload(head.payload).to_vec();
+                            wsraw::push_frame(&mut out, opcode::PONG, &payload);
                         }
-                        wsraw::OP_CLOSE => {
-                            let p = client.payload(range);
-                            let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                        opcode::CLOSE => {
+                            let code = wire::close_code(client.payload(head.payload)).unwrap_or(1005);
                             return Err(format!("close:{code}"));
                         }
-                        wsraw::OP_PONG | wsraw::OP_CONTINUATION => {}
                         _ => {}
                     }
                 }

@@ -14,13 +14,8 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn start_peer() -> (Server, u16) {
-    let port = free_port();
+    let port = oceanchat_testkit::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_oceanchat-peer-tokio"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::null())
