@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use oceanchat_client::wire;
 use socket2::{Domain, Socket, Type};
 
 struct Args {
@@ -92,12 +93,8 @@ fn rss_bytes(pid: u32) -> u64 {
 
 /// A masked client text frame.
 fn client_text(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    let header = wire::Header::new(wire::opcode::TEXT).mask(Some([0x11, 0x22, 0x33, 0x44]));
+    wire::frame(header, payload)
 }
 
 /// Reads until `buf` ends with `suffix` (or holds `want` bytes when given).
@@ -122,16 +119,13 @@ fn open(addr: SocketAddr, source: Ipv4Addr, echo: bool) -> std::io::Result<TcpSt
     socket.connect(&addr.into())?;
     let mut stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )?;
+    let request = wire::upgrade_request(&addr.to_string(), "/ws", wire::SAMPLE_KEY, &[]);
+    stream.write_all(request.as_bytes())?;
     let head = read_until(&mut stream, |b| b.windows(4).any(|w| w == b"\r\n\r\n"))?;
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(std::io::Error::other("upgrade refused"));
+    let upgraded = wire::parse_response_head(&head)
+        .and_then(|head| wire::check_upgrade(&head.expect("a whole head"), wire::SAMPLE_KEY));
+    if let Err(e) = upgraded {
+        return Err(std::io::Error::other(e));
     }
     if echo {
         stream.write_all(&client_text(b"hello"))?;

@@ -12,6 +12,7 @@ use clap::Parser as _;
 use common::Client;
 use oceanchat_gateway::config::Config;
 use oceanchat_gateway::transport::{self, codec, Conn, Core, Handler, Message};
+use oceanchat_protocol::CloseCode;
 
 struct PanicsOnDemand;
 
@@ -33,17 +34,9 @@ impl Handler for PanicsOnDemand {
     fn on_close(&self, _conn: Rc<Conn>) {}
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_panicking_handler_closes_its_connection_only() {
-    let port = free_port();
+    let port = oceanchat_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     let config = Config::parse_from([
         "oceanchat-gateway",
@@ -78,7 +71,7 @@ fn a_panicking_handler_closes_its_connection_only() {
     let mut victim = Client::connect(port);
     let mut bystander = Client::connect(port);
     victim.send_text("panic");
-    assert_eq!(victim.expect_close(), Some(1011));
+    assert_eq!(victim.expect_close(), Some(CloseCode::INTERNAL_ERROR));
 
     // The core lives: its other connection is served, and new ones too.
     bystander.send_text("still here");

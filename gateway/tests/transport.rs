@@ -7,7 +7,8 @@ use std::io::{Read as _, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{send_request, upgrade_request, Client, Gateway, Read};
+use common::{opcode, send_request, upgrade_request, wire, Client, Gateway, Header, Read};
+use oceanchat_protocol::CloseCode;
 
 both_drivers!(
     echo_and_broadcast_across_cores,
@@ -19,6 +20,7 @@ both_drivers!(
     connection_cap_refuses_and_logs,
     sigterm_sends_1012_and_exits_within_grace,
     fragments_control_frames_and_utf8,
+    codec_violations_close_with_their_code,
     metrics_endpoint,
 );
 
@@ -40,43 +42,51 @@ fn echo_and_broadcast_across_cores(driver: &str) {
     // Echo: text and binary back to the sender only.
     clients[0].send_text("hello");
     clients[0].expect_text("hello");
-    clients[0].send_frame(true, 2, &[0, 1, 2, 255]);
+    clients[0].send_frame(true, opcode::BINARY, &[0, 1, 2, 255]);
     let frame = clients[0].frame();
-    assert_eq!((frame.opcode, frame.payload), (2, vec![0, 1, 2, 255]));
-    clients[1].expect_silence(Duration::from_millis(200));
+    assert_eq!(
+        (frame.opcode, frame.payload),
+        (opcode::BINARY, vec![0, 1, 2, 255])
+    );
+    // Nothing of that reached another connection: client 1's own echo is
+    // the first frame it gets. A connection's frames leave in the order
+    // they were queued, and client 0's echo was queued before client 1
+    // sent anything.
+    clients[1].send_text("barrier");
+    clients[1].expect_text("barrier");
 
     // Broadcast: every connection, on both cores, sender included.
     clients[3].send_text("Bcast");
     for client in &mut clients {
         client.expect_text("Bcast");
     }
-    // A frame of each kind left the server exactly once per recipient.
+    // Every frame left the server exactly once per recipient: the three
+    // echoes (text, binary, the barrier) and the broadcast.
     assert_eq!(
-        gateway.metric_sum_reaching("oc_gateway_frames_out_total", "", 2 + 16),
-        2 + 16
+        gateway.metric_sum_reaching("oc_gateway_frames_out_total", "", 3 + 16),
+        3 + 16
     );
 }
 
 fn refusals(driver: &str) {
     let gateway = Gateway::bench(driver, &["--allowed-origins", "https://ok.example"]);
     let port = gateway.port;
-    let (status, _, _) = send_request(
-        port,
-        &upgrade_request("/x", "Origin: https://evil.example\r\n"),
+    let status = |request: &str| send_request(port, request).status();
+    assert_eq!(
+        status(&upgrade_request(
+            "/x",
+            &[("Origin", "https://evil.example")]
+        )),
+        403
     );
-    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
-    let (status, _, _) = send_request(
-        port,
-        &upgrade_request("/x", "Origin: https://ok.example\r\n"),
+    assert_eq!(
+        status(&upgrade_request("/x", &[("Origin", "https://ok.example")])),
+        101
     );
-    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
-    let old = upgrade_request("/x", "").replace("Version: 13", "Version: 8");
-    let (status, _, _) = send_request(port, &old);
-    assert!(status.starts_with("HTTP/1.1 426"), "{status}");
-    let (status, _, _) = send_request(port, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
-    let (status, _, _) = send_request(port, "\x16\x03\x01 not http\r\n\r\n");
-    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let old = upgrade_request("/x", &[]).replace("Version: 13", "Version: 8");
+    assert_eq!(status(&old), 426);
+    assert_eq!(status("GET /x HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("\x16\x03\x01 not http\r\n\r\n"), 400);
     assert!(gateway.metric_sum("oc_gateway_handshake_failures_total", "") >= 4);
 }
 
@@ -116,9 +126,9 @@ fn pings_and_idle_close(driver: &str) {
     let mut pings = 0;
     while started.elapsed() < Duration::from_secs(5) {
         match answering.read(Duration::from_millis(200)) {
-            Read::Frame(f) if f.opcode == 9 => {
+            Read::Frame(f) if f.opcode == opcode::PING => {
                 pings += 1;
-                answering.send_frame(true, 10, &f.payload);
+                answering.send_frame(true, opcode::PONG, &f.payload);
             }
             Read::Timeout => {}
             other => panic!("answering client got {other:?}"),
@@ -143,12 +153,12 @@ fn oversize_message_is_1009(driver: &str) {
     client.send_text(&"a".repeat(1000));
     client.expect_text(&"a".repeat(1000));
     client.send_text(&"a".repeat(1001));
-    assert_eq!(client.expect_close(), Some(1009));
+    assert_eq!(client.expect_close(), Some(CloseCode::TOO_LARGE));
     // Over the limit through fragments too.
     let mut client = Client::connect(gateway.port);
-    client.send_frame(false, 1, &[b'a'; 600]);
-    client.send_frame(true, 0, &[b'a'; 600]);
-    assert_eq!(client.expect_close(), Some(1009));
+    client.send_frame(false, opcode::TEXT, &[b'a'; 600]);
+    client.send_frame(true, opcode::CONTINUATION, &[b'a'; 600]);
+    assert_eq!(client.expect_close(), Some(CloseCode::TOO_LARGE));
     client.expect_eof(Duration::from_secs(3));
 }
 
@@ -165,7 +175,7 @@ fn slow_reader_is_closed_with_4008(driver: &str) {
             .unwrap();
         let mut stream: TcpStream = socket.into();
         stream
-            .write_all(upgrade_request("/x", "").as_bytes())
+            .write_all(upgrade_request("/x", &[]).as_bytes())
             .unwrap();
         stream
     };
@@ -215,8 +225,10 @@ fn connection_cap_refuses_and_logs(driver: &str) {
     let gateway = Gateway::bench(driver, &["--cores", "1", "--max-connections", "2"]);
     let mut first = Client::connect(gateway.port);
     let _second = Client::connect(gateway.port);
-    let (status, _, _) = send_request(gateway.port, &upgrade_request("/x", ""));
-    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert_eq!(
+        send_request(gateway.port, &upgrade_request("/x", &[])).status(),
+        503
+    );
     assert!(
         gateway.log().contains("connection limit reached"),
         "log:\n{}",
@@ -227,8 +239,8 @@ fn connection_cap_refuses_and_logs(driver: &str) {
         1
     );
     // Room again once one leaves.
-    first.send_close(1000);
-    assert_eq!(first.expect_close(), Some(1000));
+    first.send_close(CloseCode::NORMAL);
+    assert_eq!(first.expect_close(), Some(CloseCode::NORMAL));
     first.expect_eof(Duration::from_secs(3));
     let deadline = Instant::now() + Duration::from_secs(3);
     while gateway.metric("oc_gateway_connections{core=\"0\"}") != 1 {
@@ -247,17 +259,17 @@ fn sigterm_sends_1012_and_exits_within_grace(driver: &str) {
     let mut deaf = Client::connect(gateway.port);
     let started = Instant::now();
     gateway.terminate();
-    assert_eq!(polite.expect_close(), Some(1012));
-    polite.send_close(1012);
+    assert_eq!(polite.expect_close(), Some(CloseCode::SERVICE_RESTART));
+    polite.send_close(CloseCode::SERVICE_RESTART);
     polite.expect_eof(Duration::from_secs(3));
-    assert_eq!(deaf.expect_close(), Some(1012));
+    assert_eq!(deaf.expect_close(), Some(CloseCode::SERVICE_RESTART));
     // Nothing new is accepted while draining.
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         TcpStream::connect(("127.0.0.1", gateway.port)).is_err()
-            || send_request(gateway.port, &upgrade_request("/x", ""))
-                .0
-                .is_empty()
+            || send_request(gateway.port, &upgrade_request("/x", &[]))
+                .head
+                .is_none()
     );
     let status = gateway
         .wait_exit(Duration::from_secs(6))
@@ -277,33 +289,137 @@ fn fragments_control_frames_and_utf8(driver: &str) {
     // across two fragments.
     let text = "ab\u{e9}cd";
     let bytes = text.as_bytes();
-    client.send_frame(false, 1, &bytes[..3]);
-    client.send_frame(true, 9, b"ping!");
-    client.send_frame(false, 0, &bytes[3..4]);
-    client.send_frame(true, 0, &bytes[4..]);
+    client.send_frame(false, opcode::TEXT, &bytes[..3]);
+    client.send_frame(true, opcode::PING, b"ping!");
+    client.send_frame(false, opcode::CONTINUATION, &bytes[3..4]);
+    client.send_frame(true, opcode::CONTINUATION, &bytes[4..]);
     let pong = client.read(Duration::from_secs(5));
     assert!(
-        matches!(&pong, Read::Frame(f) if f.opcode == 10 && f.payload == b"ping!"),
+        matches!(&pong, Read::Frame(f) if f.opcode == opcode::PONG && f.payload == b"ping!"),
         "{pong:?}"
     );
     client.expect_text(text);
     // Many frames in one TCP write come back as many frames.
     let mut burst = Vec::new();
     for i in 0..50 {
-        burst.extend(common::masked_frame(true, 1, format!("m{i}").as_bytes()));
+        burst.extend(common::masked_frame(
+            true,
+            opcode::TEXT,
+            format!("m{i}").as_bytes(),
+        ));
     }
     client.stream.write_all(&burst).unwrap();
     for i in 0..50 {
         client.expect_text(&format!("m{i}"));
     }
     // Invalid UTF-8 closes with 1007.
-    client.send_frame(true, 1, &[0xce, 0xba, 0xff]);
-    assert_eq!(client.expect_close(), Some(1007));
+    client.send_frame(true, opcode::TEXT, &[0xce, 0xba, 0xff]);
+    assert_eq!(client.expect_close(), Some(CloseCode::INVALID_PAYLOAD));
     client.expect_eof(Duration::from_secs(3));
     // A protocol error (unmasked frame) closes with 1002.
     let mut client = Client::connect(gateway.port);
-    client.stream.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
-    assert_eq!(client.expect_close(), Some(1002));
+    client.send_with(Header::new(opcode::TEXT).mask(None), b"hi");
+    assert_eq!(client.expect_close(), Some(CloseCode::PROTOCOL_ERROR));
+}
+
+/// Each violation of RFC 6455 on a fresh connection, and the close code
+/// the gateway must answer it with (docs/protocol.md, section B).
+fn codec_violations_close_with_their_code(driver: &str) {
+    let gateway = Gateway::bench(driver, &["--max-message-bytes", "1000"]);
+    let masked = |header: Header| header.mask(Some(common::MASK));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "an unmasked frame",
+            wire::frame(Header::new(opcode::TEXT).mask(None), b"hi"),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "RSV1 without an extension",
+            wire::frame(
+                masked(Header {
+                    rsv: 0b100,
+                    ..Header::new(opcode::TEXT)
+                }),
+                b"hi",
+            ),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a reserved data opcode",
+            wire::frame(masked(Header::new(0x3)), b"x"),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a reserved control opcode",
+            wire::frame(masked(Header::new(0xb)), b"x"),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a fragmented ping",
+            wire::frame(masked(Header::new(opcode::PING).fin(false)), b"x"),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a ping over 125 bytes",
+            wire::frame(masked(Header::new(opcode::PING)), &[b'p'; 126]),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a continuation without a message",
+            wire::frame(masked(Header::new(opcode::CONTINUATION)), b"x"),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a new message inside a fragmented one",
+            [
+                wire::frame(masked(Header::new(opcode::TEXT).fin(false)), b"a"),
+                wire::frame(masked(Header::new(opcode::TEXT)), b"b"),
+            ]
+            .concat(),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a close with a one-byte payload",
+            wire::frame(masked(Header::new(opcode::CLOSE)), &[3]),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a close with a code that may not be sent (1005)",
+            wire::frame(
+                masked(Header::new(opcode::CLOSE)),
+                &wire::close_payload(1005, ""),
+            ),
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (
+            "text that is not UTF-8",
+            wire::frame(masked(Header::new(opcode::TEXT)), &[b'a', 0xff]),
+            CloseCode::INVALID_PAYLOAD,
+        ),
+        (
+            "a close reason that is not UTF-8",
+            wire::frame(
+                masked(Header::new(opcode::CLOSE)),
+                &[&1000u16.to_be_bytes()[..], &[0xc3, 0x28]].concat(),
+            ),
+            CloseCode::INVALID_PAYLOAD,
+        ),
+        (
+            "a frame over the limit",
+            wire::frame(masked(Header::new(opcode::BINARY)), &[0; 1001]),
+            CloseCode::TOO_LARGE,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut client = Client::connect(gateway.port);
+        // A valid message first: the violation, not the connection, is
+        // what the close answers.
+        client.send_text("fine");
+        client.expect_text("fine");
+        client.send_raw(&bytes);
+        assert_eq!(client.expect_close(), Some(code), "{what}");
+        client.expect_eof(Duration::from_secs(3));
+    }
 }
 
 fn metrics_endpoint(driver: &str) {
@@ -311,8 +427,8 @@ fn metrics_endpoint(driver: &str) {
     let mut client = Client::connect(gateway.port);
     client.send_text("count me");
     client.expect_text("count me");
-    client.send_close(1000);
-    assert_eq!(client.expect_close(), Some(1000));
+    client.send_close(CloseCode::NORMAL);
+    assert_eq!(client.expect_close(), Some(CloseCode::NORMAL));
     client.expect_eof(Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(100));
     let body = gateway.metrics();

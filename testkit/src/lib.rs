@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 pub use bins::{bin_path, Backend, Gateway, Worker};
 pub use mongo::Mongo;
 pub use nats::Nats;
-pub use net::{free_port, http_get};
+pub use net::{free_port, http_get, http_get_with_headers};
 pub use nginx::Nginx;
 pub use redis::Redis;
 pub use stack::Stack;

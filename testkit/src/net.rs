@@ -72,9 +72,23 @@ pub(crate) fn nats_info(port: u16) -> bool {
 /// The status and body of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one
 /// request per connection, read until the server closes).
 pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+    http_get_with_headers(port, path, &[])
+}
+
+/// [`http_get`] with extra request headers, e.g.
+/// `("Authorization", "Bearer x")`.
+pub fn http_get_with_headers(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<(u16, String)> {
     let mut stream = connect(port)?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -158,6 +172,36 @@ mod tests {
             .join()
             .unwrap()
             .starts_with("GET /healthz HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn http_get_sends_its_headers_and_reads_the_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before ending its request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope")
+                .unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let answer = http_get_with_headers(port, "/metrics", &[("Authorization", "Bearer t")]);
+        assert_eq!(answer.unwrap(), (401, "nope".to_string()));
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /metrics HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nAuthorization: Bearer t\r\n"),
+            "{request}"
+        );
     }
 
     #[test]

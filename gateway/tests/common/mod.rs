@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use oceanchat_client::wire::{self, opcode, Header, ResponseHead};
+
 /// Runs `$body` (a fn taking the driver name) once per io driver, as two
 /// tests in a module named after the scenario.
 #[macro_export]
@@ -183,8 +185,11 @@ pub struct Frame {
 impl Frame {
     /// The close code of a close frame.
     pub fn close_code(&self) -> Option<u16> {
-        (self.opcode == 8 && self.payload.len() >= 2)
-            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        if self.opcode == opcode::CLOSE {
+            wire::close_code(&self.payload)
+        } else {
+            None
+        }
     }
 }
 
@@ -198,77 +203,130 @@ pub enum Read {
     Timeout,
 }
 
-/// A WebSocket client with full control over the bytes it sends.
+/// A WebSocket client with full control over the bytes it sends: the
+/// framing is `oceanchat_client::wire`, this is only its blocking I/O.
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
 }
 
-/// The request head of an upgrade to `path` with extra header lines.
-pub fn upgrade_request(path: &str, extra_headers: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-    )
+/// The mask key of the client's frames: not zero, so the server's
+/// unmasking is exercised.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The request head of an upgrade to `path` with `extra` header lines.
+pub fn upgrade_request(path: &str, extra: &[(&str, &str)]) -> String {
+    wire::upgrade_request("127.0.0.1", path, wire::SAMPLE_KEY, extra)
 }
 
-/// Sends `request` and returns the status line and the socket.
-pub fn send_request(port: u16, request: &str) -> (String, TcpStream, Vec<u8>) {
+/// The server's answer to a request: its head, if a whole one came, and
+/// the bytes after it (the first frames, after a 101).
+pub struct Answer {
+    pub head: Option<ResponseHead>,
+    pub stream: TcpStream,
+    pub rest: Vec<u8>,
+}
+
+impl Answer {
+    /// The status, 0 if the server answered no readable head.
+    pub fn status(&self) -> u16 {
+        self.head.as_ref().map_or(0, |h| h.status)
+    }
+}
+
+/// Sends `request` and reads the response head.
+pub fn send_request(port: u16, request: &str) -> Answer {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     stream.write_all(request.as_bytes()).expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match wire::parse_response_head(&bytes) {
+            Ok(Some(head)) => {
+                let rest = bytes.split_off(head.len);
+                return Answer {
+                    head: Some(head),
+                    stream,
+                    rest,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => panic!(
+                "unreadable answer ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+        match stream.read(&mut chunk) {
+            Ok(n) if n > 0 => bytes.extend_from_slice(&chunk[..n]),
+            _ => {
+                return Answer {
+                    head: None,
+                    stream,
+                    rest: bytes,
+                }
+            }
         }
     }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let status = text.lines().next().unwrap_or("").to_string();
-    (status, stream, head)
 }
 
 impl Client {
-    /// Upgrades to `path` on the gateway.
+    /// Upgrades to `/bench` on the gateway, checking the 101 and its
+    /// `Sec-WebSocket-Accept`.
     pub fn connect(port: u16) -> Client {
-        let (status, stream, head) = send_request(port, &upgrade_request("/bench", ""));
-        assert!(
-            status.starts_with("HTTP/1.1 101"),
-            "upgrade refused: {}",
-            String::from_utf8_lossy(&head)
-        );
-        assert!(String::from_utf8_lossy(&head).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        let answer = send_request(port, &upgrade_request("/bench", &[]));
+        let head = answer.head.expect("an answer to the upgrade");
+        if let Err(e) = wire::check_upgrade(&head, wire::SAMPLE_KEY) {
+            panic!("upgrade: {e}: {head:?}");
+        }
         Client {
-            stream,
-            buf: Vec::new(),
+            stream: answer.stream,
+            buf: answer.rest,
         }
     }
 
-    /// Sends one masked frame.
+    /// Sends `bytes` as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends one frame with `header` (masked with its key, if any).
+    pub fn send_with(&mut self, header: Header, payload: &[u8]) {
+        self.send_raw(&wire::frame(header, payload));
+    }
+
+    /// Sends one frame masked with [`MASK`].
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let bytes = masked_frame(fin, opcode, payload);
-        self.stream.write_all(&bytes).expect("send frame");
+        self.send_raw(&masked_frame(fin, opcode, payload));
     }
 
     pub fn send_text(&mut self, text: &str) {
-        self.send_frame(true, 1, text.as_bytes());
+        self.send_frame(true, opcode::TEXT, text.as_bytes());
     }
 
     pub fn send_close(&mut self, code: u16) {
-        self.send_frame(true, 8, &code.to_be_bytes());
+        self.send_frame(true, opcode::CLOSE, &code.to_be_bytes());
     }
 
     /// Reads one server frame, waiting at most `timeout`.
     pub fn read(&mut self, timeout: Duration) -> Read {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((frame, used)) = parse_server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Read::Frame(frame);
+            match wire::parse_server_frame(&self.buf) {
+                Ok(Some(head)) => {
+                    let frame = Frame {
+                        fin: head.fin,
+                        opcode: head.opcode,
+                        payload: self.buf[head.payload.clone()].to_vec(),
+                    };
+                    assert_eq!(head.rsv, 0, "the server set RSV bits: {frame:?}");
+                    self.buf.drain(..head.len());
+                    return Read::Frame(frame);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("bad server frame: {e}"),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -296,7 +354,7 @@ impl Client {
     pub fn frame(&mut self) -> Frame {
         loop {
             match self.read(Duration::from_secs(5)) {
-                Read::Frame(f) if f.opcode == 9 => continue,
+                Read::Frame(f) if f.opcode == opcode::PING => continue,
                 Read::Frame(f) => return f,
                 other => panic!("expected a frame, got {other:?}"),
             }
@@ -311,31 +369,19 @@ impl Client {
                 frame.opcode,
                 String::from_utf8_lossy(&frame.payload).to_string()
             ),
-            (1, text.to_string())
+            (opcode::TEXT, text.to_string())
         );
     }
 
     /// Expects a close frame and returns its code.
     pub fn expect_close(&mut self) -> Option<u16> {
         let frame = self.frame();
-        assert_eq!(frame.opcode, 8, "expected a close frame, got {frame:?}");
+        assert_eq!(
+            frame.opcode,
+            opcode::CLOSE,
+            "expected a close frame, got {frame:?}"
+        );
         frame.close_code()
-    }
-
-    /// Expects nothing but pings for `wait`.
-    pub fn expect_silence(&mut self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.read(left) {
-                Read::Timeout => return,
-                Read::Frame(f) if f.opcode == 9 => {}
-                other => panic!("expected silence, got {other:?}"),
-            }
-        }
     }
 
     /// Expects the server to close the TCP connection within `timeout`,
@@ -357,38 +403,7 @@ impl Client {
     }
 }
 
-/// A masked client frame.
+/// A final or non-final client frame masked with [`MASK`].
 pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let first = (if fin { 0x80 } else { 0 }) | opcode;
-    oceanchat_gateway::transport::codec::masked_client_frame(
-        first,
-        [0x37, 0xfa, 0x21, 0x3d],
-        payload,
-    )
-}
-
-/// Parses one unmasked server frame off the front of `buf`.
-fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
-    let (len, header) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
-            10,
-        ),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    if buf.len() < header + len {
-        return None;
-    }
-    let frame = Frame {
-        fin: buf[0] & 0x80 != 0,
-        opcode: buf[0] & 0x0f,
-        payload: buf[header..header + len].to_vec(),
-    };
-    Some((frame, header + len))
+    wire::frame(Header::new(opcode).fin(fin).mask(Some(MASK)), payload)
 }
