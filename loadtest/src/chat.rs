@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use oceanchat_client::{ClientError, Connection, HttpApi};
-use oceanchat_protocol::client::{Event, Op};
+use oceanchat_protocol::client::Event;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -243,25 +243,12 @@ async fn create_group(
     let created = conn.group_create(name, &ids[1..first]).await?;
     if ids.len() > first {
         let resource = format!("group:{}", created.group_id);
-        let lock = conn
-            .request(Op::LockAcquire {
-                resource: resource.clone(),
-            })
-            .await?;
-        let token = lock
-            .get("token")
-            .and_then(|t| t.as_str())
-            .context("lock.acquire reply without a token")?
-            .to_string();
+        let lock = conn.lock_acquire(&resource).await?;
         for batch in ids[first..].chunks(MEMBER_BATCH) {
-            conn.request(Op::GroupMembersAdd {
-                group_id: created.group_id.clone(),
-                lock_token: token.clone(),
-                user_ids: batch.iter().map(|s| s.to_string()).collect(),
-            })
-            .await?;
+            conn.group_members_add(&created.group_id, &lock.token, batch)
+                .await?;
         }
-        conn.request(Op::LockRelease { resource, token }).await?;
+        conn.lock_release(&resource, &lock.token).await?;
     }
     Ok(created.conv)
 }

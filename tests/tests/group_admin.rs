@@ -18,45 +18,54 @@ async fn writes_need_the_live_lock_token() {
     let o2 = owner.connect(&world, 0).await;
     let group = o.group_create("club", &[&x.user_id]).await.unwrap();
     let gid = &group.group_id;
-    let v0 = group_get(&o, gid).await.group.version;
+    let v0 = o.group_get(gid).await.unwrap().group.version;
 
     // Nobody holds the lock: every write is `lock_required`.
     assert_eq!(
-        refusal(remove(&o, gid, "", &[&x.user_id]).await),
+        refusal(o.group_members_remove(gid, "", &[&x.user_id]).await),
         ErrorCode::LockRequired
     );
     assert_eq!(
-        refusal(remove(&o, gid, "made-up", &[&x.user_id]).await),
+        refusal(o.group_members_remove(gid, "made-up", &[&x.user_id]).await),
         ErrorCode::LockRequired
     );
 
-    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
+    let lease = o.lock_acquire(&group_resource(gid)).await.unwrap();
     // Held, but not with this token, or not by this connection.
     assert_eq!(
-        refusal(mute(&o, gid, "made-up", &x.user_id, true).await),
+        refusal(o.group_members_mute(gid, "made-up", &x.user_id, true).await),
         ErrorCode::LockLost
     );
     assert_eq!(
-        refusal(mute(&o2, gid, &lease.token, &x.user_id, true).await),
+        refusal(
+            o2.group_members_mute(gid, &lease.token, &x.user_id, true)
+                .await
+        ),
         ErrorCode::LockLost
     );
     assert_eq!(
-        refusal(update(&o, gid, "", GroupPatch::default(), None).await),
+        refusal(o.group_update(gid, "", GroupPatch::default(), None).await),
         ErrorCode::BadRequest,
         "an empty patch is refused before anything else"
     );
-    let after = group_get(&o, gid).await;
+    let after = o.group_get(gid).await.unwrap();
     assert_eq!(after.group.version, v0, "refused writes changed nothing");
     assert!(after.members.iter().all(|m| !m.muted));
 
     // With the token, from the holding connection: it applies.
-    let v1 = mute(&o, gid, &lease.token, &x.user_id, true).await.unwrap();
+    let v1 = o
+        .group_members_mute(gid, &lease.token, &x.user_id, true)
+        .await
+        .unwrap();
     assert_eq!(v1, v0 + 1);
-    release(&o, &group_resource(gid), &lease.token)
+    o.lock_release(&group_resource(gid), &lease.token)
         .await
         .unwrap();
     assert_eq!(
-        refusal(mute(&o, gid, &lease.token, &x.user_id, false).await),
+        refusal(
+            o.group_members_mute(gid, &lease.token, &x.user_id, false)
+                .await
+        ),
         ErrorCode::LockRequired,
         "a released token writes nothing"
     );
@@ -69,15 +78,16 @@ async fn update_changes_settings_once_per_version() {
     let o = owner.connect(&world, 0).await;
     let group = o.group_create("club", &[]).await.unwrap();
     let gid = &group.group_id;
-    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
-    let v0 = group_get(&o, gid).await.group.version;
+    let lease = o.lock_acquire(&group_resource(gid)).await.unwrap();
+    let v0 = o.group_get(gid).await.unwrap().group.version;
 
     let patch = GroupPatch {
         name: Some("the club".into()),
         announcement: Some("meet on fridays".into()),
         join_policy: Some("approval".into()),
     };
-    let v1 = update(&o, gid, &lease.token, patch, Some(v0))
+    let v1 = o
+        .group_update(gid, &lease.token, patch, Some(v0))
         .await
         .unwrap();
     assert_eq!(v1, v0 + 1);
@@ -88,7 +98,7 @@ async fn update_changes_settings_once_per_version() {
         ..GroupPatch::default()
     };
     assert_eq!(
-        refusal(update(&o, gid, &lease.token, stale, Some(v0)).await),
+        refusal(o.group_update(gid, &lease.token, stale, Some(v0)).await),
         ErrorCode::VersionConflict
     );
     // Without expected_version a patch touches only its own fields.
@@ -96,7 +106,8 @@ async fn update_changes_settings_once_per_version() {
         announcement: Some("and saturdays".into()),
         ..GroupPatch::default()
     };
-    let v2 = update(&o, gid, &lease.token, only_announcement, None)
+    let v2 = o
+        .group_update(gid, &lease.token, only_announcement, None)
         .await
         .unwrap();
     assert_eq!(v2, v1 + 1);
@@ -105,11 +116,11 @@ async fn update_changes_settings_once_per_version() {
         ..GroupPatch::default()
     };
     assert_eq!(
-        refusal(update(&o, gid, &lease.token, bad, None).await),
+        refusal(o.group_update(gid, &lease.token, bad, None).await),
         ErrorCode::BadRequest
     );
 
-    let got = group_get(&o, gid).await.group;
+    let got = o.group_get(gid).await.unwrap().group;
     assert_eq!(got.name, "the club");
     assert_eq!(got.announcement, "and saturdays");
     assert_eq!(got.join_policy, "approval");
@@ -134,50 +145,69 @@ async fn roles_decide_who_may_change_whom() {
     let resource = group_resource(gid);
 
     // The owner makes two admins.
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     for u in [&adm.user_id, &adm2.user_id] {
-        set_role(&o, gid, &lease.token, u, Role::Admin)
+        o.group_members_set_role(gid, &lease.token, u, Role::Admin)
             .await
             .unwrap();
     }
     assert_eq!(
-        refusal(set_role(&o, gid, &lease.token, &member.user_id, Role::Owner).await),
+        refusal(
+            o.group_members_set_role(gid, &lease.token, &member.user_id, Role::Owner)
+                .await
+        ),
         ErrorCode::BadRequest,
         "ownership is not given away"
     );
     assert_eq!(
-        refusal(remove(&o, gid, &lease.token, &[&owner.user_id]).await),
+        refusal(
+            o.group_members_remove(gid, &lease.token, &[&owner.user_id])
+                .await
+        ),
         ErrorCode::Forbidden,
         "nobody removes the owner"
     );
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
 
     // An admin manages members, not admins and not the owner.
-    let lease = acquire(&a, &resource).await.unwrap();
+    let lease = a.lock_acquire(&resource).await.unwrap();
     let forbidden = [
-        set_role(&a, gid, &lease.token, &adm2.user_id, Role::Member).await,
-        set_role(&a, gid, &lease.token, &owner.user_id, Role::Member).await,
-        transfer(&a, gid, &lease.token, &adm2.user_id).await,
-        remove(&a, gid, &lease.token, &[&adm2.user_id]).await,
-        remove(&a, gid, &lease.token, &[&owner.user_id]).await,
-        mute(&a, gid, &lease.token, &adm2.user_id, true).await,
-        mute(&a, gid, &lease.token, &owner.user_id, true).await,
+        a.group_members_set_role(gid, &lease.token, &adm2.user_id, Role::Member)
+            .await,
+        a.group_members_set_role(gid, &lease.token, &owner.user_id, Role::Member)
+            .await,
+        a.group_transfer(gid, &lease.token, &adm2.user_id).await,
+        a.group_members_remove(gid, &lease.token, &[&adm2.user_id])
+            .await,
+        a.group_members_remove(gid, &lease.token, &[&owner.user_id])
+            .await,
+        a.group_members_mute(gid, &lease.token, &adm2.user_id, true)
+            .await,
+        a.group_members_mute(gid, &lease.token, &owner.user_id, true)
+            .await,
     ];
     for result in forbidden {
         assert_eq!(refusal(result), ErrorCode::Forbidden);
     }
     let outsider = world.user("outsider").await;
     assert_eq!(
-        refusal(mute(&a, gid, &lease.token, &outsider.user_id, true).await),
+        refusal(
+            a.group_members_mute(gid, &lease.token, &outsider.user_id, true)
+                .await
+        ),
         ErrorCode::NotMember
     );
     assert_eq!(
-        refusal(add(&a, gid, &lease.token, &["no-such-user"]).await),
+        refusal(
+            a.group_members_add(gid, &lease.token, &["no-such-user"])
+                .await
+                .map(|added| added.version)
+        ),
         ErrorCode::NotFound
     );
 
     // Muted members cannot send; unmuted they can again.
-    mute(&a, gid, &lease.token, &member.user_id, true)
+    a.group_members_mute(gid, &lease.token, &member.user_id, true)
         .await
         .unwrap();
     assert_eq!(
@@ -194,15 +224,18 @@ async fn roles_decide_who_may_change_whom() {
         ),
         ErrorCode::Muted
     );
-    mute(&a, gid, &lease.token, &member.user_id, false)
+    a.group_members_mute(gid, &lease.token, &member.user_id, false)
         .await
         .unwrap();
     m.send(&group.conv, "m-2", "hello").await.unwrap();
 
     // A plain member cannot even take the lock.
-    assert_eq!(refusal(acquire(&m, &resource).await), ErrorCode::Forbidden);
+    assert_eq!(
+        refusal(m.lock_acquire(&resource).await),
+        ErrorCode::Forbidden
+    );
 
-    let got = group_get(&o, gid).await;
+    let got = o.group_get(gid).await.unwrap();
     assert_eq!(role_in(&got, &owner.user_id), Some(Role::Owner));
     assert_eq!(role_in(&got, &adm.user_id), Some(Role::Admin));
     assert_eq!(role_in(&got, &adm2.user_id), Some(Role::Admin));
@@ -224,15 +257,16 @@ async fn admins_make_co_admins_and_only_the_owner_hands_on_ownership() {
         .unwrap();
     let gid = &group.group_id;
     let resource = group_resource(gid);
-    let lease = acquire(&o, &resource).await.unwrap();
-    set_role(&o, gid, &lease.token, &adm.user_id, Role::Admin)
+    let lease = o.lock_acquire(&resource).await.unwrap();
+    o.group_members_set_role(gid, &lease.token, &adm.user_id, Role::Admin)
         .await
         .unwrap();
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
 
     // The seed's scenario: admin 2 promotes Y to co-admin.
-    let lease = acquire(&a, &resource).await.unwrap();
-    let v = set_role(&a, gid, &lease.token, &y.user_id, Role::Admin)
+    let lease = a.lock_acquire(&resource).await.unwrap();
+    let v = a
+        .group_members_set_role(gid, &lease.token, &y.user_id, Role::Admin)
         .await
         .unwrap();
     // Y first hears of adm's promotion, then of its own.
@@ -248,27 +282,36 @@ async fn admins_make_co_admins_and_only_the_owner_hands_on_ownership() {
     assert_eq!(change["role"], "admin");
     // ... but cannot take it back: only the owner demotes.
     assert_eq!(
-        refusal(set_role(&a, gid, &lease.token, &y.user_id, Role::Member).await),
+        refusal(
+            a.group_members_set_role(gid, &lease.token, &y.user_id, Role::Member)
+                .await
+        ),
         ErrorCode::Forbidden
     );
     assert_eq!(
-        refusal(remove(&a, gid, &lease.token, &[&y.user_id]).await),
+        refusal(
+            a.group_members_remove(gid, &lease.token, &[&y.user_id])
+                .await
+        ),
         ErrorCode::Forbidden
     );
-    release(&a, &resource, &lease.token).await.unwrap();
+    a.lock_release(&resource, &lease.token).await.unwrap();
 
     // The owner hands ownership to Y and becomes an admin.
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     assert_eq!(
-        refusal(transfer(&o, gid, &lease.token, &owner.user_id).await),
+        refusal(o.group_transfer(gid, &lease.token, &owner.user_id).await),
         ErrorCode::BadRequest
     );
     let outsider = world.user("outsider").await;
     assert_eq!(
-        refusal(transfer(&o, gid, &lease.token, &outsider.user_id).await),
+        refusal(o.group_transfer(gid, &lease.token, &outsider.user_id).await),
         ErrorCode::NotMember
     );
-    let v = transfer(&o, gid, &lease.token, &y.user_id).await.unwrap();
+    let v = o
+        .group_transfer(gid, &lease.token, &y.user_id)
+        .await
+        .unwrap();
     let (version, change) = next_group_event(&yc, gid, WAIT)
         .await
         .expect("members hear of the transfer");
@@ -278,23 +321,26 @@ async fn admins_make_co_admins_and_only_the_owner_hands_on_ownership() {
     assert_eq!(change["to"], y.user_id.as_str());
     // The former owner is an admin now and cannot demote anybody.
     assert_eq!(
-        refusal(set_role(&o, gid, &lease.token, &adm.user_id, Role::Member).await),
+        refusal(
+            o.group_members_set_role(gid, &lease.token, &adm.user_id, Role::Member)
+                .await
+        ),
         ErrorCode::Forbidden
     );
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
 
-    let got = group_get(&o, gid).await;
+    let got = o.group_get(gid).await.unwrap();
     assert_eq!(got.group.owner, y.user_id);
     assert_eq!(role_in(&got, &y.user_id), Some(Role::Owner));
     assert_eq!(role_in(&got, &owner.user_id), Some(Role::Admin));
     assert_eq!(role_in(&got, &adm.user_id), Some(Role::Admin));
 
     // The new owner demotes the admin it no longer wants.
-    let lease = acquire(&yc, &resource).await.unwrap();
-    set_role(&yc, gid, &lease.token, &adm.user_id, Role::Member)
+    let lease = yc.lock_acquire(&resource).await.unwrap();
+    yc.group_members_set_role(gid, &lease.token, &adm.user_id, Role::Member)
         .await
         .unwrap();
-    let got = group_get(&o, gid).await;
+    let got = o.group_get(gid).await.unwrap();
     assert_eq!(role_in(&got, &adm.user_id), Some(Role::Member));
 }
 
@@ -310,11 +356,13 @@ async fn membership_changes_reach_members_and_move_their_subscriptions() {
     // Connected after the group exists: they follow its topic from auth.
     let xc = x.connect(&world, 1).await;
     let nc = newbie.connect(&world, 1).await;
-    let lease = acquire(&o, &group_resource(gid)).await.unwrap();
+    let lease = o.lock_acquire(&group_resource(gid)).await.unwrap();
 
-    let v = add(&o, gid, &lease.token, &[&newbie.user_id])
+    let v = o
+        .group_members_add(gid, &lease.token, &[&newbie.user_id])
         .await
-        .unwrap();
+        .unwrap()
+        .version;
     let (version, change) = next_group_event(&nc, gid, WAIT)
         .await
         .expect("the new member hears of its addition");
@@ -331,7 +379,10 @@ async fn membership_changes_reach_members_and_move_their_subscriptions() {
     assert_eq!(nc.next_msg(WAIT).await.expect("msg").body, "welcome");
 
     // Removed: x hears of it, then no longer follows the group.
-    let v = remove(&o, gid, &lease.token, &[&x.user_id]).await.unwrap();
+    let v = o
+        .group_members_remove(gid, &lease.token, &[&x.user_id])
+        .await
+        .unwrap();
     let (version, change) = next_group_event(&xc, gid, WAIT)
         .await
         .expect("the removed member hears of its removal");

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use oceanchat_protocol::client::{GroupGetResult, HistoryResult, Op, Role};
+use oceanchat_protocol::client::{HistoryResult, Op, Role};
 use oceanchat_protocol::ErrorCode;
 use oceanchat_tests::{refusal, World};
 
@@ -60,14 +60,7 @@ async fn group_get_gives_members_in_pages_and_only_to_members() {
     let others: Vec<&str> = users[1..6].iter().map(|u| u.user_id.as_str()).collect();
     let group = owner.group_create("pages", &others).await.unwrap();
 
-    let get = |after: Option<String>, limit| {
-        owner.request_as::<GroupGetResult>(Op::GroupGet {
-            group_id: group.group_id.clone(),
-            members_after: after,
-            members_limit: limit,
-        })
-    };
-    let all = get(None, None).await.unwrap();
+    let all = owner.group_get(&group.group_id).await.unwrap();
     assert_eq!(all.group.name, "pages");
     assert_eq!(all.group.owner, users[0].user_id);
     assert_eq!(all.members.len(), 6);
@@ -82,7 +75,10 @@ async fn group_get_gives_members_in_pages_and_only_to_members() {
     let mut paged = Vec::new();
     let mut after = None;
     loop {
-        let page = get(after, Some(4)).await.unwrap();
+        let page = owner
+            .group_get_page(&group.group_id, after.as_deref(), Some(4))
+            .await
+            .unwrap();
         assert!(page.members.len() <= 4);
         paged.extend(page.members);
         match page.members_next {
@@ -96,13 +92,7 @@ async fn group_get_gives_members_in_pages_and_only_to_members() {
     );
 
     let outsider = users[6].connect(&world, 1).await;
-    let refused = outsider
-        .request(Op::GroupGet {
-            group_id: group.group_id.clone(),
-            members_after: None,
-            members_limit: None,
-        })
-        .await;
+    let refused = outsider.group_get(&group.group_id).await;
     assert_eq!(refusal(refused), ErrorCode::NotMember);
 }
 

@@ -2,7 +2,7 @@
 //! clear error or a well-formed answer, and the connection, the other
 //! users and the stored data survive them.
 
-use oceanchat_client::{ClientError, Connection};
+use oceanchat_client::{wire, ClientError, Connection};
 use oceanchat_protocol::client::{HistoryResult, Message, Op};
 use oceanchat_protocol::{limits, ErrorCode};
 use oceanchat_tests::{refusal, World, PASSWORD, WAIT};
@@ -323,15 +323,18 @@ async fn raw_upgrade(source: &str, port: u16, forwarded: &str) -> (u16, tokio::n
         .connect(format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         X-Real-IP: {forwarded}\r\n\r\n"
-    );
+    let request = wire::upgrade_request("x", "/ws", wire::SAMPLE_KEY, &[("X-Real-IP", forwarded)]);
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.unwrap();
-    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    let mut head = Vec::new();
+    let status = loop {
+        if let Some(answer) = wire::parse_response_head(&head).unwrap() {
+            break answer.status;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed before answering the upgrade");
+        head.extend_from_slice(&chunk[..n]);
+    };
     (status, stream)
 }
 
@@ -383,13 +386,7 @@ async fn watches_and_groups_are_capped_and_members_can_leave() {
     // leaves a group; it is no longer a member and has room again.
     let v = victim.connect(&world, 0).await;
     let left = &groups[0];
-    let version = v
-        .request_as::<oceanchat_protocol::client::VersionResult>(Op::GroupLeave {
-            group_id: left.group_id.clone(),
-        })
-        .await
-        .unwrap()
-        .version;
+    let version = v.group_leave(&left.group_id).await.unwrap();
     assert!(version >= 2);
     assert_eq!(
         refusal(v.send(&left.conv, "gone", "x").await),
@@ -399,12 +396,7 @@ async fn watches_and_groups_are_capped_and_members_can_leave() {
 
     // The owner cannot leave without handing the group on.
     assert_eq!(
-        refusal(
-            m.request(Op::GroupLeave {
-                group_id: groups[1].group_id.clone()
-            })
-            .await
-        ),
+        refusal(m.group_leave(&groups[1].group_id).await),
         ErrorCode::BadRequest
     );
 

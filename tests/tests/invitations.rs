@@ -6,8 +6,7 @@ mod admin;
 
 use oceanchat_client::Connection;
 use oceanchat_protocol::client::{
-    ConvListResult, Event, GroupCreateResult, GroupJoinResult, GroupsFrom, Invitation,
-    InvitationsResult, MembersAddResult, Op, Settings,
+    ConvListResult, Event, GroupCreateResult, GroupsFrom, Invitation, Op, Settings,
 };
 use oceanchat_protocol::ErrorCode;
 use oceanchat_tests::{refusal, World, WAIT};
@@ -27,8 +26,7 @@ async fn create(c: &Connection, name: &str, members: &[&str]) -> GroupCreateResu
 }
 
 async fn invitations(c: &Connection) -> Vec<Invitation> {
-    let listed: InvitationsResult = c.request_as(Op::GroupInvitations {}).await.unwrap();
-    listed.invitations
+    c.group_invitations().await.unwrap()
 }
 
 /// The next `invitation` event, skipping others.
@@ -74,12 +72,7 @@ async fn a_user_who_asks_for_it_is_invited_not_added_and_joins_by_choice() {
     assert_eq!(c.next_msg(WAIT).await.unwrap().body, "before bob");
 
     // Joining makes bob a member, live from the reply on.
-    let joined: GroupJoinResult = b
-        .request_as(Op::GroupJoin {
-            group_id: created.group_id.clone(),
-        })
-        .await
-        .unwrap();
+    let joined = b.group_join(&created.group_id).await.unwrap();
     assert_eq!(joined.conv, created.conv);
     assert!(invitations(&b).await.is_empty());
     a.send(&created.conv, "m2", "after bob").await.unwrap();
@@ -93,18 +86,10 @@ async fn a_user_who_asks_for_it_is_invited_not_added_and_joins_by_choice() {
 
     // An invitation is needed: a second join, or one to a group nobody
     // invited him to, is `not_found`.
-    let again = b
-        .request(Op::GroupJoin {
-            group_id: created.group_id.clone(),
-        })
-        .await;
+    let again = b.group_join(&created.group_id).await;
     assert_eq!(refusal(again), ErrorCode::NotFound);
     let other = create(&a, "other", &[]).await;
-    let uninvited = b
-        .request(Op::GroupJoin {
-            group_id: other.group_id,
-        })
-        .await;
+    let uninvited = b.group_join(&other.group_id).await;
     assert_eq!(refusal(uninvited), ErrorCode::NotFound);
 }
 
@@ -124,13 +109,13 @@ async fn known_lets_in_direct_contacts_and_decline_turns_an_invitation_down() {
 
     let group = create(&a, "team", &[]).await;
     let resource = admin::group_resource(&group.group_id);
-    let lock = admin::acquire(&a, &resource).await.unwrap();
-    let added: MembersAddResult = a
-        .request_as(Op::GroupMembersAdd {
-            group_id: group.group_id.clone(),
-            lock_token: lock.token.clone(),
-            user_ids: vec![dave.user_id.clone(), erin.user_id.clone()],
-        })
+    let lock = a.lock_acquire(&resource).await.unwrap();
+    let added = a
+        .group_members_add(
+            &group.group_id,
+            &lock.token,
+            &[&dave.user_id, &erin.user_id],
+        )
         .await
         .unwrap();
     assert_eq!(added.invited, vec![dave.user_id.clone()]);
@@ -138,17 +123,9 @@ async fn known_lets_in_direct_contacts_and_decline_turns_an_invitation_down() {
     assert_eq!(e.next_msg(WAIT).await.unwrap().body, "hello team");
     assert_eq!(next_invitation(&d).await.unwrap().group_id, group.group_id);
 
-    d.request(Op::GroupDecline {
-        group_id: group.group_id.clone(),
-    })
-    .await
-    .unwrap();
+    d.group_decline(&group.group_id).await.unwrap();
     assert!(invitations(&d).await.is_empty());
-    let join = d
-        .request(Op::GroupJoin {
-            group_id: group.group_id.clone(),
-        })
-        .await;
+    let join = d.group_join(&group.group_id).await;
     assert_eq!(refusal(join), ErrorCode::NotFound);
 }
 

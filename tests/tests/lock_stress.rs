@@ -92,10 +92,13 @@ async fn write(
     change: &Change,
 ) -> Result<u64, ClientError> {
     match change {
-        Change::Add(u) => add(c, gid, token, &[u]).await,
-        Change::Remove(u) => remove(c, gid, token, &[u]).await,
-        Change::Mute(u, m) => mute(c, gid, token, u, *m).await,
-        Change::SetRole(u, r) => set_role(c, gid, token, u, *r).await,
+        Change::Add(u) => c
+            .group_members_add(gid, token, &[u])
+            .await
+            .map(|added| added.version),
+        Change::Remove(u) => c.group_members_remove(gid, token, &[u]).await,
+        Change::Mute(u, m) => c.group_members_mute(gid, token, u, *m).await,
+        Change::SetRole(u, r) => c.group_members_set_role(gid, token, u, *r).await,
     }
 }
 
@@ -124,7 +127,7 @@ async fn session(c: Connection, is_owner: bool, pauser: bool, seed: u64, shared:
     let mut must_pause = pauser;
     let gid = shared.gid.clone();
     let resource = group_resource(&gid);
-    watch(&c, &resource).await.unwrap();
+    c.lock_watch(&resource).await.unwrap();
     while shared.acked.load(Ordering::SeqCst) < CHANGES {
         // Now and then, a client that skips the lock.
         if rng.below(50) == 0 {
@@ -141,7 +144,7 @@ async fn session(c: Connection, is_owner: bool, pauser: bool, seed: u64, shared:
                 Ok(v) => panic!("a write without the lock was applied at version {v}"),
             }
         }
-        let lease = match acquire(&c, &resource).await {
+        let lease = match c.lock_acquire(&resource).await {
             Ok(lease) => lease,
             Err(e) => {
                 let error = e.server_error().unwrap_or_else(|| panic!("{e}"));
@@ -183,7 +186,7 @@ async fn session(c: Connection, is_owner: bool, pauser: bool, seed: u64, shared:
                 },
             }
         }
-        release(&c, &resource, &lease.token).await.unwrap();
+        c.lock_release(&resource, &lease.token).await.unwrap();
     }
 }
 
@@ -214,14 +217,14 @@ async fn twenty_sessions_racing_end_with_exactly_the_acknowledged_changes() {
     let group = o.group_create("stress", &initial).await.unwrap();
     let gid = group.group_id.clone();
     let resource = group_resource(&gid);
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     for admin in &editors[1..] {
-        set_role(&o, &gid, &lease.token, &admin.user_id, Role::Admin)
+        o.group_members_set_role(&gid, &lease.token, &admin.user_id, Role::Admin)
             .await
             .unwrap();
     }
-    release(&o, &resource, &lease.token).await.unwrap();
-    let start = group_get(&o, &gid).await;
+    o.lock_release(&resource, &lease.token).await.unwrap();
+    let start = o.group_get(&gid).await.unwrap();
 
     let shared = Arc::new(Shared {
         gid: gid.clone(),
@@ -271,7 +274,7 @@ async fn twenty_sessions_racing_end_with_exactly_the_acknowledged_changes() {
     for (_, change) in &log {
         apply(&mut members, change);
     }
-    let end = group_get(&o, &gid).await;
+    let end = o.group_get(&gid).await.unwrap();
     assert_eq!(end.group.version, start.group.version + CHANGES);
     assert_eq!(targets_in(&end, &targets), members);
     for editor in &editors[1..] {

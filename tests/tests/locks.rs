@@ -22,9 +22,9 @@ async fn a_lock_has_one_holding_connection_and_the_refusal_names_it() {
     let resource = group_resource(&group.group_id);
 
     // The owner makes `adm` an admin (under the lock, like every change).
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     assert_eq!(lease.ttl_ms, 30_000, "the default lease");
-    set_role(&o, &group.group_id, &lease.token, &adm.user_id, Role::Admin)
+    o.group_members_set_role(&group.group_id, &lease.token, &adm.user_id, Role::Admin)
         .await
         .unwrap();
 
@@ -47,11 +47,11 @@ async fn a_lock_has_one_holding_connection_and_the_refusal_names_it() {
         owner.session_id
     );
     // The holding connection asking again keeps its lease.
-    assert_eq!(acquire(&o, &resource).await.unwrap().token, lease.token);
+    assert_eq!(o.lock_acquire(&resource).await.unwrap().token, lease.token);
 
     // Released: the next editor gets it, with a new token.
-    release(&o, &resource, &lease.token).await.unwrap();
-    let next = acquire(&a, &resource).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
+    let next = a.lock_acquire(&resource).await.unwrap();
     assert_ne!(next.token, lease.token);
     assert_eq!(
         acquire_refused(&o, &resource).await.user_id,
@@ -72,20 +72,26 @@ async fn only_the_owner_and_admins_may_lock_a_group_and_only_groups_lock() {
     let group = o.group_create("club", &[&member.user_id]).await.unwrap();
     let resource = group_resource(&group.group_id);
 
-    assert_eq!(refusal(acquire(&m, &resource).await), ErrorCode::Forbidden);
-    assert_eq!(refusal(acquire(&e, &resource).await), ErrorCode::NotMember);
-    assert_eq!(refusal(watch(&e, &resource).await), ErrorCode::NotMember);
+    assert_eq!(
+        refusal(m.lock_acquire(&resource).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(e.lock_acquire(&resource).await),
+        ErrorCode::NotMember
+    );
+    assert_eq!(refusal(e.lock_watch(&resource).await), ErrorCode::NotMember);
     for bad in ["group:", "user:x", "group:a.b", "nonsense"] {
         assert_eq!(
-            refusal(acquire(&o, bad).await),
+            refusal(o.lock_acquire(bad).await),
             ErrorCode::BadRequest,
             "{bad}"
         );
     }
     // A member may watch (the read-only view) and sees nobody holds it.
-    assert_eq!(watch(&m, &resource).await.unwrap(), None);
+    assert_eq!(m.lock_watch(&resource).await.unwrap(), None);
     // The refusals took nothing.
-    acquire(&o, &resource).await.unwrap();
+    o.lock_acquire(&resource).await.unwrap();
 }
 
 #[tokio::test]
@@ -97,35 +103,35 @@ async fn renew_and_release_are_compare_and_set_on_the_token_and_connection() {
     let group = o.group_create("club", &[]).await.unwrap();
     let resource = group_resource(&group.group_id);
 
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     assert_eq!(
-        renew(&o, &resource, &lease.token).await.unwrap().ttl_ms,
+        o.lock_renew(&resource, &lease.token).await.unwrap().ttl_ms,
         30_000
     );
     assert_eq!(
-        refusal(renew(&o, &resource, "not-the-token").await),
+        refusal(o.lock_renew(&resource, "not-the-token").await),
         ErrorCode::LockLost
     );
     // The token alone is not enough: the lock is the connection's.
     assert_eq!(
-        refusal(renew(&o2, &resource, &lease.token).await),
+        refusal(o2.lock_renew(&resource, &lease.token).await),
         ErrorCode::LockLost
     );
-    release(&o2, &resource, &lease.token).await.unwrap();
+    o2.lock_release(&resource, &lease.token).await.unwrap();
     assert_eq!(
         acquire_refused(&o2, &resource).await.session_id,
         owner.session_id,
         "another connection's release freed nothing"
     );
 
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
     assert_eq!(
-        refusal(renew(&o, &resource, &lease.token).await),
+        refusal(o.lock_renew(&resource, &lease.token).await),
         ErrorCode::LockLost
     );
     // Releasing again is harmless.
-    release(&o, &resource, &lease.token).await.unwrap();
-    acquire(&o2, &resource).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
+    o2.lock_acquire(&resource).await.unwrap();
 }
 
 #[tokio::test]
@@ -136,19 +142,19 @@ async fn watchers_see_every_holder_and_a_disconnect_frees_the_lock_at_once() {
     let o = owner.connect(&world, 0).await;
     let group = o.group_create("club", &[&adm.user_id]).await.unwrap();
     let resource = group_resource(&group.group_id);
-    let lease = acquire(&o, &resource).await.unwrap();
-    set_role(&o, &group.group_id, &lease.token, &adm.user_id, Role::Admin)
+    let lease = o.lock_acquire(&resource).await.unwrap();
+    o.group_members_set_role(&group.group_id, &lease.token, &adm.user_id, Role::Admin)
         .await
         .unwrap();
 
     // The admin's page: watching, read-only while the owner edits.
     let a = adm.connect(&world, 1).await;
-    let seen = watch(&a, &resource).await.unwrap().expect("held");
+    let seen = a.lock_watch(&resource).await.unwrap().expect("held");
     assert_eq!(seen.user_id, owner.user_id);
 
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
     assert_eq!(next_lock_event(&a, &resource, WAIT).await, Some(None));
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     let event = next_lock_event(&a, &resource, WAIT).await.expect("event");
     assert_eq!(event.expect("a holder").session_id, owner.session_id);
 
@@ -160,7 +166,7 @@ async fn watchers_see_every_holder_and_a_disconnect_frees_the_lock_at_once() {
         freed_in.elapsed() < Duration::from_secs(5),
         "freed by the close, not by the 30 s lease"
     );
-    let mine = acquire(&a, &resource).await.unwrap();
+    let mine = a.lock_acquire(&resource).await.unwrap();
     assert_ne!(mine.token, lease.token);
 }
 
@@ -173,13 +179,13 @@ async fn logout_closes_the_sockets_and_frees_their_locks() {
     let m = member.connect(&world, 0).await;
     let group = o.group_create("club", &[&member.user_id]).await.unwrap();
     let resource = group_resource(&group.group_id);
-    acquire(&o, &resource).await.unwrap();
-    assert!(watch(&m, &resource).await.unwrap().is_some());
+    o.lock_acquire(&resource).await.unwrap();
+    assert!(m.lock_watch(&resource).await.unwrap().is_some());
 
     world.api.logout(&owner.token).await.unwrap();
     assert_eq!(o.closed(WAIT).await.map(|c| c.code), Some(4001));
     assert_eq!(next_lock_event(&m, &resource, WAIT).await, Some(None));
-    assert_eq!(watch(&m, &resource).await.unwrap(), None);
+    assert_eq!(m.lock_watch(&resource).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -193,23 +199,23 @@ async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
     let group = o.group_create("club", &[&member.user_id]).await.unwrap();
     let resource = group_resource(&group.group_id);
 
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     assert_eq!(lease.ttl_ms, 1000);
-    watch(&m, &resource).await.unwrap();
+    m.lock_watch(&resource).await.unwrap();
     // Renewing keeps it past its first lease.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        renew(&o, &resource, &lease.token).await.unwrap();
+        o.lock_renew(&resource, &lease.token).await.unwrap();
     }
     acquire_refused(&o2, &resource).await;
 
     // Not renewed: it lapses, and the next editor takes it.
     tokio::time::sleep(Duration::from_millis(1_400)).await;
-    acquire(&o2, &resource).await.unwrap();
+    o2.lock_acquire(&resource).await.unwrap();
     let event = next_lock_event(&m, &resource, WAIT).await.expect("event");
     assert!(event.is_some(), "the new holder is announced");
     assert_eq!(
-        refusal(renew(&o, &resource, &lease.token).await),
+        refusal(o.lock_renew(&resource, &lease.token).await),
         ErrorCode::LockLost
     );
     // Nothing else came for the lapse itself.

@@ -38,13 +38,13 @@ async fn cast(world: &World) -> (String, [User; 4], Connection, Connection) {
         .unwrap();
     let gid = group.group_id;
     let resource = group_resource(&gid);
-    let lease = acquire(&o, &resource).await.unwrap();
+    let lease = o.lock_acquire(&resource).await.unwrap();
     for admin in [&adm2.user_id, &adm.user_id] {
-        set_role(&o, &gid, &lease.token, admin, Role::Admin)
+        o.group_members_set_role(&gid, &lease.token, admin, Role::Admin)
             .await
             .unwrap();
     }
-    release(&o, &resource, &lease.token).await.unwrap();
+    o.lock_release(&resource, &lease.token).await.unwrap();
     let a2 = adm2.connect(world, 0).await;
     let a = adm.connect(world, world.gateways.len() - 1).await;
     (gid, [adm2, adm, x, y], a2, a)
@@ -66,13 +66,13 @@ where
     Fut: std::future::Future<Output = u64>,
 {
     let resource = group_resource(&gid);
-    let view = group_get(&page, &gid).await.group.version;
-    watch(&page, &resource).await.unwrap();
+    let view = page.group_get(&gid).await.unwrap().group.version;
+    page.lock_watch(&resource).await.unwrap();
     start.wait().await;
     let mut refused = refused;
     let mut seen_holders = Vec::new();
     let lease = loop {
-        match acquire(&page, &resource).await {
+        match page.lock_acquire(&resource).await {
             Ok(lease) => break lease,
             Err(e) => {
                 let error = e.server_error().expect("a refusal").clone();
@@ -95,7 +95,7 @@ where
         let _ = gone.await;
     }
     let version = change(page.clone(), lease.token.clone()).await;
-    release(&page, &resource, &lease.token).await.unwrap();
+    page.lock_release(&resource, &lease.token).await.unwrap();
     (view, seen_holders, version)
 }
 
@@ -106,7 +106,7 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
     let world = World::with(2, 2);
     let (gid, [adm2, adm, x, y], o, a) = cast(&world).await;
     let (o, a) = (Arc::new(o), Arc::new(a));
-    let before = group_get(&o, &gid).await;
+    let before = o.group_get(&gid).await.unwrap();
     assert_eq!(role_in(&before, &x.user_id), Some(Role::Member));
     assert_eq!(role_in(&before, &y.user_id), Some(Role::Member));
 
@@ -118,13 +118,15 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
     let remove_x = {
         let (gid, x) = (gid.clone(), x.user_id.clone());
         move |c: Arc<Connection>, token: String| async move {
-            remove(&c, &gid, &token, &[&x]).await.unwrap()
+            c.group_members_remove(&gid, &token, &[&x]).await.unwrap()
         }
     };
     let promote_y = {
         let (gid, y) = (gid.clone(), y.user_id.clone());
         move |c: Arc<Connection>, token: String| async move {
-            set_role(&c, &gid, &token, &y, Role::Admin).await.unwrap()
+            c.group_members_set_role(&gid, &token, &y, Role::Admin)
+                .await
+                .unwrap()
         }
     };
     // Each page is told "the other was refused" through the other's
@@ -177,7 +179,7 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
         versions,
         [before.group.version + 1, before.group.version + 2]
     );
-    let after = group_get(&o, &gid).await;
+    let after = o.group_get(&gid).await.unwrap();
     assert_eq!(after.group.version, before.group.version + 2);
     assert_eq!(role_in(&after, &x.user_id), None, "X is gone");
     assert_eq!(role_in(&after, &y.user_id), Some(Role::Admin), "Y is admin");
@@ -188,30 +190,38 @@ async fn with_the_lock_the_second_admin_waits_and_both_changes_survive() {
 async fn a_client_that_skips_the_lock_cannot_write() {
     let world = World::with(1, 2);
     let (gid, [_adm2, _adm, x, y], o, a) = cast(&world).await;
-    let before = group_get(&o, &gid).await;
+    let before = o.group_get(&gid).await.unwrap();
 
     // Nobody holds the lock: both writes are refused.
     assert_eq!(
-        refusal(remove(&a, &gid, "", &[&x.user_id]).await),
+        refusal(a.group_members_remove(&gid, "", &[&x.user_id]).await),
         ErrorCode::LockRequired
     );
     assert_eq!(
-        refusal(set_role(&o, &gid, "", &y.user_id, Role::Admin).await),
+        refusal(
+            o.group_members_set_role(&gid, "", &y.user_id, Role::Admin)
+                .await
+        ),
         ErrorCode::LockRequired
     );
     // Admin 1 holds it; admin 2, skipping it, still cannot write, even
     // with a token it made up.
-    let lease = acquire(&a, &group_resource(&gid)).await.unwrap();
+    let lease = a.lock_acquire(&group_resource(&gid)).await.unwrap();
     assert_eq!(
-        refusal(set_role(&o, &gid, "guess", &y.user_id, Role::Admin).await),
+        refusal(
+            o.group_members_set_role(&gid, "guess", &y.user_id, Role::Admin)
+                .await
+        ),
         ErrorCode::LockLost
     );
     assert_eq!(
-        group_get(&o, &gid).await,
+        o.group_get(&gid).await.unwrap(),
         before,
         "nothing changed by the refused writes"
     );
-    remove(&a, &gid, &lease.token, &[&x.user_id]).await.unwrap();
+    a.group_members_remove(&gid, &lease.token, &[&x.user_id])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -222,34 +232,38 @@ async fn a_holder_paused_past_its_lease_cannot_write_once_another_took_the_lock(
 
     // Admin 1 takes the lock, reads the group, then freezes (a stopped
     // laptop, a long GC pause) without renewing.
-    let stale = acquire(&a, &resource).await.unwrap();
+    let stale = a.lock_acquire(&resource).await.unwrap();
     assert_eq!(stale.ttl_ms, 700);
-    let before = group_get(&a, &gid).await;
+    let before = a.group_get(&gid).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
 
     // Meanwhile the lease lapsed and admin 2 took the lock.
-    let fresh = acquire(&o, &resource).await.unwrap();
+    let fresh = o.lock_acquire(&resource).await.unwrap();
     let holder = acquire_refused(&a, &resource).await;
     assert_ne!(holder.user_id, adm.user_id);
 
     // Admin 1 wakes and writes with its old token: refused, no effect.
     assert_eq!(
-        refusal(remove(&a, &gid, &stale.token, &[&x.user_id]).await),
+        refusal(
+            a.group_members_remove(&gid, &stale.token, &[&x.user_id])
+                .await
+        ),
         ErrorCode::LockLost
     );
     assert_eq!(
-        refusal(renew(&a, &resource, &stale.token).await),
+        refusal(a.lock_renew(&resource, &stale.token).await),
         ErrorCode::LockLost
     );
-    let unchanged = group_get(&o, &gid).await;
+    let unchanged = o.group_get(&gid).await.unwrap();
     assert_eq!(unchanged, before, "the stale write changed nothing");
 
     // Admin 2's writes go through.
-    let v = set_role(&o, &gid, &fresh.token, &y.user_id, Role::Admin)
+    let v = o
+        .group_members_set_role(&gid, &fresh.token, &y.user_id, Role::Admin)
         .await
         .unwrap();
     assert_eq!(v, before.group.version + 1);
-    let after = group_get(&o, &gid).await;
+    let after = o.group_get(&gid).await.unwrap();
     assert_eq!(role_in(&after, &x.user_id), Some(Role::Member));
     assert_eq!(role_in(&after, &y.user_id), Some(Role::Admin));
 }

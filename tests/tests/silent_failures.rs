@@ -110,11 +110,7 @@ async fn a_refused_topic_subscription_is_an_error_not_an_ok() {
         .await
         .unwrap();
     let resource = format!("group:{}", group.group_id);
-    let watch = a
-        .request(Op::LockWatch {
-            resource: resource.clone(),
-        })
-        .await;
+    let watch = a.lock_watch(&resource).await;
     assert_eq!(refusal(watch), ErrorCode::Unavailable);
 
     // The connection and everything the ACL allows go on working.
@@ -131,7 +127,7 @@ async fn a_refused_topic_subscription_is_an_error_not_an_ok() {
     );
 
     // Asked again, it fails again (nothing half-kept), and is counted.
-    let again = a.request(Op::LockWatch { resource }).await;
+    let again = a.lock_watch(&resource).await;
     assert_eq!(refusal(again), ErrorCode::Unavailable);
     let port = world.gateways[0].port();
     let (status, metrics) =

@@ -27,7 +27,7 @@ use oceanchat_protocol::client::{HistoryResult, Op, Role};
 use oceanchat_testkit::{Backend, Stack};
 use oceanchat_tests::{start_gateways, World, PASSWORD};
 
-use admin::{group_get, role_in};
+use admin::role_in;
 
 /// How long one scenario may take, steps included.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
@@ -313,7 +313,7 @@ async fn group_settings_one_editor_at_a_time() {
     let mut run = Scenario::start("settings", &world, &[]);
     while let Some((name, data)) = run.next_step().await {
         let owner = connect_as(&world, field(&data, "owner"), 0).await;
-        let group = group_get(&owner, field(&data, "group_id")).await;
+        let group = owner.group_get(field(&data, "group_id")).await.unwrap();
         if name == "check-left" {
             assert_eq!(role_in(&group, field(&data, "left")), None, "B left");
             run.reply(json!({"members": group.members.len()})).await;
