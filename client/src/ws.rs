@@ -391,6 +391,15 @@ impl Connection {
             .flatten()
     }
 
+    /// Every event that has arrived and not been taken yet, oldest first,
+    /// without waiting. The reader task routes a connection's frames in
+    /// the order they came, so once a reply is in, every event the server
+    /// wrote before it is here.
+    pub async fn received_events(&self) -> Vec<Event> {
+        let mut events = self.events.lock().await;
+        std::iter::from_fn(|| events.try_recv().ok()).collect()
+    }
+
     /// The next `msg` event, skipping other events, or `None` if none came
     /// within `timeout`.
     pub async fn next_msg(&self, timeout: Duration) -> Option<Message> {

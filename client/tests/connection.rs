@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use oceanchat_client::{ClientError, Connection};
-use oceanchat_protocol::client::{decode_request, Op};
+use oceanchat_protocol::client::{decode_request, Event, Op};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,6 +62,36 @@ async fn replies_reach_their_requests_out_of_order() {
     });
     assert_eq!(a.unwrap(), "first");
     assert_eq!(b.unwrap(), "second");
+}
+
+#[tokio::test]
+async fn events_written_before_a_reply_are_in_once_it_is() {
+    let url = serve_one(|mut ws| async move {
+        let id = next_request_id(&mut ws).await;
+        for user in ["u1", "u2"] {
+            let event = format!(r#"{{"ev":"typing","conv":"c","user_id":"{user}"}}"#);
+            ws.send(Message::text(event)).await.unwrap();
+        }
+        ws.send(Message::text(format!(r#"{{"id":{id},"ok":true}}"#)))
+            .await
+            .unwrap();
+        let _ = ws.next().await;
+    })
+    .await;
+    let conn = Connection::connect(&url).await.unwrap();
+    assert!(conn.received_events().await.is_empty());
+    conn.ping().await.unwrap();
+    let users: Vec<String> = conn
+        .received_events()
+        .await
+        .into_iter()
+        .map(|event| match event {
+            Event::Typing { user_id, .. } => user_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(users, ["u1", "u2"]);
+    assert!(conn.received_events().await.is_empty(), "taken once");
 }
 
 #[tokio::test]

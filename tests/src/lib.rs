@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oceanchat_client::{Connection, HttpApi};
-use oceanchat_protocol::client::ErrorCode;
+use oceanchat_protocol::client::{ConvListResult, ErrorCode, Event, Op};
 use oceanchat_testkit::{Backend, Gateway, Stack};
 
 pub use oceanchat_client::{ClientError, CloseInfo, RawResponse};
@@ -23,7 +23,9 @@ pub use oceanchat_client::{ClientError, CloseInfo, RawResponse};
 /// How long a test waits for anything the server should do promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// How long a test waits to be sure something does *not* happen.
+/// How long a test waits to be sure something does *not* happen, where
+/// no barrier ([`events_before_round_trip`], or a later event that must
+/// arrive) can say so.
 pub const QUIET: Duration = Duration::from_millis(500);
 
 /// The password every test user gets.
@@ -291,4 +293,22 @@ pub fn assert_acked_stored_once(
         );
     }
     stored.len()
+}
+
+/// The events that reached `conn` before the reply to a request it sends
+/// now (`conv.list`, which goes through the gateway's bridge to the
+/// backend and back).
+///
+/// A barrier for "nothing arrives": an event that another connection on
+/// the same gateway has already received was queued for every local
+/// follower before that, in each core's ordered queue, and this reply
+/// comes through the same queue after it; a connection's frames leave in
+/// the order they were queued (docs/internals.md, "NATS"). So an empty
+/// result shows the event did not go to `conn`, with no fixed wait.
+pub async fn events_before_round_trip(conn: &Connection) -> Vec<Event> {
+    let _: ConvListResult = conn
+        .request_as(Op::ConvList {})
+        .await
+        .unwrap_or_else(|e| panic!("conv.list as a barrier: {e}"));
+    conn.received_events().await
 }

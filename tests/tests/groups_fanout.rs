@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt as _};
 use oceanchat_client::Connection;
 use oceanchat_protocol::client::Event;
-use oceanchat_tests::{User, World, QUIET, WAIT};
+use oceanchat_tests::{User, World, WAIT};
 
 const MEMBERS: usize = 1000;
 const SENDERS: usize = 10;
@@ -252,17 +252,25 @@ async fn a_user_with_sessions_on_two_gateways_gets_every_group_message_on_both()
         let sent = b.send(&conv, &format!("b{i}"), "hi").await.unwrap();
         assert_eq!(sent.seq, i);
     }
+    // One more as a barrier: a conv's events arrive in seq order, so a
+    // repeated delivery of the first twenty would come before it.
+    let barrier = b.send(&conv, "barrier", "last").await.unwrap();
+    assert_eq!(barrier.seq, 21);
     for (name, conn) in [("laptop", &a), ("phone", &on_phone), ("sender", &b)] {
         let seqs: Vec<u64> = conn
-            .collect_msgs(20, WAIT)
+            .collect_msgs(21, WAIT)
             .await
             .iter()
             .map(|m| m.seq)
             .collect();
-        assert_eq!(seqs.len(), 20, "{name} got every message");
+        assert_eq!(seqs.len(), 21, "{name} got every message");
         let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
-        assert_eq!(distinct, (1..=20).collect(), "{name}");
-        assert!(conn.next_msg(QUIET).await.is_none(), "{name}: nothing more");
+        assert_eq!(distinct, (1..=21).collect(), "{name}: each once");
+        assert_eq!(
+            seqs.last(),
+            Some(&21),
+            "{name}: nothing more before the barrier"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ mod admin;
 use std::time::Duration;
 
 use oceanchat_protocol::client::{ErrorCode, Role};
-use oceanchat_tests::{refusal, World, QUIET, WAIT};
+use oceanchat_tests::{refusal, World, WAIT};
 
 use admin::*;
 
@@ -207,17 +207,41 @@ async fn a_lapsed_lease_goes_to_the_next_editor_and_watchers_hear_of_it() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         o.lock_renew(&resource, &lease.token).await.unwrap();
     }
+    let renewed = tokio::time::Instant::now();
     acquire_refused(&o2, &resource).await;
 
-    // Not renewed: it lapses, and the next editor takes it.
-    tokio::time::sleep(Duration::from_millis(1_400)).await;
-    o2.lock_acquire(&resource).await.unwrap();
+    // Not renewed: it lapses a lease after the last renewal, and the next
+    // editor takes it.
+    let lease2 = loop {
+        match o2.lock_acquire(&resource).await {
+            Ok(lease2) => break lease2,
+            Err(e) if e.lock_holder().is_some() => {
+                assert!(renewed.elapsed() < WAIT, "the lease never lapsed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("lock.acquire: {e}"),
+        }
+    };
+    let lapsed = renewed.elapsed();
+    assert!(
+        lapsed >= Duration::from_millis(900),
+        "lapsed {lapsed:?} after the renewal, before its 1 s lease"
+    );
     let event = next_lock_event(&m, &resource, WAIT).await.expect("event");
     assert!(event.is_some(), "the new holder is announced");
     assert_eq!(
         refusal(o.lock_renew(&resource, &lease.token).await),
         ErrorCode::LockLost
     );
-    // Nothing else came for the lapse itself.
-    assert_eq!(next_lock_event(&m, &resource, QUIET).await, None);
+    // Nothing else came for the lapse itself: the next lock events are
+    // those of a release and a new acquire after it, in that order.
+    o2.lock_release(&resource, &lease2.token).await.unwrap();
+    assert_eq!(
+        next_lock_event(&m, &resource, WAIT).await,
+        Some(None),
+        "the release, and nothing before it"
+    );
+    o2.lock_acquire(&resource).await.unwrap();
+    let event = next_lock_event(&m, &resource, WAIT).await.expect("event");
+    assert!(event.is_some(), "the acquire after the release");
 }

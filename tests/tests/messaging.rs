@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use oceanchat_client::Connection;
-use oceanchat_protocol::client::{Message, SendResult};
-use oceanchat_tests::{World, QUIET, WAIT};
+use oceanchat_protocol::client::{Event, Message, SendResult};
+use oceanchat_tests::{events_before_round_trip, World, WAIT};
 
 /// Asserts that `msg` is the event for the message `sent` returned.
 fn assert_msg_matches(msg: &Message, sent: &SendResult, from: &str, cmid: &str, body: &str) {
@@ -77,7 +77,13 @@ async fn an_offline_recipient_gets_every_message_in_order_from_sync() {
         assert_eq!(m.client_msg_id, format!("c{}", m.seq));
     }
     assert_eq!(synced.has_more.get(&conv), Some(&false));
-    assert!(b.next_msg(QUIET).await.is_none(), "sync sends no events");
+    // Sync sends no events: the first event after it is a message sent
+    // after it.
+    let after = a.send(&conv, "c51", "after sync").await.unwrap();
+    match b.next_event(WAIT).await {
+        Some(Event::Msg(m)) => assert_eq!(m.seq, after.seq, "sync sends no events"),
+        other => panic!("expected the message sent after the sync, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -240,8 +246,11 @@ async fn a_group_message_reaches_members_on_both_gateways() {
             .unwrap_or_else(|| panic!("{who} gets far's message"));
         assert_msg_matches(&msg, &reply, &far.user_id, "g-2", "hi all");
     }
-    assert!(
-        x.next_msg(QUIET).await.is_none(),
+    // Far, on x's gateway, has both: had x been sent them, they would be
+    // ahead of this round trip's reply.
+    assert_eq!(
+        events_before_round_trip(&x).await,
+        [],
         "a non-member gets nothing"
     );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use oceanchat_client::Connection;
 use oceanchat_protocol::client::{ConvListResult, Empty, Event, Op};
-use oceanchat_tests::{refusal, World, QUIET, WAIT};
+use oceanchat_tests::{refusal, World, WAIT};
 
 /// The next `read` or `typing` event, skipping `msg` events.
 async fn next_receipt(conn: &Connection, timeout: Duration) -> Option<Event> {
@@ -68,15 +68,31 @@ async fn receipts_skip_only_the_sending_connection(group: bool) {
     };
     assert_eq!(next_receipt(&b, WAIT).await, Some(expected.clone()));
     assert_eq!(next_receipt(&a2, WAIT).await, Some(expected));
+    // Neither went to the sending connection: the first receipt it gets
+    // is Bob's typing after them, which travels the same way.
+    typing(&b, &conv).await;
+    let bob_typing = Event::Typing {
+        conv: conv.clone(),
+        user_id: bob.user_id.clone(),
+    };
     assert_eq!(
-        next_receipt(&a1, QUIET).await,
-        None,
+        next_receipt(&a1, WAIT).await,
+        Some(bob_typing.clone()),
         "not to the sender's connection"
     );
+    assert_eq!(next_receipt(&a2, WAIT).await, Some(bob_typing));
 
-    // Reading the same seq again changes nothing and says nothing.
+    // Reading the same seq again changes nothing and says nothing: the
+    // next receipt Bob gets is a typing sent after it.
     read(&a2, &conv, 1).await;
-    assert_eq!(next_receipt(&b, QUIET).await, None);
+    typing(&a2, &conv).await;
+    assert_eq!(
+        next_receipt(&b, WAIT).await,
+        Some(Event::Typing {
+            conv: conv.clone(),
+            user_id: alice.user_id.clone(),
+        })
+    );
     let list: ConvListResult = b.request_as(Op::ConvList {}).await.unwrap();
     assert_eq!(list.convs.len(), 1);
     assert_eq!((list.convs[0].last_seq, list.convs[0].read_seq), (1, 0));
