@@ -46,3 +46,23 @@ fn production_refuses_an_open_origin_list_and_open_metrics() {
     assert!(!log.contains("--allowed-origins is empty"), "{log}");
     assert!(log.contains("--metrics-token"), "{log}");
 }
+
+#[test]
+fn the_auth_timeout_defaults_to_the_protocols_5_seconds() {
+    // PROTOCOL.md: the first frame must be `auth` within 5 seconds. Tests
+    // run with a short `--auth-timeout-ms`; the default is the contract.
+    let out = Command::new(env!("CARGO_BIN_EXE_oceanchat-gateway"))
+        .arg("--help")
+        .env("NO_COLOR", "1")
+        .env_remove("OC_AUTH_TIMEOUT_MS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let (_, from_flag) = help
+        .split_once("--auth-timeout-ms")
+        .unwrap_or_else(|| panic!("no --auth-timeout-ms in:\n{help}"));
+    let entry = from_flag.split("\n      --").next().unwrap_or(from_flag);
+    assert!(entry.contains("[default: 5000]"), "{entry}");
+}
