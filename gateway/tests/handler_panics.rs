@@ -61,12 +61,10 @@ fn a_panicking_handler_closes_its_connection_only() {
                 transport::serve(listener, core).await;
             })
     });
-    let mut tries = 0;
-    while std::net::TcpStream::connect(&addr).is_err() {
-        tries += 1;
-        assert!(tries < 100, "the transport did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        oceanchat_testkit::wait_for_port(port, Duration::from_secs(2)),
+        "the transport did not start"
+    );
 
     let mut victim = Client::connect(port);
     let mut bystander = Client::connect(port);

@@ -3,7 +3,7 @@
 //! processes), and the report it writes.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Server(Child);
 
@@ -21,11 +21,10 @@ fn start_peer() -> (Server, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the peer did not open its port");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        oceanchat_testkit::wait_for_port(port, Duration::from_secs(10)),
+        "the peer did not open its port"
+    );
     (Server(child), port)
 }
 

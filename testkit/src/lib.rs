@@ -24,7 +24,7 @@
 //!
 //! # Layout
 //! - `process`: child processes with a log file, temp folders, signals.
-//! - `net`: free ports and blocking readiness probes.
+//! - `net`: free ports, blocking readiness probes and a plain HTTP GET.
 //! - `server`: start with retries, stop, restart on the same port, drop.
 //! - `redis`, `nats`, `mongo`: the three stores; `stack`: all three.
 //! - `bins`: finding and running `oceanchat-backend` and `oceanchat-gateway`.
@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 pub use bins::{bin_path, Backend, Gateway, Worker};
 pub use mongo::Mongo;
 pub use nats::Nats;
-pub use net::{free_port, http_get, http_get_with_headers};
+pub use net::{free_port, http_get, http_get_with_headers, port_accepts, wait_for_port};
 pub use nginx::Nginx;
 pub use redis::Redis;
 pub use stack::Stack;

@@ -43,8 +43,15 @@ fn connect(port: u16) -> io::Result<TcpStream> {
 }
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
-pub(crate) fn port_accepts(port: u16) -> bool {
+pub fn port_accepts(port: u16) -> bool {
     connect(port).is_ok()
+}
+
+/// Waits up to `timeout` for something to accept TCP connections on
+/// 127.0.0.1:`port`: true once it does, false if it never did. For a
+/// server a test starts itself; testkit's own starters already wait.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    crate::process::wait_until(timeout, || port_accepts(port))
 }
 
 /// True when a Redis server on `port` answers PING with PONG.
@@ -202,6 +209,15 @@ mod tests {
             request.contains("\r\nAuthorization: Bearer t\r\n"),
             "{request}"
         );
+    }
+
+    #[test]
+    fn waiting_for_a_port_sees_it_open_or_gives_up() {
+        let port = free_port();
+        assert!(!wait_for_port(port, Duration::from_millis(60)));
+        let listener = TcpListener::bind(local(port)).unwrap();
+        assert!(wait_for_port(port, Duration::from_secs(2)));
+        drop(listener);
     }
 
     #[test]

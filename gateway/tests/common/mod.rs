@@ -64,7 +64,7 @@ impl Gateway {
             .expect("start the gateway");
         let mut gateway = Gateway { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !oceanchat_testkit::port_accepts(port) {
             if let Ok(Some(status)) = gateway.child.try_wait() {
                 panic!("gateway exited with {status}:\n{}", gateway.log());
             }
