@@ -167,6 +167,42 @@ pub async fn stream_messages(nats_url: &str, name: &str) -> Vec<(String, Vec<u8>
     out
 }
 
+/// Waits up to `timeout` until the worker's message-event and push
+/// consumers have nothing left to deliver and nothing delivered but not
+/// yet acknowledged; true once they have. A task is acknowledged (or
+/// dead-lettered) only after what it sends is sent: the push tasks of an
+/// event, the push itself once the webhook answered, the dead letter. So
+/// once both are idle, a push or dead letter that should not come has had
+/// its chance, with no fixed wait.
+pub async fn push_consumers_idle(nats_url: &str, timeout: Duration) -> bool {
+    use oceanchat_protocol::jobs::{consumers, streams};
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + timeout;
+    'poll: loop {
+        for (stream, consumer) in [
+            (streams::EVENTS, consumers::EVENTS),
+            (streams::TASKS, consumers::PUSH),
+        ] {
+            let idle = match js.get_stream(stream).await {
+                Ok(stream) => stream
+                    .consumer_info(consumer)
+                    .await
+                    .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0),
+                Err(_) => false,
+            };
+            if !idle {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'poll;
+            }
+        }
+        return true;
+    }
+}
+
 /// The dead letters stored so far.
 pub async fn dead_letters(nats_url: &str) -> Vec<DeadLetter> {
     stream_messages(nats_url, oceanchat_protocol::jobs::streams::DEAD_LETTERS)

@@ -13,8 +13,8 @@ use mongodb::bson::doc;
 use oceanchat_protocol::client::{HistoryResult, Message, Op};
 use oceanchat_protocol::jobs::{streams, MessageEvent};
 use oceanchat_testkit::Worker;
-use oceanchat_tests::push::{dead_letters, stream_messages, Answer, Receiver};
-use oceanchat_tests::{World, QUIET, WAIT};
+use oceanchat_tests::push::{dead_letters, push_consumers_idle, stream_messages, Answer, Receiver};
+use oceanchat_tests::{World, WAIT};
 
 /// Gateways that let one connection send as fast as the test can.
 const FAST_SENDS: &[&str] = &["--send-rate", "100000", "--send-burst", "100000"];
@@ -77,7 +77,11 @@ async fn offline_members_get_coalesced_pushes_and_online_or_muted_ones_none() {
                 == all
         })
         .await;
-    tokio::time::sleep(QUIET * 3).await; // any push that should not come
+    // Any push that should not come has come once the worker is idle.
+    assert!(
+        push_consumers_idle(&world.stack.nats.url(), WAIT).await,
+        "the worker finished its tasks"
+    );
     let coverage = receiver.coverage(&offline.user_id, &conv);
     assert!(arrived, "pushes covered {:?}", coverage.keys());
     for (seq, keys) in &coverage {
@@ -338,7 +342,11 @@ async fn a_refusing_webhook_sends_each_task_to_the_dead_letters_once() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(QUIET * 2).await;
+    // Any dead letter more has come once the worker is idle.
+    assert!(
+        push_consumers_idle(&nats, WAIT).await,
+        "the worker finished its tasks"
+    );
     let dead_now = dead_letters(&nats).await;
     assert_eq!(dead_now.len(), 3, "{dead_now:?}");
     let ids: BTreeSet<&str> = dead_now.iter().map(|d| d.task_id.as_str()).collect();
@@ -609,11 +617,10 @@ fn the_backend_and_the_worker_refuse_to_start_without_jetstream() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let until = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        oceanchat_testkit::wait_for_port(port, WAIT),
+        "nats-server did not start"
+    );
     let nats_url = format!("nats://127.0.0.1:{port}");
     let common = [
         "--nats-url".to_string(),
