@@ -4,6 +4,7 @@ use std::hint::black_box;
 use std::io::Cursor;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use oceanchat_client::wire::{self, opcode, Header};
 use oceanchat_gateway::transport::codec::{unmask, Decoder, Limits};
 use tungstenite::protocol::frame::FrameHeader;
 
@@ -11,17 +12,8 @@ const SIZES: [usize; 4] = [16, 128, 1024, 16 * 1024];
 
 /// A masked client text frame with `len` bytes of payload.
 fn client_frame(len: usize) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut out = vec![0x81];
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend((0..len).map(|i| b'a' ^ mask[i % 4]));
-    out
+    let header = Header::new(opcode::TEXT).mask(Some([0x12, 0x34, 0x56, 0x78]));
+    wire::frame(header, &vec![b'a'; len])
 }
 
 fn header_parse(c: &mut Criterion) {
