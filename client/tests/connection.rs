@@ -55,11 +55,11 @@ async fn replies_reach_their_requests_out_of_order() {
     })
     .await;
     let conn = Connection::connect(&url).await.unwrap();
-    let (a, b) = tokio::join!(conn.dm_open("x"), async {
-        // Make sure the first request is on the wire first.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        conn.dm_open("y").await
-    });
+    // Polled once, the first request has queued its frame: it goes out
+    // first, with no wait.
+    let mut first = std::pin::pin!(conn.dm_open("x"));
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    let (a, b) = tokio::join!(first, conn.dm_open("y"));
     assert_eq!(a.unwrap(), "first");
     assert_eq!(b.unwrap(), "second");
 }
