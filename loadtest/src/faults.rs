@@ -131,8 +131,8 @@ impl System {
             .map(|id| Gateway::start(&stack, id, &["--nats-url", &nats_url, "--route-ttl-s", "6"]))
             .collect::<Vec<_>>();
         let nginx = Nginx::start(
-            &gateways.iter().map(Gateway::port).collect::<Vec<_>>(),
-            &backends.iter().map(Backend::port).collect::<Vec<_>>(),
+            &gateways.iter().map(|g| g.port()).collect::<Vec<_>>(),
+            &backends.iter().map(|b| b.port()).collect::<Vec<_>>(),
         );
         System {
             stack,

@@ -6,11 +6,11 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::net::{http_get, http_get_status, port_accepts};
-use crate::server::{Server, Spec};
+use crate::server::{derefs_to_server, Server, Spec};
 use crate::stack::Stack;
 use crate::workspace_root;
 
@@ -107,45 +107,6 @@ impl Backend {
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port())
     }
-
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    /// The process id; panics after [`Backend::stop`].
-    pub fn pid(&self) -> u32 {
-        process_of(&self.server, "backend")
-    }
-
-    /// SIGKILL, and wait until it is gone (a crash).
-    pub fn kill(&mut self) {
-        kill(&mut self.server);
-    }
-
-    /// SIGTERM without waiting; see [`Backend::wait_exit`].
-    pub fn terminate(&mut self) {
-        terminate(&mut self.server);
-    }
-
-    /// Waits up to `timeout` for the process to exit; `None` if it did not.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_exit(&mut self.server, timeout)
-    }
-
-    /// SIGTERM, wait up to 5 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
-
-    /// Stops it (if running) and starts it again on the same port.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// The file its stdout and stderr go to.
-    pub fn log_path(&self) -> PathBuf {
-        self.server.dir().join("backend.log")
-    }
 }
 
 /// A running `oceanchat-gateway` connected to a [`Stack`].
@@ -192,10 +153,6 @@ impl Gateway {
         format!("ws://127.0.0.1:{}/ws", self.port())
     }
 
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
     pub fn gateway_id(&self) -> &str {
         &self.gateway_id
     }
@@ -226,43 +183,6 @@ impl Gateway {
             })
             .sum()
     }
-
-    /// The process id; panics after [`Gateway::stop`].
-    pub fn pid(&self) -> u32 {
-        process_of(&self.server, "gateway")
-    }
-
-    /// SIGKILL, and wait until it is gone: a crash, for tests of route
-    /// expiry and reconnects.
-    pub fn kill(&mut self) {
-        kill(&mut self.server);
-    }
-
-    /// SIGTERM without waiting (a graceful shutdown that the test can
-    /// watch from its clients); see [`Gateway::wait_exit`].
-    pub fn terminate(&mut self) {
-        terminate(&mut self.server);
-    }
-
-    /// Waits up to `timeout` for the process to exit; `None` if it did not.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_exit(&mut self.server, timeout)
-    }
-
-    /// SIGTERM, wait up to 5 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
-
-    /// Stops it (if running) and starts it again on the same port and id.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// The file its stdout and stderr go to.
-    pub fn log_path(&self) -> PathBuf {
-        self.server.dir().join("gateway.log")
-    }
 }
 
 /// A running `oceanchat-worker` connected to a [`Stack`].
@@ -287,21 +207,6 @@ impl Worker {
     /// `http://127.0.0.1:PORT/metrics`
     pub fn metrics_url(&self) -> String {
         format!("http://127.0.0.1:{}/metrics", self.server.port())
-    }
-
-    /// SIGKILL, and wait until it is gone (a crash).
-    pub fn kill(&mut self) {
-        kill(&mut self.server);
-    }
-
-    /// Stops it (if running) and starts it again with the same flags.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// The file its stdout and stderr go to.
-    pub fn log_path(&self) -> PathBuf {
-        self.server.dir().join("worker.log")
     }
 }
 
@@ -336,31 +241,7 @@ fn start_on_stores(
     })
 }
 
-fn process_of(server: &Server, name: &str) -> u32 {
-    match server.child() {
-        Some(child) => child.pid(),
-        None => panic!("testkit: {name} was stopped, it has no pid"),
-    }
-}
-
-fn kill(server: &mut Server) {
-    if let Some(child) = server.child_mut() {
-        child.kill();
-    }
-}
-
-fn terminate(server: &mut Server) {
-    if let Some(child) = server.child_mut() {
-        child.terminate();
-    }
-}
-
-fn wait_exit(server: &mut Server, timeout: Duration) -> Option<ExitStatus> {
-    match server.child_mut() {
-        Some(child) => child.wait_timeout(timeout),
-        None => panic!("testkit: the process was stopped already"),
-    }
-}
+derefs_to_server!(Backend, Gateway, Worker);
 
 #[cfg(test)]
 mod tests {

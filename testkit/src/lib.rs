@@ -50,6 +50,7 @@ pub use nats::Nats;
 pub use net::{free_port, http_get, http_get_with_headers, port_accepts, wait_for_port};
 pub use nginx::Nginx;
 pub use redis::Redis;
+pub use server::Server;
 pub use stack::Stack;
 pub use tls::TestCerts;
 

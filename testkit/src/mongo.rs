@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::net::port_accepts;
-use crate::server::{Server, Spec};
+use crate::server::{derefs_to_server, Server, Spec};
 use crate::workspace_root;
 
 /// The executable's name, as installed by `pip install SecantusDB`.
@@ -58,31 +58,6 @@ impl Mongo {
     pub fn url(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port())
     }
-
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
-    /// starts it again on the same port and folder.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.server.child_mut() {
-            child.kill();
-        }
-    }
-
-    /// Stops it gracefully (waiting for it to exit, about 3.5 s), then
-    /// starts it on the same port and storage folder: stored data is kept.
-    /// Also starts a stopped server.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// Stops it gracefully and waits until it has exited; the port and
-    /// storage stay reserved for [`Mongo::restart`].
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
 }
 
 fn find_executable() -> PathBuf {
@@ -123,3 +98,5 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+derefs_to_server!(Mongo);

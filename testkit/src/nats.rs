@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::net::{free_port, nats_info};
-use crate::server::{Server, Spec};
+use crate::server::{derefs_to_server, Server, Spec};
 
 /// A `nats-server -js` on a free port of 127.0.0.1, its JetStream store in
 /// a temp dir; stopped and removed on drop. [`Nats::restart`] keeps the
@@ -99,29 +99,6 @@ impl Nats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port())
     }
-
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
-    /// starts it again on the same port and folder.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.server.child_mut() {
-            child.kill();
-        }
-    }
-
-    /// Stops it (SIGTERM) and starts it again on the same port with the same
-    /// JetStream store; returns once it is ready. Also starts a stopped
-    /// server.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// Stops it (SIGTERM, then SIGKILL after 10 s) and keeps the port and
-    /// store for [`Nats::restart`].
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
 }
+
+derefs_to_server!(Nats);

@@ -154,8 +154,9 @@ mod tests {
         TcpListener::bind(local(a)).expect("free port should be bindable");
     }
 
-    #[test]
-    fn http_status_is_read_from_the_status_line() {
+    /// A server on a free port that reads one request's head, answers
+    /// `answer` and hands back the request it read.
+    fn answer_once(answer: &'static [u8]) -> (u16, thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = thread::spawn(move || {
@@ -169,11 +170,16 @@ mod tests {
                 assert!(n > 0, "the client closed before ending its request");
                 request.extend_from_slice(&buf[..n]);
             }
-            let request = String::from_utf8_lossy(&request).into_owned();
-            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-                .unwrap();
-            request
+            conn.write_all(answer).unwrap();
+            String::from_utf8_lossy(&request).into_owned()
         });
+        (port, server)
+    }
+
+    #[test]
+    fn http_status_is_read_from_the_status_line() {
+        let (port, server) =
+            answer_once(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(http_get_status(port, "/healthz").unwrap(), 503);
         assert!(server
             .join()
@@ -183,21 +189,8 @@ mod tests {
 
     #[test]
     fn http_get_sends_its_headers_and_reads_the_body() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "the client closed before ending its request");
-                request.extend_from_slice(&buf[..n]);
-            }
-            conn.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope")
-                .unwrap();
-            String::from_utf8_lossy(&request).into_owned()
-        });
+        let (port, server) =
+            answer_once(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope");
         let answer = http_get_with_headers(port, "/metrics", &[("Authorization", "Bearer t")]);
         assert_eq!(answer.unwrap(), (401, "nope".to_string()));
         let request = server.join().unwrap();

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::net::port_accepts;
-use crate::server::{Server, Spec};
+use crate::server::{derefs_to_server, Server, Spec};
 use crate::workspace_root;
 
 /// A running nginx on a free port of 127.0.0.1, proxying `/ws` to the
@@ -60,10 +60,6 @@ impl Nginx {
             kill_on_drop: false,
         });
         Nginx { server }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.server.port()
     }
 
     /// `http://127.0.0.1:PORT`
@@ -126,3 +122,5 @@ fn nginx_executable() -> PathBuf {
         debian
     })
 }
+
+derefs_to_server!(Nginx);

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::net::redis_ping;
-use crate::server::{Server, Spec};
+use crate::server::{derefs_to_server, Server, Spec};
 
 /// A `redis-server` on a free port of 127.0.0.1, with its folder in a temp
 /// dir; stopped and removed on drop.
@@ -61,29 +61,6 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port())
     }
-
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    /// SIGKILL, and wait until it is gone (a crash); [`Self::restart`]
-    /// starts it again on the same port and folder.
-    pub fn kill(&mut self) {
-        if let Some(child) = self.server.child_mut() {
-            child.kill();
-        }
-    }
-
-    /// Stops it (SIGTERM) and starts it again on the same port; returns
-    /// once it answers PING. Data is kept only for
-    /// [`Redis::start_persistent`]. Also starts a stopped server.
-    pub fn restart(&mut self) {
-        self.server.restart();
-    }
-
-    /// Stops it (SIGTERM, then SIGKILL after 10 s) and keeps the port
-    /// reserved for [`Redis::restart`]. Clients see the connection drop.
-    pub fn stop(&mut self) {
-        self.server.stop();
-    }
 }
+
+derefs_to_server!(Redis);

@@ -1,9 +1,11 @@
 //! One managed server process: its folder, its port, start with retries,
 //! stop, restart on the same port, and cleanup on drop. Every public type
-//! (the three stores, the backend, the gateway) is a thin layer over this.
+//! (the three stores, the backend, the gateway, the worker) is a thin
+//! layer over this and dereferences to it, so they all share its methods
+//! (`port`, `kill`, `stop`, `restart`, ...).
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,7 @@ enum StartFailure {
     Failed(String),
 }
 
-pub(crate) struct Server {
+pub struct Server {
     spec: Spec,
     port: u16,
     child: Option<ChildProcess>,
@@ -82,32 +84,64 @@ impl Server {
         );
     }
 
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id; panics after [`Server::stop`].
+    pub fn pid(&self) -> u32 {
+        match &self.child {
+            Some(child) => child.pid(),
+            None => panic!("testkit: {} was stopped, it has no pid", self.spec.name),
+        }
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join(format!("{}.log", self.spec.name))
+    }
+
+    /// SIGKILL, and wait until it is gone (a crash); [`Server::restart`]
+    /// starts it again on the same port and folder.
+    pub fn kill(&mut self) {
+        if let Some(child) = &mut self.child {
+            child.kill();
+        }
+    }
+
+    /// SIGTERM without waiting (a graceful shutdown the test can watch);
+    /// see [`Server::wait_exit`].
+    pub fn terminate(&mut self) {
+        if let Some(child) = &mut self.child {
+            child.terminate();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it did not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        match &mut self.child {
+            Some(child) => child.wait_timeout(timeout),
+            None => panic!("testkit: {} was stopped already", self.spec.name),
+        }
     }
 
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub(crate) fn child(&self) -> Option<&ChildProcess> {
-        self.child.as_ref()
-    }
-
-    pub(crate) fn child_mut(&mut self) -> Option<&mut ChildProcess> {
-        self.child.as_mut()
-    }
-
-    /// Graceful stop (SIGTERM, then SIGKILL after the grace period). The
-    /// folder and port stay reserved for `restart`. No-op when stopped.
-    pub(crate) fn stop(&mut self) {
+    /// Graceful stop (SIGTERM, then SIGKILL after the server's grace
+    /// period), waiting until it has exited. The folder and port stay
+    /// reserved for [`Server::restart`]; stored data is kept. No-op when
+    /// stopped.
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.stop(self.spec.stop_grace);
         }
     }
 
-    /// Stops (if running) and starts again on the same port and folder.
-    pub(crate) fn restart(&mut self) {
+    /// Stops (if running) and starts again on the same port, folder and
+    /// flags; returns once it is ready.
+    pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + RESTART_PORT_WAIT;
         loop {
@@ -181,3 +215,21 @@ impl Drop for Server {
         }
     }
 }
+
+/// `Deref` and `DerefMut` to the [`Server`] in field `server` of each type.
+macro_rules! derefs_to_server {
+    ($($ty:ty),+) => {$(
+        impl std::ops::Deref for $ty {
+            type Target = $crate::server::Server;
+            fn deref(&self) -> &Self::Target {
+                &self.server
+            }
+        }
+        impl std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.server
+            }
+        }
+    )+};
+}
+pub(crate) use derefs_to_server;
