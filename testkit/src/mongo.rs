@@ -52,11 +52,16 @@ impl Mongo {
         Mongo { server }
     }
 
-    /// `mongodb://127.0.0.1:PORT/?directConnection=true`: SecantusDB
-    /// presents itself as a one-node replica set, and `directConnection`
-    /// keeps the driver from looking for the host it advertises.
+    /// `mongodb://127.0.0.1:PORT/?directConnection=true&retryWrites=false`:
+    /// SecantusDB presents itself as a one-node replica set, and
+    /// `directConnection` keeps the driver from looking for the host it
+    /// advertises. Without retryable writes because SecantusDB's registry
+    /// of them costs it a scan per write (`scripts/up` says more).
     pub fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port())
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true&retryWrites=false",
+            self.port()
+        )
     }
 }
 

@@ -124,7 +124,7 @@ async fn mongo_restart_keeps_data_and_drop_frees_the_port() {
     let port = mongo.port();
     assert_eq!(
         mongo.url(),
-        format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false")
     );
     let client = mongodb::Client::with_uri_str(mongo.url()).await.unwrap();
     let docs = client.database("t").collection::<Document>("docs");
