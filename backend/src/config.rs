@@ -14,6 +14,7 @@ pub const DEFAULT_MONGO_DB: &str = "oceanchat";
 pub const DEFAULT_SESSION_TTL_S: u64 = 7 * 24 * 3600;
 pub const DEFAULT_MAX_BODY_BYTES: usize = oceanchat_protocol::limits::DEFAULT_MAX_BODY_BYTES;
 pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
+pub const DEFAULT_MEMBER_CACHE_TTL_S: u64 = 300;
 pub const DEFAULT_LOGIN_FAILURES_PER_USER: u64 = 10;
 pub const DEFAULT_LOGIN_FAILURES_PER_IP: u64 = 100;
 pub const DEFAULT_REGISTRATIONS_PER_IP: u64 = 0;
@@ -182,6 +183,14 @@ pub struct Config {
     /// the metrics (deploy/nginx.conf does not pass `/metrics` on).
     #[arg(long, env = "OC_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
+
+    /// How long this backend remembers who may speak in a conv, in
+    /// seconds, so that a `send` costs no MongoDB read for it. Member
+    /// changes reach every backend at once over NATS; the lifetime only
+    /// bounds what a lost notice could leave behind. 0 turns it off.
+    /// Default 300.
+    #[arg(long, env = "OC_MEMBER_CACHE_TTL_S", default_value_t = DEFAULT_MEMBER_CACHE_TTL_S)]
+    pub member_cache_ttl_s: u64,
 }
 
 impl Config {
@@ -252,6 +261,7 @@ impl Default for Config {
             stream_replicas: 1,
             operator_token: None,
             metrics_token: None,
+            member_cache_ttl_s: DEFAULT_MEMBER_CACHE_TTL_S,
         }
     }
 }
@@ -281,6 +291,7 @@ impl fmt::Debug for Config {
             .field("events_duplicate_window_s", &self.events_duplicate_window_s)
             .field("stream_replicas", &self.stream_replicas)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
+            .field("member_cache_ttl_s", &self.member_cache_ttl_s)
             .field(
                 "operator_token",
                 &self.operator_token.as_ref().map(|_| "***"),

@@ -110,6 +110,12 @@ pub async fn serve(
         .queue_subscribe(subjects::CONN_EVENTS, subjects::RPC_QUEUE.to_string())
         .await
         .map_err(BackendError::Subscribe)?;
+    // Not a queue group: every backend forgets its cached memberships.
+    let member_changes = state
+        .nats
+        .subscribe(subjects::MEMBERS_CHANGED)
+        .await
+        .map_err(BackendError::Subscribe)?;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http = %addr, "backend serving");
     }
@@ -130,12 +136,17 @@ pub async fn serve(
         subscriber,
         stopped(stop_rx.clone()),
     ));
-    // Connection events and the presence sweeper: background work whose
+    // Connection events, member change notices and the presence sweeper:
     // failures are logged where they happen; they stop with the rest.
     let background = [
         tokio::spawn(presence::conn_events::serve(
             state.clone(),
             conn_events,
+            stopped(stop_rx.clone()),
+        )),
+        tokio::spawn(convs::member_changes::serve(
+            state.clone(),
+            member_changes,
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(presence::sweeper::sweep(state, stopped(stop_rx))),

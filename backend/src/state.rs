@@ -86,6 +86,9 @@ impl AppState {
             &config.mongo_db,
         )
         .await?;
+        let store =
+            store.with_member_cache_ttl(std::time::Duration::from_secs(config.member_cache_ttl_s));
+        store.member_cache.follow_connects(nats.statistics());
 
         Ok(AppState {
             jetstream: streams::jetstream(nats.clone()),

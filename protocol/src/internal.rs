@@ -53,6 +53,10 @@ pub mod subjects {
     /// the queue group [`RPC_QUEUE`].
     pub const CONN_EVENTS: &str = "oc.conn";
 
+    /// "The members of this conv changed" (the payload is the conv id),
+    /// for every backend: each forgets its cached memberships of the conv.
+    pub const MEMBERS_CHANGED: &str = "oc.members.changed";
+
     /// Commands for one gateway.
     pub fn gateway(gateway_id: &str) -> String {
         format!("oc.gw.{gateway_id}")

@@ -106,3 +106,61 @@ async fn users_are_found_by_name_and_convs_name_their_peer_or_group() {
     );
     assert_eq!(of(&group.conv).peer, None);
 }
+
+/// Sends `n` messages to `conv` on `conn`; the error code of each refusal,
+/// `None` for a stored one.
+async fn refusals(
+    conn: &oceanchat_client::Connection,
+    conv: &str,
+    label: &str,
+    n: usize,
+) -> Vec<Option<ErrorCode>> {
+    let mut codes = Vec::new();
+    for i in 0..n {
+        let sent = conn.send(conv, &format!("{label}-{i}"), label).await;
+        codes.push(sent.err().map(|e| refusal::<()>(Err(e))));
+    }
+    codes
+}
+
+// With two backends, each request goes to either; each backend remembers
+// who may speak where. A member change made through one must be obeyed
+// by both from the moment it is answered: 20 sends each time make it all
+// but certain that both backends answer some of them.
+#[tokio::test]
+async fn member_changes_bind_every_backend_at_once() {
+    let world = World::with(2, 1);
+    let owner = world.user("owner").await;
+    let member = world.user("member").await;
+    let eve = world.user("eve").await;
+    let o = owner.connect(&world, 0).await;
+    let m = member.connect(&world, 0).await;
+    let e = eve.connect(&world, 0).await;
+    let group = o.group_create("club", &[&member.user_id]).await.unwrap();
+    let gid = &group.group_id;
+    let n = 20;
+    assert_eq!(refusals(&m, &group.conv, "warm", n).await, vec![None; n]);
+
+    let lease = o.lock_acquire(&format!("group:{gid}")).await.unwrap();
+    o.group_members_mute(gid, &lease.token, &member.user_id, true)
+        .await
+        .unwrap();
+    let muted = refusals(&m, &group.conv, "muted", n).await;
+    assert_eq!(muted, vec![Some(ErrorCode::Muted); n]);
+    o.group_members_mute(gid, &lease.token, &member.user_id, false)
+        .await
+        .unwrap();
+    assert_eq!(refusals(&m, &group.conv, "unmuted", n).await, vec![None; n]);
+    o.group_members_remove(gid, &lease.token, &[&member.user_id])
+        .await
+        .unwrap();
+    let removed = refusals(&m, &group.conv, "removed", n).await;
+    assert_eq!(removed, vec![Some(ErrorCode::NotMember); n]);
+
+    // A refusal is remembered too, and a new member is let in at once.
+    let dm = oceanchat_protocol::conv::dm_conv(&eve.user_id, &owner.user_id);
+    let early = refusals(&e, &dm, "early", n).await;
+    assert_eq!(early, vec![Some(ErrorCode::NotMember); n]);
+    assert_eq!(e.dm_open(&owner.user_id).await.unwrap(), dm);
+    assert_eq!(refusals(&e, &dm, "opened", n).await, vec![None; n]);
+}

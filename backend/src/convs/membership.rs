@@ -6,7 +6,7 @@ use oceanchat_protocol::ErrorCode;
 
 use crate::error::ServiceError;
 use crate::state::AppState;
-use crate::store::MemberDoc;
+use crate::store::{MemberDoc, Speaker};
 
 /// The member document of `user_id` in `conv`, or `not_member`. A conv
 /// that does not exist has no members, so it gives `not_member` too.
@@ -22,21 +22,22 @@ pub async fn require_member(
         .ok_or_else(|| not_member(conv))
 }
 
-/// The member document of `user_id` in `conv`: `not_member` as
-/// [`require_member`], `muted` for a member who may not speak.
-pub async fn require_unmuted_member(
+/// `not_member` as [`require_member`], `muted` for a member who may not
+/// speak. Answered from the member cache when it can be (a `send` costs
+/// no MongoDB read for it); see [`crate::store::MemberCache`].
+pub async fn require_speaker(
     state: &AppState,
     user_id: &str,
     conv: &str,
-) -> Result<MemberDoc, ServiceError> {
-    let member = require_member(state, user_id, conv).await?;
-    if member.muted {
-        return Err(ServiceError::refused(
+) -> Result<(), ServiceError> {
+    match state.store.speaker(conv, user_id).await? {
+        Speaker::Member => Ok(()),
+        Speaker::Muted => Err(ServiceError::refused(
             ErrorCode::Muted,
             "you are muted in this conv",
-        ));
+        )),
+        Speaker::NotMember => Err(not_member(conv)),
     }
-    Ok(member)
 }
 
 /// `not_member` unless `user_id` is a member of every conv in `convs`

@@ -1,11 +1,13 @@
 //! Conversations: opening a direct one, listing a user's convs, `read`,
 //! `typing` and `conv.mute`, and the membership checks every conv
-//! operation starts with ([`membership`]). Groups, which are convs too,
+//! operation starts with ([`membership`]), answered from a member cache
+//! that [`member_changes`] keeps right across backends. Groups, which are convs too,
 //! have their own feature (`crate::groups`).
 //!
 //! Membership is one small document per member (docs/internals.md), so a
 //! join or leave of a 100,000-member group is one write.
 
+pub mod member_changes;
 mod membership;
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -14,9 +16,7 @@ use oceanchat_protocol::client::{ConvListResult, ConvSummary, DmOpenResult, Even
 use oceanchat_protocol::conv::{conv_kind, dm_conv, dm_users_of, group_id_of};
 use oceanchat_protocol::ErrorCode;
 
-pub use membership::{
-    require_member, require_member_of_all, require_unmuted_member, require_users_exist,
-};
+pub use membership::{require_member, require_member_of_all, require_speaker, require_users_exist};
 
 use crate::delivery;
 use crate::error::ServiceError;
@@ -46,6 +46,7 @@ pub async fn dm_open(
     for member in [user_id, other] {
         state.store.add_member_if_absent(&conv, member).await?;
     }
+    member_changes::announce(state, &conv).await;
     Ok(DmOpenResult { conv })
 }
 
@@ -103,7 +104,7 @@ pub async fn read(
 pub async fn typing(state: &AppState, caller: &Caller, conv: &str) -> Result<(), ServiceError> {
     // A muted member may not speak, so its typing would only be noise
     // fanned out to everyone.
-    require_unmuted_member(state, &caller.user_id, conv).await?;
+    require_speaker(state, &caller.user_id, conv).await?;
     let event = Event::Typing {
         conv: conv.to_string(),
         user_id: caller.user_id.clone(),

@@ -36,7 +36,7 @@ use super::change::{
     bump_version, forbidden, group_not_found, publish, require_room_in_groups, MAX_NAME_CHARS,
 };
 use super::invitations;
-use crate::convs::{require_member, require_users_exist};
+use crate::convs::{member_changes, require_member, require_users_exist};
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::locks::{self, Resource};
@@ -96,6 +96,7 @@ pub async fn members_add(
             .add_member_if_absent(&admin.conv, user_id)
             .await?;
     }
+    member_changes::announce(state, &admin.conv).await;
     tracing::info!(group_id, version, added = added.len(), "members added");
     let change = json!({"kind": "members_added", "user_ids": &added});
     let frame = publish(state, group_id, version, change).await;
@@ -135,6 +136,7 @@ pub async fn members_remove(
     let version = admin.commit(state, GroupFields::default(), None).await?;
     if !removed.is_empty() {
         state.store.remove_members(&admin.conv, &removed).await?;
+        member_changes::announce(state, &admin.conv).await;
     }
     tracing::info!(
         group_id,
@@ -244,6 +246,7 @@ pub async fn leave(
         .store
         .remove_members(&conv, std::slice::from_ref(&user_id.to_string()))
         .await?;
+    member_changes::announce(state, &conv).await;
     tracing::info!(group_id, version, user_id, "member left");
     let left = [user_id.to_string()];
     let change = json!({"kind": "members_removed", "user_ids": &left, "left": true});
@@ -272,6 +275,7 @@ pub async fn members_mute(
         .store
         .set_member_flag(&admin.conv, user_id, MemberFlag::Muted, muted)
         .await?;
+    member_changes::announce(state, &admin.conv).await;
     tracing::info!(group_id, version, user_id, muted, "mute set");
     let change = json!({"kind": "muted", "user_id": user_id, "muted": muted});
     publish(state, group_id, version, change).await;

@@ -11,7 +11,7 @@ use oceanchat_protocol::internal::topics;
 
 use super::change::{require_room_in_groups, MAX_NAME_CHARS};
 use super::invitations;
-use crate::convs::require_users_exist;
+use crate::convs::{member_changes, require_users_exist};
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::state::AppState;
@@ -65,7 +65,9 @@ pub async fn group_create(
             .iter()
             .map(|id| MemberDoc::new(&conv, id, Role::Member)),
     );
+    let docs = docs.collect();
     state.store.insert_members(docs).await?;
+    member_changes::announce(state, &conv).await;
     tracing::info!(group_id, owner, members = others.len() + 1, "group created");
     // Online members' connections follow the group from now on (the
     // creator's asking connection is subscribed by the reply itself).

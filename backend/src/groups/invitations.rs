@@ -21,6 +21,7 @@ use oceanchat_protocol::internal::topics;
 use oceanchat_protocol::ErrorCode;
 
 use super::change::{bump_version, publish, require_room_in_groups};
+use crate::convs::member_changes;
 use crate::delivery;
 use crate::error::ServiceError;
 use crate::state::AppState;
@@ -155,6 +156,7 @@ pub async fn join(
     let conv = group_conv(group_id);
     let version = bump_version(state, group_id).await?;
     state.store.add_member_if_absent(&conv, user_id).await?;
+    member_changes::announce(state, &conv).await;
     state.store.delete_invitation(group_id, user_id).await?;
     tracing::info!(group_id, version, user_id, "invitation accepted");
     let change = json!({"kind": "members_added", "user_ids": &me, "joined": true});

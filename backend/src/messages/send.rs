@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mongodb::error::ErrorKind;
 use tokio::sync::oneshot;
 
 use oceanchat_protocol::client::{Message, SendResult};
@@ -39,7 +40,7 @@ use oceanchat_protocol::{limits, ErrorCode};
 
 use super::events::{self, Publisher};
 use crate::clock::now_ms;
-use crate::convs::require_unmuted_member;
+use crate::convs::require_speaker;
 use crate::delivery;
 use crate::error::BackendError;
 use crate::error::ServiceError;
@@ -197,7 +198,7 @@ pub async fn send(
             format!("body is over {} bytes", state.config.max_body_bytes),
         ));
     }
-    require_unmuted_member(state, user_id, conv).await?;
+    require_speaker(state, user_id, conv).await?;
 
     let queue = sends.queues.get(conv);
     let (answer, mut answered) = oneshot::channel();
@@ -235,7 +236,7 @@ pub async fn send(
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
                 let batch = next_batch(&queue).await;
-                write_batch(state, sends, conv, &mut last_seq, batch).await;
+                write_batch(state, sends, &queue, conv, &mut last_seq, batch).await;
             }
         }
     }
@@ -265,6 +266,7 @@ async fn next_batch(queue: &ConvQueue) -> Vec<Waiting> {
 async fn write_batch(
     state: &AppState,
     sends: &Sends,
+    queue: &ConvQueue,
     conv: &str,
     last_seq: &mut Option<u64>,
     batch: Vec<Waiting>,
@@ -316,6 +318,20 @@ async fn write_batch(
             // answered and delivered; the rest fails, and a client retry
             // with the same client_msg_id is answered from what was stored.
             *last_seq = None;
+            if matches!(*error.kind, ErrorKind::ServerSelection { .. }) {
+                // No server was reached, so nothing was sent: nothing to
+                // look for. The sends queued behind this batch would each
+                // wait as long again; they fail now too, as they would
+                // have one by one.
+                let waiting: Vec<Waiting> = queue
+                    .waiting
+                    .lock()
+                    .expect("send queue poisoned")
+                    .drain(..)
+                    .collect();
+                fail_all(todo.into_iter().chain(waiting), &error.into());
+                break;
+            }
             let error = ServiceError::from(error);
             match stored_ids(state, conv, &todo).await {
                 Ok(ids) => {

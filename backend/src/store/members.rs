@@ -10,11 +10,16 @@ use serde::Deserialize;
 
 use oceanchat_protocol::client::Role;
 
-use super::{is_duplicate_key, MemberDoc, Store};
+use super::{is_duplicate_key, MemberDoc, Speaker, Store};
 
 #[derive(Deserialize)]
 struct ConvOnly {
     conv: String,
+}
+
+#[derive(Deserialize)]
+struct MutedOnly {
+    muted: bool,
 }
 
 #[derive(Deserialize)]
@@ -23,6 +28,28 @@ struct UserOnly {
 }
 
 impl Store {
+    /// Whether `user_id` may speak in `conv`: from the member cache, or
+    /// one read that the cache then keeps.
+    pub async fn speaker(&self, conv: &str, user_id: &str) -> Result<Speaker> {
+        if let Some(speaker) = self.member_cache.get(conv, user_id) {
+            return Ok(speaker);
+        }
+        let epoch = self.member_cache.epoch();
+        let found = self
+            .members
+            .clone_with_type::<MutedOnly>()
+            .find_one(doc! {"conv": conv, "user_id": user_id})
+            .projection(doc! {"muted": 1, "_id": 0})
+            .await?;
+        let speaker = match found {
+            None => Speaker::NotMember,
+            Some(MutedOnly { muted: true }) => Speaker::Muted,
+            Some(MutedOnly { muted: false }) => Speaker::Member,
+        };
+        self.member_cache.put(epoch, conv, user_id, speaker);
+        Ok(speaker)
+    }
+
     /// The member document of `user_id` in `conv`.
     pub async fn member(&self, conv: &str, user_id: &str) -> Result<Option<MemberDoc>> {
         self.members
@@ -185,6 +212,7 @@ impl Store {
             )
             .upsert(true)
             .await;
+        self.member_cache.forget(conv);
         match result {
             Ok(_) => Ok(()),
             // Two concurrent upserts of the same member: the other one
@@ -195,16 +223,24 @@ impl Store {
     }
 
     /// Stores the members of a new conv.
-    pub async fn insert_members(&self, docs: impl IntoIterator<Item = MemberDoc>) -> Result<()> {
-        self.members.insert_many(docs).await.map(|_| ())
+    pub async fn insert_members(&self, docs: Vec<MemberDoc>) -> Result<()> {
+        let result = self.members.insert_many(&docs).await.map(|_| ());
+        let convs: BTreeSet<&String> = docs.iter().map(|d| &d.conv).collect();
+        for conv in convs {
+            self.member_cache.forget(conv);
+        }
+        result
     }
 
     /// Removes `user_ids` from `conv`.
     pub async fn remove_members(&self, conv: &str, user_ids: &[String]) -> Result<()> {
-        self.members
+        let result = self
+            .members
             .delete_many(doc! {"conv": conv, "user_id": {"$in": user_ids}})
             .await
-            .map(|_| ())
+            .map(|_| ());
+        self.member_cache.forget(conv);
+        result
     }
 
     /// Raises the read seq of `user_id` in `conv` to `seq` (never lowers
@@ -238,19 +274,23 @@ impl Store {
                 doc! {"conv": conv, "user_id": user_id},
                 doc! {"$set": {flag.field(): on}},
             )
-            .await?;
-        Ok(updated.matched_count > 0)
+            .await;
+        self.member_cache.forget(conv);
+        Ok(updated?.matched_count > 0)
     }
 
     /// Sets the role of a member.
     pub async fn set_member_role(&self, conv: &str, user_id: &str, role: Role) -> Result<()> {
-        self.members
+        let result = self
+            .members
             .update_one(
                 doc! {"conv": conv, "user_id": user_id},
                 doc! {"$set": {"role": role.as_str()}},
             )
             .await
-            .map(|_| ())
+            .map(|_| ());
+        self.member_cache.forget(conv);
+        result
     }
 }
 

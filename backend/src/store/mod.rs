@@ -7,6 +7,7 @@
 //! Numbers are stored as `i64` (BSON has no unsigned integers); the wire
 //! types use `u64` and convert at the edge.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId};
@@ -17,6 +18,7 @@ mod archive;
 mod docs;
 mod groups;
 mod invitations;
+mod member_cache;
 mod members;
 mod messages;
 mod stats;
@@ -25,6 +27,7 @@ mod users;
 pub use archive::ArchiveBatch;
 pub use docs::{GroupDoc, InvitationDoc, MemberDoc, MessageDoc, UserDoc};
 pub use groups::{Fenced, GroupFields};
+pub use member_cache::{MemberCache, Speaker};
 pub use members::MemberFlag;
 pub use messages::SeqRange;
 
@@ -58,6 +61,9 @@ pub struct Store {
     pub stats_conv_days: Collection<mongodb::bson::Document>,
     /// Per day, one document per user who sent (the stats worker).
     pub stats_user_days: Collection<mongodb::bson::Document>,
+    /// Who may speak where, for `send` ([`Store::speaker`]); forgotten by
+    /// every member write.
+    pub member_cache: Arc<MemberCache>,
 }
 
 impl Store {
@@ -75,8 +81,18 @@ impl Store {
             messages_archive: db.collection("messages_archive"),
             stats_conv_days: db.collection("stats_conv_days"),
             stats_user_days: db.collection("stats_user_days"),
+            member_cache: Arc::new(MemberCache::new(Duration::from_secs(
+                crate::config::DEFAULT_MEMBER_CACHE_TTL_S,
+            ))),
             db,
         })
+    }
+
+    /// The same store with member cache entries living `ttl` (zero: no
+    /// cache).
+    pub fn with_member_cache_ttl(mut self, ttl: Duration) -> Store {
+        self.member_cache = Arc::new(MemberCache::new(ttl));
+        self
     }
 
     /// Creates the indexes of docs/internals.md. Creating an index that
