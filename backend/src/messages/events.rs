@@ -197,7 +197,7 @@ async fn publish_once(state: &AppState, batch: &Batch) -> Result<(), String> {
 pub async fn offline_members(state: &AppState, conv: &str) -> Result<Vec<String>, ServiceError> {
     let mut members: Vec<String> = match dm_users_of(conv) {
         Some((a, b)) => vec![a.to_string(), b.to_string()],
-        None => state.store.member_ids(conv).await?,
+        None => state.store.member_ids(conv).await?.to_vec(),
     };
     let online: std::collections::BTreeSet<String> = online_by_gateway(state, &members)
         .await?

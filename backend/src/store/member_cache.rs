@@ -1,9 +1,11 @@
-//! Who may speak where, remembered: the membership check of `send` and
-//! `typing` without a MongoDB read per message.
+//! Who may speak where, and who is in a conv, remembered: the membership
+//! check of `send` and `typing`, and the member list that each stored
+//! batch's message event needs, without a MongoDB read per message.
 //!
 //! An entry says whether a user is a member of a conv and whether they
-//! are muted; nothing else of the member document is kept, so read
-//! receipts (which change `read_seq` all the time) never touch it.
+//! are muted, or lists a conv's member ids; nothing else of the member
+//! documents is kept, so read receipts (which change `read_seq` all the
+//! time) never touch it.
 //!
 //! It stays right in three ways:
 //! - Every member write of this process forgets the conv's entries
@@ -22,7 +24,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How many (conv, user) entries are kept before all are dropped.
+/// How many (conv, user) entries and listed member ids are kept before
+/// all are dropped.
 const MAX_ENTRIES: usize = 200_000;
 
 /// Whether a user may speak in a conv.
@@ -48,6 +51,7 @@ struct Inner {
     seen_connects: u64,
     entries: usize,
     convs: HashMap<String, HashMap<String, (Speaker, Instant)>>,
+    lists: HashMap<String, (Arc<Vec<String>>, Instant)>,
 }
 
 impl MemberCache {
@@ -83,6 +87,39 @@ impl MemberCache {
         Some(speaker)
     }
 
+    /// The member ids of `conv`, if a fresh list is remembered.
+    pub fn get_list(&self, conv: &str) -> Option<Arc<Vec<String>>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let mut inner = self.lock();
+        let (ids, at) = inner.lists.get(conv)?;
+        if at.elapsed() < self.ttl {
+            return Some(ids.clone());
+        }
+        if let Some((ids, _)) = inner.lists.remove(conv) {
+            inner.entries -= ids.len();
+        }
+        None
+    }
+
+    /// Remembers the member ids of `conv`, read by a query that started in
+    /// `epoch`, unless a write has been seen since.
+    pub fn put_list(&self, epoch: u64, conv: &str, ids: Arc<Vec<String>>) {
+        if self.ttl.is_zero() || ids.len() > MAX_ENTRIES / 2 {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        inner.make_room(ids.len());
+        inner.entries += ids.len();
+        if let Some((old, _)) = inner.lists.insert(conv.to_string(), (ids, Instant::now())) {
+            inner.entries -= old.len();
+        }
+    }
+
     /// The epoch to hand to [`MemberCache::put`]: take it before the query.
     pub fn epoch(&self) -> u64 {
         self.lock().epoch
@@ -98,10 +135,7 @@ impl MemberCache {
         if inner.epoch != epoch {
             return;
         }
-        if inner.entries >= MAX_ENTRIES {
-            inner.convs.clear();
-            inner.entries = 0;
-        }
+        inner.make_room(1);
         let users = inner.convs.entry(conv.to_string()).or_default();
         if users
             .insert(user_id.to_string(), (speaker, Instant::now()))
@@ -118,6 +152,9 @@ impl MemberCache {
         if let Some(users) = inner.convs.remove(conv) {
             inner.entries -= users.len();
         }
+        if let Some((ids, _)) = inner.lists.remove(conv) {
+            inner.entries -= ids.len();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -127,11 +164,26 @@ impl MemberCache {
             if connects != inner.seen_connects {
                 inner.seen_connects = connects;
                 inner.epoch += 1;
-                inner.convs.clear();
-                inner.entries = 0;
+                inner.clear();
             }
         }
         inner
+    }
+}
+
+impl Inner {
+    fn clear(&mut self) {
+        self.convs.clear();
+        self.lists.clear();
+        self.entries = 0;
+    }
+
+    /// Drops everything when `more` entries would pass [`MAX_ENTRIES`]:
+    /// crude, but a full cache only costs the reads it saved.
+    fn make_room(&mut self, more: usize) {
+        if self.entries + more > MAX_ENTRIES {
+            self.clear();
+        }
     }
 }
 
@@ -153,6 +205,19 @@ mod tests {
         cache.forget("c1");
         assert_eq!(cache.get("c1", "u1"), None);
         assert_eq!(cache.get("c2", "u1"), Some(Speaker::Muted));
+    }
+
+    #[test]
+    fn member_lists_are_forgotten_with_their_conv() {
+        let cache = cache();
+        let ids = Arc::new(vec!["u1".to_string(), "u2".to_string()]);
+        cache.put_list(cache.epoch(), "c1", ids.clone());
+        assert_eq!(cache.get_list("c1"), Some(ids.clone()));
+        let before = cache.epoch();
+        cache.forget("c1");
+        assert_eq!(cache.get_list("c1"), None);
+        cache.put_list(before, "c1", ids);
+        assert_eq!(cache.get_list("c1"), None, "read before the change");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a conv (docs/internals.md), so a join or leave is one write.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::TryStreamExt as _;
 use mongodb::bson::doc;
@@ -117,16 +118,25 @@ impl Store {
             .await
     }
 
-    /// The user ids of every member of `conv`.
-    pub async fn member_ids(&self, conv: &str) -> Result<Vec<String>> {
-        self.members
+    /// The user ids of every member of `conv`: from the member cache, or
+    /// one query that the cache then keeps.
+    pub async fn member_ids(&self, conv: &str) -> Result<Arc<Vec<String>>> {
+        if let Some(ids) = self.member_cache.get_list(conv) {
+            return Ok(ids);
+        }
+        let epoch = self.member_cache.epoch();
+        let ids: Vec<String> = self
+            .members
             .clone_with_type::<UserOnly>()
             .find(doc! {"conv": conv})
             .projection(doc! {"user_id": 1, "_id": 0})
             .await?
             .map_ok(|m| m.user_id)
             .try_collect()
-            .await
+            .await?;
+        let ids = Arc::new(ids);
+        self.member_cache.put_list(epoch, conv, ids.clone());
+        Ok(ids)
     }
 
     /// Up to `limit` members of `conv` after `after`, sorted by user id.
