@@ -7,6 +7,12 @@ use oceanchat_loadtest::procstat::Target;
 use oceanchat_loadtest::scenario::{Overrides, Scenario};
 use oceanchat_loadtest::{faults, parent, report, tables, worker};
 
+// A worker process receives every delivery of its connections on one
+// thread, so what each frame costs adds up within a burst and shows in the
+// latency it reports: glibc's malloc took a tenth of that thread.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "oceanchat-loadtest",
