@@ -8,4 +8,4 @@ mod pages;
 mod send;
 
 pub use pages::{history, sync};
-pub use send::{send, Sends, Sent, BATCH_MAX, BATCH_WINDOW};
+pub use send::{send, Sends, Sent, BATCH_MAX};
