@@ -53,19 +53,21 @@ pub async fn publish(
 }
 
 /// Sends stored messages of one conv, in the order given, to every online
-/// connection of every member (the senders' own included).
+/// connection of every member (the senders' own included). For a direct
+/// conv, returns which of its two users were online: their routes were
+/// read for the delivery, and the message event needs them too.
 pub async fn deliver_messages(
     state: &AppState,
     conv: &str,
     messages: Vec<Message>,
-) -> Result<(), ServiceError> {
+) -> Result<Option<Vec<String>>, ServiceError> {
     let frames = messages.into_iter().map(|m| encode_event(&Event::Msg(m)));
     if let Some(group_id) = group_id_of(conv) {
         let topic = topics::group(group_id);
         for frame in frames {
             publish_topic(state, &topic, None, &frame).await?;
         }
-        return Ok(());
+        return Ok(None);
     }
     // One route lookup for the whole batch: the recipients are the same.
     let online = online_by_gateway(state, &dm_users(conv)?).await?;
@@ -78,7 +80,7 @@ pub async fn deliver_messages(
             publish_command(state, gateway, &command, &frame).await?;
         }
     }
-    Ok(())
+    Ok(Some(online.into_values().flatten().collect()))
 }
 
 /// Sends an event about a conv (`read`, `typing`) to every online

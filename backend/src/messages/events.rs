@@ -4,9 +4,10 @@
 //! After a conv's writer has stored a batch and delivered it, it hands
 //! the batch to the [`Publisher`]. The publisher works behind the send
 //! path: the senders already have their `ok` (which means "stored"), and
-//! nothing here can turn that into an error. For each batch it reads
-//! which members have no live route (the recipients of an offline push)
-//! and publishes one [`MessageEvent`] with the JetStream message id
+//! nothing here can turn that into an error. For each batch it learns
+//! which members have no live route (the recipients of an offline push;
+//! a direct conv's delivery has just read its two users' routes and hands
+//! them over, a group's members are looked up here) and publishes one [`MessageEvent`] with the JetStream message id
 //! `conv:first-last`, retrying until the stream acknowledges it; the
 //! stream's duplicate window makes a retried publish land once.
 //!
@@ -51,6 +52,9 @@ pub struct Batch {
     first_seq: u64,
     senders: Vec<String>,
     ts: u64,
+    /// The conv's members with no live route, when the delivery of the
+    /// batch found them (direct convs); else looked up before publishing.
+    offline: Option<Vec<String>>,
 }
 
 impl Batch {
@@ -69,11 +73,33 @@ impl Batch {
                     first_seq: m.seq,
                     senders: vec![m.from.clone()],
                     ts: m.ts,
+                    offline: None,
                 }),
             }
         }
         runs
     }
+
+    /// Records who was `online` when the batch was delivered: the
+    /// conv's other users are offline. Only for direct convs, whose
+    /// members are in the id.
+    pub fn online_at_delivery(&mut self, online: &[String]) {
+        if let Some((a, b)) = dm_users_of(&self.conv) {
+            self.offline = Some(offline_among([a, b], online));
+        }
+    }
+}
+
+/// The members among `members` that are not in `online`, sorted, once each.
+fn offline_among<'a>(members: impl IntoIterator<Item = &'a str>, online: &[String]) -> Vec<String> {
+    let mut offline: Vec<String> = members
+        .into_iter()
+        .filter(|m| !online.iter().any(|o| o == m))
+        .map(str::to_string)
+        .collect();
+    offline.sort();
+    offline.dedup();
+    offline
 }
 
 /// Hands stored batches to the task that publishes their events.
@@ -167,9 +193,12 @@ async fn publish_until_acked(state: &AppState, batch: Batch) {
 }
 
 async fn publish_once(state: &AppState, batch: &Batch) -> Result<(), String> {
-    let offline = offline_members(state, &batch.conv)
-        .await
-        .map_err(|e| format!("offline members: {e}"))?;
+    let offline = match &batch.offline {
+        Some(offline) => offline.clone(),
+        None => offline_members(state, &batch.conv)
+            .await
+            .map_err(|e| format!("offline members: {e}"))?,
+    };
     let event = MessageEvent {
         conv: batch.conv.clone(),
         first_seq: batch.first_seq,
@@ -195,19 +224,16 @@ async fn publish_once(state: &AppState, batch: &Batch) -> Result<(), String> {
 
 /// The members of `conv` with no live route now, sorted.
 pub async fn offline_members(state: &AppState, conv: &str) -> Result<Vec<String>, ServiceError> {
-    let mut members: Vec<String> = match dm_users_of(conv) {
+    let members: Vec<String> = match dm_users_of(conv) {
         Some((a, b)) => vec![a.to_string(), b.to_string()],
         None => state.store.member_ids(conv).await?.to_vec(),
     };
-    let online: std::collections::BTreeSet<String> = online_by_gateway(state, &members)
+    let online: Vec<String> = online_by_gateway(state, &members)
         .await?
         .into_values()
         .flatten()
         .collect();
-    members.retain(|m| !online.contains(m));
-    members.sort();
-    members.dedup();
-    Ok(members)
+    Ok(offline_among(members.iter().map(String::as_str), &online))
 }
 
 #[cfg(test)]
@@ -236,5 +262,20 @@ mod tests {
         assert_eq!(runs[0].ts, 7);
         assert_eq!(runs[1].first_seq, 7);
         assert_eq!(runs[1].senders, ["c"]);
+    }
+
+    #[test]
+    fn a_direct_batch_takes_its_offline_users_from_its_delivery() {
+        let conv = oceanchat_protocol::conv::dm_conv("u1", "u2");
+        let mut runs = Batch::runs(&conv, &[message(1, "u1")]);
+        assert_eq!(runs[0].offline, None, "unknown until delivered");
+        runs[0].online_at_delivery(&["u1".to_string()]);
+        assert_eq!(runs[0].offline.as_deref(), Some(&["u2".to_string()][..]));
+        runs[0].online_at_delivery(&[]);
+        assert_eq!(runs[0].offline.as_ref().map(Vec::len), Some(2));
+
+        let mut group = Batch::runs("g:1", &[message(1, "u1")]);
+        group[0].online_at_delivery(&["u1".to_string()]);
+        assert_eq!(group[0].offline, None, "a group's members are looked up");
     }
 }

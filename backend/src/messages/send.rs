@@ -378,11 +378,17 @@ async fn write_batch(
             }
         }
     }
-    let batches = events::Batch::runs(conv, &stored);
+    let mut batches = events::Batch::runs(conv, &stored);
     if !stored.is_empty() {
         let delivering = Instant::now();
-        if let Err(error) = delivery::deliver_messages(state, conv, stored).await {
-            error.log("delivery");
+        match delivery::deliver_messages(state, conv, stored).await {
+            Ok(Some(online)) => {
+                for batch in &mut batches {
+                    batch.online_at_delivery(&online);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => error.log("delivery"),
         }
         METRICS.delivery.observe(delivering.elapsed());
     }
