@@ -9,6 +9,9 @@
 //!    gateway, `--connections` senders each in its own direct conv with
 //!    an offline peer, sending open loop at `--rate` messages per second
 //!    in all for `--seconds`; p50/p99/p99.9 of the `send` round trip.
+//!    Off and on alternate for `--rounds` rounds, and the medians of each
+//!    are printed last: on a shared machine one pair of runs differs by
+//!    more than the publish costs.
 //! 2. Events per second through 1 and 2 workers: `--events` message
 //!    events published straight to the stream (over `--convs` direct
 //!    convs, each with one offline member, so each event makes one push
@@ -47,6 +50,9 @@ struct Args {
     /// Direct convs the events are spread over.
     #[arg(long, default_value_t = 50)]
     convs: usize,
+    /// Latency runs with the publish off and on, alternating.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 const PASSWORD: &str = "correct-horse-battery";
@@ -55,8 +61,27 @@ const FAST_SENDS: &[&str] = &["--send-rate", "100000", "--send-burst", "100000"]
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    for events in ["false", "true"] {
-        latency_run(&args, events).await;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        off.push(latency_run(&args, "false").await);
+        on.push(latency_run(&args, "true").await);
+    }
+    if args.rounds > 1 {
+        for (events, runs) in [("false", off), ("true", on)] {
+            let median = |quantile: fn(&Latency) -> f64| {
+                let mut values: Vec<f64> = runs.iter().map(quantile).collect();
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            println!(
+                "median of {} rounds, message events {events:>5}: {:.0} sends/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                runs.len(),
+                median(|l| l.rate),
+                median(|l| l.p50),
+                median(|l| l.p99),
+                median(|l| l.p999),
+            );
+        }
     }
     for workers in [1, 2] {
         worker_run(&args, workers).await;
@@ -77,7 +102,15 @@ async fn users(api: &HttpApi, prefix: &str, n: usize) -> Vec<(String, String)> {
         .await
 }
 
-async fn latency_run(args: &Args, events: &str) {
+/// One latency run's figures, in sends/s and ms.
+struct Latency {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+async fn latency_run(args: &Args, events: &str) -> Latency {
     let stack = Stack::start();
     let backend = Backend::start(&stack, &["--message-events", events]);
     let gateway = Gateway::start(&stack, "gw-a", FAST_SENDS);
@@ -136,15 +169,23 @@ async fn latency_run(args: &Args, events: &str) {
         all.add(h).unwrap();
         errors += e;
     }
+    let ms = |quantile: f64| all.value_at_quantile(quantile) as f64 / 1000.0;
+    let latency = Latency {
+        rate: all.len() as f64 / elapsed,
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+    };
     println!(
         "send latency, message events {events:>5}: {} sends in {elapsed:.1} s ({:.0}/s), errors {errors}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         all.len(),
-        all.len() as f64 / elapsed,
-        all.value_at_quantile(0.5) as f64 / 1000.0,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-        all.value_at_quantile(0.999) as f64 / 1000.0,
+        latency.rate,
+        latency.p50,
+        latency.p99,
+        latency.p999,
         all.max() as f64 / 1000.0,
     );
+    latency
 }
 
 async fn worker_run(args: &Args, workers: usize) {
