@@ -358,6 +358,7 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
             cores_used(r) - baseline,
         ));
     }
+    let mut costs: Vec<ProcessCost> = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let idle_us = idle_cpu_by_name.get(name).copied().unwrap_or(0.0);
         let pts: Vec<(f64, f64, f64)> = fitted
@@ -371,7 +372,13 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
                 ))
             })
             .collect();
-        match fit(&pts) {
+        let ab = fit(&pts);
+        costs.push(ProcessCost {
+            name: name.clone(),
+            idle_s_per_conn: idle_us / 1e6,
+            per_stored_and_delivered: ab,
+        });
+        match ab {
             Some((a, b)) => {
                 let _ = writeln!(o, "| {name} | {:.1} | {:.3} |", a * 1e6, b * 1e6);
             }
@@ -391,6 +398,10 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
              delivery are the gateways (framing and the socket write) and NATS (one topic message \
              per gateway, not per member)."
         );
+    }
+
+    if let Ok(checked) = load(dir, "predict") {
+        o.push_str(&prediction_section(&costs, m.cpus, &checked));
     }
 
     // Bytes: memory growth and disk growth per stored message.
@@ -600,6 +611,125 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
 }
 
 /// `YYYY-MM-DD` of a Unix time (UTC), without a date library.
+/// What the fit says one process costs.
+struct ProcessCost {
+    name: String,
+    /// CPU-seconds per second per idle connection.
+    idle_s_per_conn: f64,
+    /// a and b, CPU-seconds per stored and per delivered message.
+    per_stored_and_delivered: Option<(f64, f64)>,
+}
+
+impl ProcessCost {
+    /// Cores this process should use at `stored` messages/s with `fanout`
+    /// deliveries each, holding `conns` connections.
+    fn predict(&self, conns: f64, stored: f64, fanout: f64) -> Option<f64> {
+        let (a, b) = self.per_stored_and_delivered?;
+        Some(self.idle_s_per_conn * conns + stored * (a + fanout * b))
+    }
+}
+
+/// Predicted against measured CPU for `run`, a scenario that was not part
+/// of the fit, from its offered rate and its fan-out (both known before
+/// it runs), and the rate the fit says the machine sustains for it.
+fn prediction_section(costs: &[ProcessCost], cpus: usize, run: &Report) -> String {
+    let mut o = String::new();
+    let s = &run.scenario;
+    let conns = run.connect.connected as f64;
+    let stored = f64::from(s.sender_count()) * s.sender_rate();
+    // Deliveries each acknowledged send should cause (the plan's fan-out).
+    let fanout = run.run.expected as f64 / run.run.acked.max(1) as f64;
+    let _ = writeln!(
+        o,
+        "\n### A prediction checked\n\n`{}`, a scenario outside the fit: {} connections, {} \
+         senders at {:.1} messages/s each ({stored:.1} stored messages/s offered), {fanout:.1} \
+         deliveries per message. Predicted from the fit above, before the run, as idle cost × \
+         connections + offered rate × (a + fan-out × b); measured as in the other runs. Load: \
+         {}.\n",
+        s.name,
+        run.connect.connected,
+        s.sender_count(),
+        s.sender_rate(),
+        load_note(run)
+    );
+    let _ = writeln!(
+        o,
+        "| process | predicted cores | measured cores | measured / predicted |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    let (mut predicted_all, mut measured_all) = (0.0, 0.0);
+    for (cost, target) in costs.iter().zip(&run.targets) {
+        let measured = target.run_cpu_util;
+        measured_all += measured;
+        match cost.predict(conns, stored, fanout) {
+            Some(predicted) => {
+                predicted_all += predicted;
+                let _ = writeln!(
+                    o,
+                    "| {} | {predicted:.3} | {measured:.3} | {:.2} |",
+                    cost.name,
+                    measured / predicted.max(1e-9)
+                );
+            }
+            None => {
+                let _ = writeln!(o, "| {} | – | {measured:.3} | – |", cost.name);
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "| **all** | **{predicted_all:.3}** | **{measured_all:.3}** | **{:.2}** |\n",
+        measured_all / predicted_all.max(1e-9)
+    );
+    let kept_up = if sustained(run) {
+        "kept up"
+    } else {
+        "did not keep up"
+    };
+    let _ = writeln!(
+        o,
+        "Measured: {:.1} stored and {:.0} delivered messages/s, {} of {} expected deliveries; the \
+         stack {kept_up}.",
+        run.run.acked_per_s, run.run.delivered_per_s, run.run.delivered, run.run.expected
+    );
+    // The sustainable rate: the whole machine's cores, and each process
+    // that runs on one thread (Redis, SecantusDB) at one core.
+    let mut limits: Vec<(String, f64)> = Vec::new();
+    let (mut idle_all, mut per_message_all) = (0.0, 0.0);
+    for cost in costs {
+        let Some((a, b)) = cost.per_stored_and_delivered else {
+            continue;
+        };
+        idle_all += cost.idle_s_per_conn * conns;
+        per_message_all += a + fanout * b;
+        if cost.name == "redis" || cost.name == "secantusdb" {
+            let rate = (1.0 - cost.idle_s_per_conn * conns) / (a + fanout * b);
+            limits.push((format!("{} (one thread, one core)", cost.name), rate));
+        }
+    }
+    if per_message_all > 0.0 {
+        limits.push((
+            format!("the whole stack on this machine's {cpus} cores"),
+            (cpus as f64 - idle_all) / per_message_all,
+        ));
+    }
+    limits.sort_by(|x, y| x.1.total_cmp(&y.1));
+    if let Some((first, rate)) = limits.first() {
+        let _ = writeln!(
+            o,
+            "Sustainable rate predicted for this scenario: {rate:.0} stored messages/s ({:.0} \
+             deliveries/s), set by {first}; the other limits: {}. Not run at that rate here.\n",
+            rate * fanout,
+            limits[1..]
+                .iter()
+                .map(|(what, rate)| format!("{what} {rate:.0}/s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    o
+}
+
 pub fn chrono_like(unix_s: u64) -> String {
     let days = (unix_s / 86_400) as i64;
     // Howard Hinnant's civil-from-days.
@@ -635,6 +765,23 @@ mod tests {
         let (fa, fb) = fit(&points).unwrap();
         assert!((fa - a).abs() < 1e-9 && (fb - b).abs() < 1e-9, "{fa} {fb}");
         assert!(fit(&[(1.0, 2.0, 3.0), (2.0, 4.0, 6.0)]).is_none());
+    }
+
+    #[test]
+    fn a_prediction_adds_idle_stored_and_delivered_costs() {
+        let cost = ProcessCost {
+            name: "gateway-1".into(),
+            idle_s_per_conn: 2e-6,
+            per_stored_and_delivered: Some((300e-6, 4e-6)),
+        };
+        // 1,000 connections idle: 2 ms/s; 40 msg/s × (300 µs + 100 × 4 µs) = 28 ms/s.
+        let cores = cost.predict(1000.0, 40.0, 100.0).unwrap();
+        assert!((cores - 0.030).abs() < 1e-9, "{cores}");
+        let unfitted = ProcessCost {
+            per_stored_and_delivered: None,
+            ..cost
+        };
+        assert_eq!(unfitted.predict(1000.0, 40.0, 100.0), None);
     }
 
     #[test]
