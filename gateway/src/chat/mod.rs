@@ -105,11 +105,14 @@ enum Auth {
     Done(Identity),
 }
 
+/// Who an authenticated connection is. The ids are shared with the
+/// core's tables (one copy per user and per session, however many
+/// connections it has here), and the route field is derived when needed
+/// rather than kept: an idle connection costs less.
 #[derive(Clone)]
 struct Identity {
     user_id: Rc<str>,
     session_id: Rc<str>,
-    route_field: String,
     /// When the login session ends (ms since the epoch; 0: not known).
     expires_at: u64,
 }
@@ -219,7 +222,7 @@ impl<U: Upstream> Chat<U> {
         for conns in self.inner.users.borrow().values() {
             for c in conns {
                 if let Auth::Done(identity) = &*c.auth.borrow() {
-                    routes.push((identity.user_id.to_string(), identity.route_field.clone()));
+                    routes.push((identity.user_id.to_string(), self.route_field(c, identity)));
                     events.push(self.conn_event(c, identity, true));
                 }
             }
@@ -374,7 +377,19 @@ impl<U: Upstream> Chat<U> {
         let event = self.conn_event(c, &identity, false);
         let upstream = self.inner.upstream.clone();
         let user_id = identity.user_id.to_string();
-        monoio::spawn(async move { upstream.closed(user_id, identity.route_field, event).await });
+        let route_field = self.route_field(c, &identity);
+        monoio::spawn(async move { upstream.closed(user_id, route_field, event).await });
+    }
+
+    /// The connection's field in its user's routes hash in Redis.
+    fn route_field(&self, c: &ChatConn, identity: &Identity) -> String {
+        let config = &self.inner.config;
+        keys::route_field(
+            &config.gateway_id,
+            &config.instance,
+            &identity.session_id,
+            c.conn.id(),
+        )
     }
 
     fn context(&self, c: &ChatConn, identity: Option<&Identity>) -> RpcContext {
@@ -461,8 +476,10 @@ impl<U: Upstream> Chat<U> {
                 if mine.contains(topic.as_str()) {
                     continue;
                 }
-                let key: Rc<str> = topic.as_str().into();
-                let followers = table.entry(key.clone()).or_default();
+                let entry = table.entry(topic.as_str().into());
+                // The table's copy of the name: one per topic on this core.
+                let key = entry.key().clone();
+                let followers = entry.or_default();
                 if followers.is_empty() {
                     first_here.push(topic.clone());
                 }
@@ -557,29 +574,24 @@ impl<U: Upstream> Chat<U> {
                 }
             };
             let config = &chat.inner.config;
-            let identity = Identity {
+            let mut identity = Identity {
                 user_id: info.user_id.as_str().into(),
                 session_id: info.session_id.as_str().into(),
-                route_field: keys::route_field(
-                    &config.gateway_id,
-                    &config.instance,
-                    &info.session_id,
-                    c.conn.id(),
-                ),
                 expires_at: info.expires_at,
             };
+            let route_field = chat.route_field(&c, &identity);
             let opened = chat.conn_event(&c, &identity, true);
             let recorded = chat
                 .inner
                 .upstream
-                .opened(info.user_id.clone(), identity.route_field.clone(), opened)
+                .opened(info.user_id.clone(), route_field.clone(), opened)
                 .await;
             if c.closed.get() {
                 // Gone while the route was being written: take it back.
                 let closed = chat.conn_event(&c, &identity, false);
                 chat.inner
                     .upstream
-                    .closed(info.user_id, identity.route_field, closed)
+                    .closed(info.user_id, route_field, closed)
                     .await;
                 return;
             }
@@ -594,14 +606,14 @@ impl<U: Upstream> Chat<U> {
                 return;
             }
             for (table, key) in [
-                (&chat.inner.users, &identity.user_id),
-                (&chat.inner.sessions, &identity.session_id),
+                (&chat.inner.users, &mut identity.user_id),
+                (&chat.inner.sessions, &mut identity.session_id),
             ] {
-                table
-                    .borrow_mut()
-                    .entry(key.clone())
-                    .or_default()
-                    .push(c.clone());
+                let mut table = table.borrow_mut();
+                let entry = table.entry(key.clone());
+                // The table's copy of the id, if it had one already.
+                *key = entry.key().clone();
+                entry.or_default().push(c.clone());
             }
             *c.auth.borrow_mut() = Auth::Done(identity.clone());
             if !chat.follow(&c, info.topics).await {
