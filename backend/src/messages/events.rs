@@ -7,9 +7,10 @@
 //! nothing here can turn that into an error. For each batch it learns
 //! which members have no live route (the recipients of an offline push;
 //! a direct conv's delivery has just read its two users' routes and hands
-//! them over, a group's members are looked up here) and publishes one [`MessageEvent`] with the JetStream message id
-//! `conv:first-last`, retrying until the stream acknowledges it; the
-//! stream's duplicate window makes a retried publish land once.
+//! them over, a group's members are looked up here) and publishes one
+//! [`MessageEvent`] with the JetStream message id `conv:first-last`,
+//! retrying until the stream acknowledges it; the stream's duplicate
+//! window makes a retried publish land once.
 //!
 //! The hand-over is a bounded queue: while JetStream is away the queue
 //! fills, and a full queue makes the conv's writer wait before its next
@@ -92,9 +93,11 @@ impl Batch {
 
 /// The members among `members` that are not in `online`, sorted, once each.
 fn offline_among<'a>(members: impl IntoIterator<Item = &'a str>, online: &[String]) -> Vec<String> {
+    // A set: a group's member list and its online members run to thousands.
+    let online: std::collections::HashSet<&str> = online.iter().map(String::as_str).collect();
     let mut offline: Vec<String> = members
         .into_iter()
-        .filter(|m| !online.iter().any(|o| o == m))
+        .filter(|m| !online.contains(m))
         .map(str::to_string)
         .collect();
     offline.sort();
