@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oceanchat_client::{Connection, HttpApi};
-use oceanchat_protocol::client::{ConvListResult, ErrorCode, Event, Op};
+use oceanchat_protocol::client::{ConvListResult, ErrorCode, Event, GroupCreateResult, Op};
 use oceanchat_testkit::{Backend, Gateway, Stack};
 
 pub use oceanchat_client::{ClientError, CloseInfo, RawResponse};
@@ -127,6 +127,26 @@ impl World {
             .await
     }
 
+    /// The cast of a small group test (see [`Club`]).
+    pub async fn club(&self) -> Club {
+        let owner = self.user("owner").await;
+        let member = self.user("member").await;
+        let eve = self.user("eve").await;
+        let o = owner.connect(self, 0).await;
+        let m = member.connect(self, 0).await;
+        let e = eve.connect(self, 0).await;
+        let group = o.group_create("club", &[&member.user_id]).await.unwrap();
+        Club {
+            owner,
+            member,
+            eve,
+            o,
+            m,
+            e,
+            group,
+        }
+    }
+
     /// A second login of `user`: the same user in another session, as on
     /// another device.
     pub async fn login_again(&self, user: &User) -> User {
@@ -153,6 +173,18 @@ pub fn start_gateways(stack: &Stack, n: usize, args: &[&str]) -> Vec<Gateway> {
             Gateway::start(stack, &id, args)
         })
         .collect()
+}
+
+/// `owner` made the group "club" with `member` in it; `eve` is outside
+/// it. Each has one connection on gateway 0: `o`, `m` and `e`.
+pub struct Club {
+    pub owner: User,
+    pub member: User,
+    pub eve: User,
+    pub o: Connection,
+    pub m: Connection,
+    pub e: Connection,
+    pub group: GroupCreateResult,
 }
 
 /// A registered, logged-in user.

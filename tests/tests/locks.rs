@@ -7,7 +7,7 @@ mod admin;
 use std::time::Duration;
 
 use oceanchat_protocol::client::{ErrorCode, Role};
-use oceanchat_tests::{refusal, World, WAIT};
+use oceanchat_tests::{refusal, Club, World, WAIT};
 
 use admin::*;
 
@@ -63,13 +63,7 @@ async fn a_lock_has_one_holding_connection_and_the_refusal_names_it() {
 #[tokio::test]
 async fn only_the_owner_and_admins_may_lock_a_group_and_only_groups_lock() {
     let world = World::with(1, 1);
-    let owner = world.user("owner").await;
-    let member = world.user("member").await;
-    let eve = world.user("eve").await;
-    let o = owner.connect(&world, 0).await;
-    let m = member.connect(&world, 0).await;
-    let e = eve.connect(&world, 0).await;
-    let group = o.group_create("club", &[&member.user_id]).await.unwrap();
+    let Club { o, m, e, group, .. } = world.club().await;
     let resource = group_resource(&group.group_id);
 
     assert_eq!(

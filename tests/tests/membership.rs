@@ -1,7 +1,7 @@
 //! Only members may send to or sync a conv.
 
 use oceanchat_protocol::client::{ErrorCode, Op};
-use oceanchat_tests::{refusal, World};
+use oceanchat_tests::{refusal, Club, World};
 
 #[tokio::test]
 async fn a_non_member_gets_not_member_for_send_and_sync_of_a_dm() {
@@ -130,13 +130,15 @@ async fn refusals(
 #[tokio::test]
 async fn member_changes_bind_every_backend_at_once() {
     let world = World::with(2, 1);
-    let owner = world.user("owner").await;
-    let member = world.user("member").await;
-    let eve = world.user("eve").await;
-    let o = owner.connect(&world, 0).await;
-    let m = member.connect(&world, 0).await;
-    let e = eve.connect(&world, 0).await;
-    let group = o.group_create("club", &[&member.user_id]).await.unwrap();
+    let Club {
+        owner,
+        member,
+        eve,
+        o,
+        m,
+        e,
+        group,
+    } = world.club().await;
     let gid = &group.group_id;
     let n = 20;
     assert_eq!(refusals(&m, &group.conv, "warm", n).await, vec![None; n]);
