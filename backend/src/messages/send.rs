@@ -378,7 +378,11 @@ async fn write_batch(
             }
         }
     }
-    let mut batches = events::Batch::runs(conv, &stored);
+    // Only with message events on: the batches are theirs alone.
+    let mut batches = match &sends.events {
+        Some(_) => events::Batch::runs(conv, &stored),
+        None => Vec::new(),
+    };
     if !stored.is_empty() {
         let delivering = Instant::now();
         match delivery::deliver_messages(state, conv, stored).await {
