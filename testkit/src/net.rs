@@ -37,9 +37,22 @@ pub(crate) fn local(port: u16) -> SocketAddr {
 
 fn connect(port: u16) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&local(port), PROBE_TIMEOUT)?;
+    // A free port is in the ephemeral range, so while nothing listens on it
+    // the kernel may pick it as the probe's own source port and connect the
+    // socket to itself (TCP simultaneous open): that is not a server.
+    if connected_to_itself(&stream)? {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connected to itself: nothing listens on the port yet",
+        ));
+    }
     stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
     stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
     Ok(stream)
+}
+
+fn connected_to_itself(stream: &TcpStream) -> io::Result<bool> {
+    Ok(stream.local_addr()? == stream.peer_addr()?)
 }
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
@@ -152,6 +165,22 @@ mod tests {
         let b = free_port();
         assert_ne!(a, b);
         TcpListener::bind(local(a)).expect("free port should be bindable");
+    }
+
+    #[test]
+    fn a_socket_connected_to_itself_is_not_a_server() {
+        // What a probe of a free port can get by chance, made on purpose.
+        let port = free_port();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&local(port).into()).unwrap();
+        socket.connect(&local(port).into()).unwrap();
+        let stream: TcpStream = socket.into();
+        assert!(connected_to_itself(&stream).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(!connected_to_itself(&connect(port).unwrap()).unwrap());
+        assert!(port_accepts(port));
     }
 
     /// A server on a free port that reads one request's head, answers
