@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Batches written, and the messages in them.
     pub batches: AtomicU64,
     pub batched_messages: AtomicU64,
+    /// Inserts of messages into the store: each holds the batches of
+    /// every conv that were ready.
+    pub store_inserts: AtomicU64,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -88,6 +91,11 @@ pub fn render() -> String {
             "oc_backend_send_batched_messages_total",
             "Messages in the batches written.",
             &m.batched_messages,
+        ),
+        (
+            "oc_backend_store_inserts_total",
+            "Inserts of messages into the store, each with the batches of every conv that were ready.",
+            &m.store_inserts,
         ),
     ] {
         let value = value.load(Ordering::Relaxed);

@@ -77,7 +77,7 @@ async fn two_instances_each_sending_100_at_once_store_1_to_200() {
     let burst = |state: AppState, from: String, tag: &'static str| {
         let conv = conv.clone();
         // One instance's send path: its own queues and last seq.
-        let path = Sends::default();
+        let path = Sends::without_events(&state);
         tokio::spawn(async move {
             let sends = (0..100).map(|i| {
                 let (state, from, conv) = (state.clone(), from.clone(), conv.clone());
@@ -101,4 +101,89 @@ async fn two_instances_each_sending_100_at_once_store_1_to_200() {
     seqs.sort();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     assert_eq!(stored_seqs(&two.state, &conv).await, seqs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_convs_share_inserts_and_a_repeat_in_one_loses_nothing_in_the_others() {
+    let stack = Stack::start();
+    let one = Running::start(config(&stack)).await;
+    let sender = user(&one.http, "ma").await;
+    let mut convs = Vec::new();
+    for i in 0..12 {
+        let peer = user(&one.http, &format!("mp{i}")).await;
+        let reply = ok(rpc(&one.state.nats, Some(&sender), dm_open_op(&peer)).await);
+        convs.push(reply["conv"].as_str().unwrap().to_string());
+    }
+
+    // Every conv gets 20 sends at once, and each of its even-numbered
+    // client_msg_ids twice: the store writer puts many convs' batches in
+    // one insert, and a repeat refused in one conv must stop nothing in
+    // the others.
+    let path = Sends::without_events(&one.state);
+    let sends = convs.iter().flat_map(|conv| {
+        (0..30).map(|i| {
+            let (state, path, from, conv) = (
+                one.state.clone(),
+                path.clone(),
+                sender.clone(),
+                conv.clone(),
+            );
+            let client_msg_id = format!("c{}", if i < 20 { i } else { (i - 20) * 2 });
+            async move {
+                let sent = messages::send(&state, &path, &from, &conv, &client_msg_id, "x")
+                    .await
+                    .unwrap_or_else(|e| panic!("send failed: {e}"));
+                (conv, client_msg_id, sent.result().seq)
+            }
+        })
+    });
+    let results = futures::future::join_all(sends).await;
+
+    for conv in &convs {
+        assert_eq!(
+            stored_seqs(&one.state, conv).await,
+            (1..=20).collect::<Vec<_>>(),
+            "{conv} is gap-free with one message per client_msg_id"
+        );
+        let mut seq_of = std::collections::HashMap::new();
+        for (c, id, seq) in results.iter().filter(|(c, ..)| c == conv) {
+            let first = *seq_of.entry(id.clone()).or_insert(*seq);
+            assert_eq!(
+                first, *seq,
+                "{c} {id}: a repeat is answered with the first send's seq"
+            );
+        }
+        assert_eq!(seq_of.len(), 20);
+    }
+
+    // With every conv's last seq known, 10 more sends in each at once:
+    // the convs' batches go to the store together, in fewer inserts than
+    // there are convs.
+    let before = path.store_inserts();
+    let sends = convs.iter().flat_map(|conv| {
+        (0..10).map(|i| {
+            let (state, path, from, conv) = (
+                one.state.clone(),
+                path.clone(),
+                sender.clone(),
+                conv.clone(),
+            );
+            async move {
+                messages::send(&state, &path, &from, &conv, &format!("d{i}"), "x")
+                    .await
+                    .unwrap_or_else(|e| panic!("send failed: {e}"))
+                    .result()
+                    .seq
+            }
+        })
+    });
+    let mut seqs = futures::future::join_all(sends).await;
+    seqs.sort();
+    let expected: Vec<u64> = (21..=30).flat_map(|seq| [seq; 12]).collect();
+    assert_eq!(seqs, expected, "seqs 21 to 30 in each conv");
+    let inserts = path.store_inserts() - before;
+    assert!(
+        inserts < 12,
+        "{inserts} inserts for 10 sends in each of 12 convs: the convs share inserts"
+    );
 }

@@ -6,6 +6,7 @@
 pub mod events;
 mod pages;
 mod send;
+mod store_writer;
 
 pub use pages::{history, sync};
 pub use send::{send, Sends, Sent, BATCH_MAX};

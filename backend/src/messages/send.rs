@@ -25,6 +25,11 @@
 //! are in the same batch) or a seq taken by another instance (reload and
 //! re-plan the rest).
 //!
+//! The conv's writer does not write to the store itself: it hands its
+//! planned batch to the process's [`StoreWriter`], which stores the
+//! batches of every conv that are ready with one ordered `insert_many`
+//! and tells each conv's writer what became of its documents.
+//!
 //! After delivery, the writer hands the batch to [`crate::events`], which
 //! publishes its message event to JetStream behind the send path.
 
@@ -40,6 +45,7 @@ use oceanchat_protocol::client::{Message, SendResult};
 use oceanchat_protocol::{limits, ErrorCode};
 
 use super::events::{self, Publisher};
+use super::store_writer::{Outcome, StoreWriter};
 use crate::clock::now_ms;
 use crate::convs::require_speaker;
 use crate::delivery;
@@ -139,11 +145,12 @@ fn result_of(m: &Message) -> SendResult {
 }
 
 /// The send path's own parts in one process: each conv's queue of sends,
-/// and the publisher of message events (none with
-/// `--message-events=false`). Cheap to clone.
-#[derive(Clone, Default)]
+/// the store writer they share, and the publisher of message events (none
+/// with `--message-events=false`). Cheap to clone.
+#[derive(Clone)]
 pub struct Sends {
     queues: Arc<ConvLocks>,
+    writer: StoreWriter,
     events: Option<Publisher>,
 }
 
@@ -153,15 +160,29 @@ impl Sends {
     pub async fn start(state: &AppState) -> Result<Sends, BackendError> {
         if !state.config.message_events {
             tracing::info!("message events off: no offline pushes or stats");
-            return Ok(Sends::default());
+            return Ok(Sends::without_events(state));
         }
         crate::streams::ensure_streams(&state.jetstream, state.config.stream_settings()).await?;
         let (publisher, batches) = Publisher::new();
         tokio::spawn(events::run(state.clone(), publisher.clone(), batches));
         Ok(Sends {
-            queues: Arc::default(),
             events: Some(publisher),
+            ..Sends::without_events(state)
         })
+    }
+
+    /// A send path that publishes no message events.
+    pub fn without_events(state: &AppState) -> Sends {
+        Sends {
+            queues: Arc::default(),
+            writer: StoreWriter::start(state.store.clone()),
+            events: None,
+        }
+    }
+
+    /// The inserts of messages this send path has made in the store.
+    pub fn store_inserts(&self) -> u64 {
+        self.writer.inserts()
     }
 
     /// Waits until every message event is acknowledged, or `timeout`.
@@ -279,63 +300,69 @@ async fn write_batch(
             w.doc.seq = (last + 1 + i as u64) as i64;
             w.doc.ts = ts;
         }
-        let docs: Vec<&MessageDoc> = todo.iter().map(|w| &w.doc).collect();
+        let docs: Vec<MessageDoc> = todo.iter().map(|w| w.doc.clone()).collect();
         let writing = Instant::now();
-        let result = state.store.insert_messages(docs).await;
+        let outcome = sends.writer.insert(docs).await;
         METRICS.store_write.observe(writing.elapsed());
         METRICS.batches.fetch_add(1, Ordering::Relaxed);
         METRICS
             .batched_messages
             .fetch_add(todo.len() as u64, Ordering::Relaxed);
-        let error = match result {
-            Ok(_) => {
+        let refused_at = match outcome {
+            Outcome::Stored => {
                 *last_seq = Some(last + todo.len() as u64);
                 stored.extend(todo.drain(..).map(answer_new));
                 break;
             }
-            Err(error) => error,
-        };
-        // How many went in before the first refusal, if that is what
-        // stopped the batch.
-        let Some(refused_at) = first_duplicate(&error) else {
-            // Unknown which documents were stored: reload the seq next
-            // time rather than trust the cache. What the store holds is
-            // answered and delivered; the rest fails, and a client retry
-            // with the same client_msg_id is answered from what was stored.
-            *last_seq = None;
-            if matches!(*error.kind, ErrorKind::ServerSelection { .. }) {
-                // No server was reached, so nothing was sent: nothing to
-                // look for. The sends queued behind this batch would each
-                // wait as long again; they fail now too, as they would
-                // have one by one.
-                let waiting: Vec<Waiting> = queue
-                    .waiting
-                    .lock()
-                    .expect("send queue poisoned")
-                    .drain(..)
-                    .collect();
-                fail_all(todo.into_iter().chain(waiting), &error.into());
+            Outcome::NotTried { stored: done } => {
+                // Another conv's document stopped the insert: the rest is
+                // handed in again with the seqs after what was stored.
+                *last_seq = Some(last + done as u64);
+                stored.extend(todo.drain(..done).map(answer_new));
+                continue;
+            }
+            Outcome::Refused { stored } => stored,
+            Outcome::Failed(error) => {
+                // Unknown which documents were stored: reload the seq next
+                // time rather than trust the cache. What the store holds
+                // is answered and delivered; the rest fails, and a client
+                // retry with the same client_msg_id is answered from what
+                // was stored.
+                *last_seq = None;
+                if matches!(*error.kind, ErrorKind::ServerSelection { .. }) {
+                    // No server was reached, so nothing was sent: nothing
+                    // to look for. The sends queued behind this batch
+                    // would each wait as long again; they fail now too, as
+                    // they would have one by one.
+                    let waiting: Vec<Waiting> = queue
+                        .waiting
+                        .lock()
+                        .expect("send queue poisoned")
+                        .drain(..)
+                        .collect();
+                    fail_all(todo.into_iter().chain(waiting), &error.into());
+                    break;
+                }
+                let error = ServiceError::from(error);
+                match stored_ids(state, conv, &todo).await {
+                    Ok(ids) => {
+                        let (kept, lost): (Vec<_>, Vec<_>) =
+                            todo.drain(..).partition(|w| ids.contains(&w.doc.msg_id));
+                        if !kept.is_empty() {
+                            tracing::warn!(
+                                conv,
+                                stored = kept.len(),
+                                failed = lost.len(),
+                                "batch partly stored"
+                            );
+                        }
+                        stored.extend(kept.into_iter().map(answer_new));
+                        fail_all(lost, &error);
+                    }
+                    Err(_) => fail_all(todo, &error),
+                }
                 break;
             }
-            let error = ServiceError::from(error);
-            match stored_ids(state, conv, &todo).await {
-                Ok(ids) => {
-                    let (kept, lost): (Vec<_>, Vec<_>) =
-                        todo.drain(..).partition(|w| ids.contains(&w.doc.msg_id));
-                    if !kept.is_empty() {
-                        tracing::warn!(
-                            conv,
-                            stored = kept.len(),
-                            failed = lost.len(),
-                            "batch partly stored"
-                        );
-                    }
-                    stored.extend(kept.into_iter().map(answer_new));
-                    fail_all(lost, &error);
-                }
-                Err(_) => fail_all(todo, &error),
-            }
-            break;
         };
         *last_seq = Some(last + refused_at as u64);
         stored.extend(todo.drain(..refused_at).map(answer_new));
@@ -440,23 +467,6 @@ fn copy_error(error: &ServiceError) -> ServiceError {
             detail: detail.clone(),
         },
         ServiceError::Internal(detail) => ServiceError::Internal(detail.clone()),
-    }
-}
-
-/// If an ordered `insert_many` stopped because a unique index refused a
-/// document, the index of that document (every one before it is stored).
-fn first_duplicate(error: &mongodb::error::Error) -> Option<usize> {
-    use mongodb::error::ErrorKind;
-    match &*error.kind {
-        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
-            let first = failure
-                .write_errors
-                .as_ref()?
-                .iter()
-                .min_by_key(|w| w.index)?;
-            (first.code == 11000).then_some(first.index)
-        }
-        _ => None,
     }
 }
 
