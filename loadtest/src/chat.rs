@@ -19,10 +19,11 @@ use tokio::time::Instant;
 
 use crate::bench::source_addr;
 use crate::body;
+use crate::receiver;
 use crate::scenario::Scenario;
 use crate::shared::Shared;
 use crate::wire::ChatConn;
-use crate::wsraw::{self, WsUrl};
+use crate::wsraw::{self, WsClient, WsUrl};
 
 /// Registrations and logins in flight at once: the backend hashes each
 /// password, which takes a core for tens of milliseconds.
@@ -260,12 +261,17 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
     let url = &s.targets[plan.target as usize];
     let global = k as u32 * shared.task.workers + shared.task.index;
 
-    let conn = {
+    let opened = {
         let _permit = shared.connect_limit.acquire().await;
         tokio::time::sleep_until(connect_at).await;
-        match tokio::time::timeout(Duration::from_secs(15), open(url, global, s, &plan.token)).await
+        let sender = plan.send_to.is_some();
+        match tokio::time::timeout(
+            Duration::from_secs(15),
+            open(url, global, s, &plan.token, sender),
+        )
+        .await
         {
-            Ok(Ok(conn)) => Some(conn),
+            Ok(Ok(opened)) => Some(opened),
             Ok(Err(code)) => {
                 shared.local.borrow_mut().connect_failed(&code);
                 None
@@ -277,10 +283,26 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
         }
     };
     shared.attempt_done();
-    let Some(conn) = conn else { return };
+    let Some(opened) = opened else { return };
     shared.local.borrow_mut().counters.connected += 1;
     let Some(go) = shared.wait_go().await else {
         return;
+    };
+    let conn = match opened {
+        Opened::Sender(conn) => conn,
+        Opened::Receiver(mut client) => {
+            let received = receiver::receive(&mut client, go.end, |latency| {
+                shared.local.borrow_mut().record(latency)
+            })
+            .await;
+            let mut local = shared.local.borrow_mut();
+            local.counters.duplicates += received.duplicates;
+            if let Some(code) = received.ended {
+                local.counters.dropped += 1;
+                local.counters.error(&code);
+            }
+            return;
+        }
     };
     let conn = Rc::new(conn);
 
@@ -333,13 +355,31 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
     let _ = conn.close();
 }
 
-async fn open(url: &str, global: u32, s: &Scenario, token: &str) -> Result<Connection, String> {
+/// A chat connection of a run: senders go through the full client (they
+/// need its replies); the others only receive, on the lean client.
+enum Opened {
+    Sender(Connection),
+    Receiver(WsClient),
+}
+
+async fn open(
+    url: &str,
+    global: u32,
+    s: &Scenario,
+    token: &str,
+    sender: bool,
+) -> Result<Opened, String> {
     let parsed = WsUrl::parse(url)?;
     let local = parsed
         .addr
         .ip()
         .is_loopback()
         .then(|| source_addr(global, s.source_addrs));
+    if !sender {
+        return receiver::open(local, &parsed, token)
+            .await
+            .map(Opened::Receiver);
+    }
     let stream = wsraw::tcp_connect(local, parsed.addr)
         .await
         .map_err(|e| format!("connect:{:?}", e.kind()))?;
@@ -349,7 +389,7 @@ async fn open(url: &str, global: u32, s: &Scenario, token: &str) -> Result<Conne
     conn.auth(token)
         .await
         .map_err(|e| format!("auth:{}", error_code(&e)))?;
-    Ok(conn)
+    Ok(Opened::Sender(conn))
 }
 
 /// Sends to the conv of chat connection `plan` on the scenario's schedule

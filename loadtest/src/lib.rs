@@ -15,7 +15,9 @@
 //! - [`parent`]: one run from start to report; [`worker`]: a worker process,
 //!   whose connection tasks share [`shared`].
 //! - [`bench`] (with [`wsraw`], a lean WebSocket client) and [`chat`] (with
-//!   the `oceanchat-client` crate): one connection of each protocol.
+//!   the `oceanchat-client` crate for senders, [`receiver`] on the lean
+//!   client for connections that only receive): one connection of each
+//!   protocol.
 //! - [`body`]: the timed message body; [`stats`]: counters and histograms;
 //!   [`procstat`]: `/proc` sampling; [`report`]: JSON and SVG.
 //! - [`hops`]: the hop timings read from the targets' `/metrics`.
@@ -31,6 +33,7 @@ pub mod faults;
 pub mod hops;
 pub mod parent;
 pub mod procstat;
+pub mod receiver;
 pub mod report;
 pub mod scenario;
 pub mod shared;
