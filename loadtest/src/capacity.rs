@@ -155,10 +155,15 @@ fn load_note(r: &Report) -> String {
 
 pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<String> {
     let idle = load(dir, "idle")?;
-    let loaded: Vec<Report> = ["dm-1", "dm-2", "dm-3", "group-1000"]
+    let mut loaded: Vec<Report> = ["dm-1", "dm-2", "dm-3", "group-1000"]
         .iter()
         .map(|n| load(dir, n))
         .collect::<anyhow::Result<_>>()?;
+    // The seed's group at ten times its rate; report folders of older
+    // runs do not have it.
+    if let Ok(fast) = load(dir, "group-1000-fast") {
+        loaded.push(fast);
+    }
     let date = chrono_like(idle.started_unix_s);
     let m = &idle.machine;
     let mut o = String::new();
@@ -244,7 +249,8 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
         o,
         "dm-1 to dm-3: every online user sends direct messages to the next user (2 deliveries per \
          message: the peer's connection and the sender's own), at three total rates. group-1000: \
-         the seed scenario below. `delivered / expected` compares the distinct `(conv, seq)` \
+         the seed scenario below; group-1000-fast: the same group at ten times its rate (100 \
+         messages/s, 100,000 deliveries/s). `delivered / expected` compares the distinct `(conv, seq)` \
          deliveries counted on the connections with what the acknowledged sends should cause.\n"
     );
     let _ = writeln!(
@@ -515,7 +521,7 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
          \"Where a message's time goes\"); the load generator reads them at the start and the end \
          of the measured part. p50 and p99 are interpolated within the histogram buckets.\n"
     );
-    for r in [&loaded[2], &loaded[3]] {
+    for r in [&loaded[2], &loaded[3]].into_iter().chain(loaded.get(4)) {
         let _ = write!(o, "{}", hop_table(r));
     }
 
