@@ -120,24 +120,21 @@ async fn many_convs_share_inserts_and_a_repeat_in_one_loses_nothing_in_the_other
     // one insert, and a repeat refused in one conv must stop nothing in
     // the others.
     let path = Sends::without_events(&one.state);
-    let sends = convs.iter().flat_map(|conv| {
-        (0..30).map(|i| {
-            let (state, path, from, conv) = (
-                one.state.clone(),
-                path.clone(),
-                sender.clone(),
-                conv.clone(),
-            );
-            let client_msg_id = format!("c{}", if i < 20 { i } else { (i - 20) * 2 });
-            async move {
-                let sent = messages::send(&state, &path, &from, &conv, &client_msg_id, "x")
-                    .await
-                    .unwrap_or_else(|e| panic!("send failed: {e}"));
-                (conv, client_msg_id, sent.result().seq)
-            }
+    let first_round: Vec<(String, String)> = convs
+        .iter()
+        .flat_map(|conv| {
+            (0..30).map(|i| {
+                let n = if i < 20 { i } else { (i - 20) * 2 };
+                (conv.clone(), format!("c{n}"))
+            })
         })
-    });
-    let results = futures::future::join_all(sends).await;
+        .collect();
+    let seqs = send_all(&one.state, &path, &sender, &first_round).await;
+    let results: Vec<(&String, &String, u64)> = first_round
+        .iter()
+        .zip(seqs)
+        .map(|((conv, id), seq)| (conv, id, seq))
+        .collect();
 
     for conv in &convs {
         assert_eq!(
@@ -146,8 +143,8 @@ async fn many_convs_share_inserts_and_a_repeat_in_one_loses_nothing_in_the_other
             "{conv} is gap-free with one message per client_msg_id"
         );
         let mut seq_of = std::collections::HashMap::new();
-        for (c, id, seq) in results.iter().filter(|(c, ..)| c == conv) {
-            let first = *seq_of.entry(id.clone()).or_insert(*seq);
+        for (c, id, seq) in results.iter().filter(|(c, ..)| *c == conv) {
+            let first = *seq_of.entry(*id).or_insert(*seq);
             assert_eq!(
                 first, *seq,
                 "{c} {id}: a repeat is answered with the first send's seq"
@@ -160,24 +157,11 @@ async fn many_convs_share_inserts_and_a_repeat_in_one_loses_nothing_in_the_other
     // the convs' batches go to the store together, in fewer inserts than
     // there are convs.
     let before = path.store_inserts();
-    let sends = convs.iter().flat_map(|conv| {
-        (0..10).map(|i| {
-            let (state, path, from, conv) = (
-                one.state.clone(),
-                path.clone(),
-                sender.clone(),
-                conv.clone(),
-            );
-            async move {
-                messages::send(&state, &path, &from, &conv, &format!("d{i}"), "x")
-                    .await
-                    .unwrap_or_else(|e| panic!("send failed: {e}"))
-                    .result()
-                    .seq
-            }
-        })
-    });
-    let mut seqs = futures::future::join_all(sends).await;
+    let second_round: Vec<(String, String)> = convs
+        .iter()
+        .flat_map(|conv| (0..10).map(|i| (conv.clone(), format!("d{i}"))))
+        .collect();
+    let mut seqs = send_all(&one.state, &path, &sender, &second_round).await;
     seqs.sort();
     let expected: Vec<u64> = (21..=30).flat_map(|seq| [seq; 12]).collect();
     assert_eq!(seqs, expected, "seqs 21 to 30 in each conv");
@@ -186,4 +170,22 @@ async fn many_convs_share_inserts_and_a_repeat_in_one_loses_nothing_in_the_other
         inserts < 12,
         "{inserts} inserts for 10 sends in each of 12 convs: the convs share inserts"
     );
+}
+
+/// Sends every `(conv, client_msg_id)` of `sends` from `from` at once
+/// through one send path; the seqs, in the order of `sends`.
+async fn send_all(
+    state: &AppState,
+    path: &Sends,
+    from: &str,
+    sends: &[(String, String)],
+) -> Vec<u64> {
+    let sends = sends.iter().map(|(conv, client_msg_id)| async move {
+        messages::send(state, path, from, conv, client_msg_id, "x")
+            .await
+            .unwrap_or_else(|e| panic!("send failed: {e}"))
+            .result()
+            .seq
+    });
+    futures::future::join_all(sends).await
 }
