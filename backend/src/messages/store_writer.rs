@@ -138,28 +138,37 @@ fn outcomes(sizes: &[usize], result: Result<(), Error>) -> Vec<Outcome> {
         Ok(()) => return sizes.iter().map(|_| Outcome::Stored).collect(),
         Err(error) => error,
     };
-    let refused = first_refused(&error);
+    let stopped_at = first_write_error(&error);
     let mut start = 0;
     sizes
         .iter()
         .map(|&size| {
             let range = start..start + size;
             start += size;
-            match refused {
-                Some(at) if range.end <= at => Outcome::Stored,
-                Some(at) if range.contains(&at) => Outcome::Refused {
+            match stopped_at {
+                // Without the failing document's index nothing is known.
+                None => Outcome::Failed(error.clone()),
+                Some((at, _)) if range.end <= at => Outcome::Stored,
+                Some((at, DUPLICATE_KEY)) if range.contains(&at) => Outcome::Refused {
                     stored: at - range.start,
                 },
+                // Another kind of refusal is this batch's own failure; the
+                // batches after it were not tried and lose nothing by it.
+                Some((at, _)) if range.contains(&at) => Outcome::Failed(error.clone()),
                 Some(_) => Outcome::NotTried { stored: 0 },
-                None => Outcome::Failed(error.clone()),
             }
         })
         .collect()
 }
 
-/// If an ordered `insert_many` stopped because a unique index refused a
-/// document, that document's index (every one before it is stored).
-fn first_refused(error: &Error) -> Option<usize> {
+/// The error code of a document refused by a unique index.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// If an ordered `insert_many` stopped at a document (every one before it
+/// stored, none after it tried), that document's index and error code.
+/// `None` when the write as a whole failed (no server, a write concern
+/// not met): then which documents were stored is not known.
+fn first_write_error(error: &Error) -> Option<(usize, i32)> {
     match &*error.kind {
         ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
             let first = failure
@@ -167,7 +176,7 @@ fn first_refused(error: &Error) -> Option<usize> {
                 .as_ref()?
                 .iter()
                 .min_by_key(|w| w.index)?;
-            (first.code == 11000).then_some(first.index)
+            Some((first.index, first.code))
         }
         _ => None,
     }
@@ -178,10 +187,14 @@ mod tests {
     use super::*;
 
     fn refused_at(index: usize) -> Error {
+        write_error_at(index, DUPLICATE_KEY)
+    }
+
+    fn write_error_at(index: usize, code: i32) -> Error {
         // The driver's own shape of an ordered insert_many stopped by a
-        // duplicate key, as parsed from the server's reply.
+        // document, as parsed from the server's reply.
         let reply = mongodb::bson::doc! {
-            "writeErrors": [{"index": index as i32, "code": 11000, "errmsg": "E11000 duplicate key"}]
+            "writeErrors": [{"index": index as i32, "code": code, "errmsg": "refused"}]
         };
         let failure: mongodb::error::InsertManyError =
             mongodb::bson::from_document(reply).expect("a write error reply");
@@ -220,6 +233,13 @@ mod tests {
     fn a_refused_first_document_of_a_batch() {
         let outcomes = outcomes(&[2, 3], Err(refused_at(2)));
         assert_eq!(names(&outcomes), ["stored", "refused after 0"]);
+    }
+
+    #[test]
+    fn another_refusal_fails_its_own_batch_only() {
+        // Document validation (121) refuses the third document.
+        let outcomes = outcomes(&[2, 1, 2], Err(write_error_at(2, 121)));
+        assert_eq!(names(&outcomes), ["stored", "failed", "not tried after 0"]);
     }
 
     #[test]
