@@ -195,8 +195,8 @@ pub struct Config {
 
     /// Threads that run requests. Default 1: a request's steps (NATS in,
     /// the store, Redis, NATS out) then wake one thread rather than hand
-    /// each other over between threads, which cost a quarter more CPU per
-    /// message and three times the p99 at 100 sends/s with 2. The backend
+    /// each other over between threads, which cost a third more CPU per
+    /// message and 2.5 times the p99 at 100 sends/s with 2. The backend
     /// is stateless: use more cores with more instances (NATS queue groups
     /// and nginx spread the load), or raise this. Password hashing runs on
     /// its own threads either way.
