@@ -34,29 +34,19 @@ pub enum Frame {
 #[error("server frame is not a JSON object: {0}")]
 pub struct FrameError(String);
 
-/// The fields that tell a frame's kind, read without building the rest.
-#[derive(Deserialize)]
-struct Kind {
-    #[serde(default)]
-    ev: Option<serde::de::IgnoredAny>,
-}
-
 /// Sorts one text frame from the server.
 pub fn classify(text: &str) -> Result<Frame, FrameError> {
-    // Events are most of what a busy connection receives: they are read
-    // straight into their type, not through a `Value` first.
-    let kind: Kind = serde_json::from_str(text).map_err(|e| FrameError(e.to_string()))?;
-    if kind.ev.is_some() {
-        if let Ok(event) = serde_json::from_str::<Event>(text) {
-            return Ok(Frame::Event(event));
-        }
-    }
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError(e.to_string()))?;
     let Value::Object(mut fields) = value else {
         return Err(FrameError(format!("got {text:.80}")));
     };
     if fields.contains_key("ev") {
-        return Ok(Frame::Other(Value::Object(fields)));
+        // Decoded from the parsed value by reference, not from a copy.
+        let value = Value::Object(fields);
+        return Ok(match Event::deserialize(&value) {
+            Ok(event) => Frame::Event(event),
+            Err(_) => Frame::Other(value),
+        });
     }
     let ok = fields.get("ok").and_then(Value::as_bool);
     let id = match fields.get("id") {
