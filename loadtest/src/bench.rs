@@ -7,13 +7,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use oceanchat_client::wire;
 use tokio::time::Instant;
 
 use crate::body;
 use crate::scenario::{BenchMode, Scenario};
 use crate::shared::{Go, Local, Shared};
-use crate::wsraw::{self, opcode, WsClient};
+use crate::wsraw::{self, WsClient};
 
 /// How long one connect and upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,43 +144,21 @@ async fn run(
         };
 
         tokio::select! {
-            read = client.fill() => {
-                match read {
-                    Ok(0) => return Err("peer_closed".into()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read:{:?}", e.kind())),
-                }
+            read = client.read_more() => {
+                read?;
                 let now_ns = body::now_ns();
                 let mut returned = 0u32;
                 let mut l = local.borrow_mut();
-                loop {
-                    let head = match client.next_frame() {
-                        Ok(Some(head)) => head,
-                        Ok(None) => break,
-                        Err(e) => return Err(format!("frame:{e}")),
+                while let Some(head) = client.next_message(&mut out)? {
+                    let Some((kind, sent_ns, from)) = body::read(client.payload(head.payload)) else {
+                        continue;
                     };
-                    match head.opcode {
-                        opcode::TEXT | opcode::BINARY => {
-                            let Some((kind, sent_ns, from)) = body::read(client.payload(head.payload)) else {
-                                continue;
-                            };
-                            l.record(body::latency_us(sent_ns, now_ns));
-                            if kind == b'E' {
-                                l.counters.acked += 1;
-                            }
-                            if from == plan.id && plan.sender {
-                                returned += 1;
-                            }
-                        }
-                        opcode::PING => {
-                            let payload = client.payload(head.payload).to_vec();
-                            wsraw::push_frame(&mut out, opcode::PONG, &payload);
-                        }
-                        opcode::CLOSE => {
-                            let code = wire::close_code(client.payload(head.payload)).unwrap_or(1005);
-                            return Err(format!("close:{code}"));
-                        }
-                        _ => {}
+                    l.record(body::latency_us(sent_ns, now_ns));
+                    if kind == b'E' {
+                        l.counters.acked += 1;
+                    }
+                    if from == plan.id && plan.sender {
+                        returned += 1;
                     }
                 }
                 drop(l);

@@ -5,7 +5,7 @@
 //! once per backend and cached with their tokens in a JSON file keyed by
 //! the API URL, because registering hashes a password (slow on purpose).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -312,7 +312,7 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
 
     // Receive until the end of the drain. Delivery is at least once, so a
     // (conv, seq) this connection has seen counts as a duplicate.
-    let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
+    let mut seen = receiver::Seen::default();
     loop {
         let left = go.end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -324,7 +324,7 @@ pub async fn connection(shared: Rc<Shared>, k: usize, connect_at: Instant) {
                     continue;
                 };
                 let latency = body::latency_us(sent_ns, body::now_ns());
-                let first = seen.entry(m.conv).or_default().insert(m.seq);
+                let first = seen.first(&m.conv, m.seq);
                 let mut local = shared.local.borrow_mut();
                 if first {
                     local.record(latency);

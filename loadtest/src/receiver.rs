@@ -12,7 +12,6 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use oceanchat_client::wire;
 use oceanchat_protocol::client::{encode_request, Op};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -36,6 +35,21 @@ struct Frame<'a> {
     ok: Option<bool>,
 }
 
+/// The `(conv, seq)` pairs one connection has received: delivery is at
+/// least once, so one seen before is a duplicate.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<String, HashSet<u64>>);
+
+impl Seen {
+    /// Records `(conv, seq)`; true the first time.
+    pub fn first(&mut self, conv: &str, seq: u64) -> bool {
+        match self.0.get_mut(conv) {
+            Some(seqs) => seqs.insert(seq),
+            None => self.0.entry(conv.to_string()).or_default().insert(seq),
+        }
+    }
+}
+
 /// Connects from `local`, upgrades and authenticates with `token`.
 /// `Err` is an error code for the run's counts.
 pub async fn open(local: Option<IpAddr>, url: &WsUrl, token: &str) -> Result<WsClient, String> {
@@ -48,33 +62,20 @@ pub async fn open(local: Option<IpAddr>, url: &WsUrl, token: &str) -> Result<WsC
         },
     );
     wsraw::push_frame(&mut out, opcode::TEXT, &auth);
-    client
-        .flush(&mut out)
-        .await
-        .map_err(|e| format!("write:{:?}", e.kind()))?;
     loop {
-        while let Some(head) = client.next_frame().map_err(|e| format!("frame:{e}"))? {
-            match head.opcode {
-                opcode::TEXT => {
-                    let frame: Frame = serde_json::from_slice(client.payload(head.payload))
-                        .map_err(|_| "auth:unreadable".to_string())?;
-                    return match frame.ok {
-                        Some(true) => Ok(client),
-                        Some(false) => Err("auth:refused".into()),
-                        None => Err("auth:unexpected".into()),
-                    };
-                }
-                opcode::CLOSE => {
-                    let code = wire::close_code(client.payload(head.payload)).unwrap_or(1005);
-                    return Err(format!("close:{code}"));
-                }
-                _ => {}
-            }
-        }
-        match client.fill().await {
-            Ok(0) => return Err("auth:closed".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read:{:?}", e.kind())),
+        client
+            .flush(&mut out)
+            .await
+            .map_err(|e| format!("write:{:?}", e.kind()))?;
+        client.read_more().await?;
+        if let Some(head) = client.next_message(&mut out)? {
+            let frame: Frame = serde_json::from_slice(client.payload(head.payload))
+                .map_err(|_| "auth:unreadable".to_string())?;
+            return match frame.ok {
+                Some(true) => Ok(client),
+                Some(false) => Err("auth:refused".into()),
+                None => Err("auth:unexpected".into()),
+            };
         }
     }
 }
@@ -90,78 +91,66 @@ pub struct Received {
 }
 
 /// Reads until `end`, calling `record` with the latency (µs) of every
-/// load-generator message that arrives for the first time; a `(conv,
-/// seq)` seen before on this connection counts as a duplicate (delivery
-/// is at least once). Answers pings.
-pub async fn receive(client: &mut WsClient, end: Instant, mut record: impl FnMut(u64)) -> Received {
-    let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
+/// load-generator message that arrives for the first time, and counting
+/// the ones that arrive again. Answers pings.
+pub async fn receive(client: &mut WsClient, end: Instant, record: impl FnMut(u64)) -> Received {
     let mut received = Received::default();
+    received.ended = read_until(client, end, record, &mut received.duplicates)
+        .await
+        .err();
+    received
+}
+
+async fn read_until(
+    client: &mut WsClient,
+    end: Instant,
+    mut record: impl FnMut(u64),
+    duplicates: &mut u64,
+) -> Result<(), String> {
+    let mut seen = Seen::default();
     let mut out = Vec::new();
     loop {
-        let read = tokio::select! {
-            read = client.fill() => read,
-            _ = tokio::time::sleep_until(end) => return received,
-        };
-        match read {
-            Ok(0) => {
-                received.ended = Some("peer_closed".into());
-                return received;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                received.ended = Some(format!("read:{:?}", e.kind()));
-                return received;
-            }
+        tokio::select! {
+            read = client.read_more() => read?,
+            _ = tokio::time::sleep_until(end) => return Ok(()),
         }
         let now_ns = body::now_ns();
-        loop {
-            let head = match client.next_frame() {
-                Ok(Some(head)) => head,
-                Ok(None) => break,
-                Err(e) => {
-                    received.ended = Some(format!("frame:{e}"));
-                    return received;
-                }
+        while let Some(head) = client.next_message(&mut out)? {
+            let Ok(frame) = serde_json::from_slice::<Frame>(client.payload(head.payload)) else {
+                continue;
             };
-            match head.opcode {
-                opcode::TEXT => {
-                    let Ok(frame) = serde_json::from_slice::<Frame>(client.payload(head.payload))
-                    else {
-                        continue;
-                    };
-                    let (Some("msg"), Some(conv), Some(seq), Some(text)) =
-                        (frame.ev.as_deref(), frame.conv, frame.seq, frame.body)
-                    else {
-                        continue;
-                    };
-                    let Some((b'L', sent_ns, _)) = body::read(text.as_bytes()) else {
-                        continue;
-                    };
-                    let first = match seen.get_mut(conv.as_ref()) {
-                        Some(seqs) => seqs.insert(seq),
-                        None => seen.entry(conv.into_owned()).or_default().insert(seq),
-                    };
-                    if first {
-                        record(body::latency_us(sent_ns, now_ns));
-                    } else {
-                        received.duplicates += 1;
-                    }
-                }
-                opcode::PING => {
-                    let payload = client.payload(head.payload).to_vec();
-                    wsraw::push_frame(&mut out, opcode::PONG, &payload);
-                }
-                opcode::CLOSE => {
-                    let code = wire::close_code(client.payload(head.payload)).unwrap_or(1005);
-                    received.ended = Some(format!("close:{code}"));
-                    return received;
-                }
-                _ => {}
+            let (Some("msg"), Some(conv), Some(seq), Some(text)) =
+                (frame.ev.as_deref(), frame.conv, frame.seq, frame.body)
+            else {
+                continue;
+            };
+            let Some((b'L', sent_ns, _)) = body::read(text.as_bytes()) else {
+                continue;
+            };
+            if seen.first(&conv, seq) {
+                record(body::latency_us(sent_ns, now_ns));
+            } else {
+                *duplicates += 1;
             }
         }
-        if let Err(e) = client.flush(&mut out).await {
-            received.ended = Some(format!("write:{:?}", e.kind()));
-            return received;
-        }
+        client
+            .flush(&mut out)
+            .await
+            .map_err(|e| format!("write:{:?}", e.kind()))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conv_seq_pair_is_first_once() {
+        let mut seen = Seen::default();
+        assert!(seen.first("g:1", 1));
+        assert!(seen.first("g:1", 2));
+        assert!(seen.first("g:2", 1));
+        assert!(!seen.first("g:1", 1));
+        assert!(!seen.first("g:2", 1));
     }
 }

@@ -139,6 +139,16 @@ impl WsClient {
         Ok(n)
     }
 
+    /// [`fill`](Self::fill) with the run's error codes: `peer_closed` when
+    /// the peer closed, `read:<kind>` on an error. Cancel safe.
+    pub async fn read_more(&mut self) -> Result<(), String> {
+        match self.fill().await {
+            Ok(0) => Err("peer_closed".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read:{:?}", e.kind())),
+        }
+    }
+
     /// The next complete frame in the buffer: its header, with the
     /// payload's place in the buffer (read it with
     /// [`payload`](Self::payload)); `Ok(None)` until one is complete.
@@ -149,6 +159,28 @@ impl WsClient {
         head.payload = self.start + head.payload.start..self.start + head.payload.end;
         self.start = head.payload.end;
         Ok(Some(head))
+    }
+
+    /// The next complete text or binary frame in the buffer, answering
+    /// control frames on the way: a ping's pong is queued in `out`, a pong
+    /// is skipped, and a close ends the connection with `Err("close:<code>")`
+    /// (an undecodable frame with `Err("frame:...")`). `Ok(None)` until a
+    /// data frame is complete.
+    pub fn next_message(&mut self, out: &mut Vec<u8>) -> Result<Option<FrameHead>, String> {
+        loop {
+            let Some(head) = self.next_frame().map_err(|e| format!("frame:{e}"))? else {
+                return Ok(None);
+            };
+            match head.opcode {
+                opcode::TEXT | opcode::BINARY => return Ok(Some(head)),
+                opcode::PING => push_frame(out, opcode::PONG, &self.buf[head.payload]),
+                opcode::CLOSE => {
+                    let code = wire::close_code(self.payload(head.payload)).unwrap_or(1005);
+                    return Err(format!("close:{code}"));
+                }
+                _ => {}
+            }
+        }
     }
 
     pub fn payload(&self, range: Range<usize>) -> &[u8] {
