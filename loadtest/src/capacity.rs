@@ -29,6 +29,10 @@ const USABLE: f64 = 0.8;
 /// Cores assumed for "one 64 GiB machine" (4 GiB per core, a common shape).
 const MACHINE_CORES: f64 = 16.0;
 
+/// The runs the cost fit is made over, in the order the report uses
+/// them; `group-1000-fast`, when present, comes after them.
+const FITTED_RUNS: [&str; 4] = ["dm-1", "dm-2", "dm-3", "group-1000"];
+
 fn load(dir: &Path, name: &str) -> anyhow::Result<Report> {
     let path = dir.join(format!("{name}.json"));
     let text =
@@ -155,7 +159,7 @@ fn load_note(r: &Report) -> String {
 
 pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<String> {
     let idle = load(dir, "idle")?;
-    let mut loaded: Vec<Report> = ["dm-1", "dm-2", "dm-3", "group-1000"]
+    let mut loaded: Vec<Report> = FITTED_RUNS
         .iter()
         .map(|n| load(dir, n))
         .collect::<anyhow::Result<_>>()?;
@@ -344,7 +348,7 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
     // The fast group run loads the machine to its limit, where costs per
     // message are not those of the other runs (fewer wake-ups per message,
     // more frames per write, all cores contended): it is shown, not fitted.
-    let fit_runs = &loaded[..4];
+    let fit_runs = &loaded[..FITTED_RUNS.len()];
     let fitted: Vec<&Report> = fit_runs.iter().filter(|r| sustained(r)).collect();
     let left_out: Vec<&str> = fit_runs
         .iter()
@@ -409,7 +413,7 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
              per gateway, not per member)."
         );
     }
-    if let Some(fast) = loaded.get(4) {
+    if let Some(fast) = loaded.get(FITTED_RUNS.len()) {
         // CPU per delivered message as measured, idle work included, in
         // the seed run and in the same group at ten times its rate.
         let per_delivery = |r: &Report| -> String {
@@ -552,7 +556,10 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
          \"Where a message's time goes\"); the load generator reads them at the start and the end \
          of the measured part. p50 and p99 are interpolated within the histogram buckets.\n"
     );
-    for r in [&loaded[2], &loaded[3]].into_iter().chain(loaded.get(4)) {
+    for r in [&loaded[2], &loaded[3]]
+        .into_iter()
+        .chain(loaded.get(FITTED_RUNS.len()))
+    {
         let _ = write!(o, "{}", hop_table(r));
     }
 
