@@ -36,6 +36,9 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
   let renewTimer = null;
   let waitTimer = null;
   let loadTimer = null;
+  // Loads may overlap (an event arrives while one is under way) and their
+  // answers may come back in either order: only the newest one counts.
+  let loadsStarted = 0;
 
   // --- the page ------------------------------------------------------------
 
@@ -247,6 +250,7 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
   }
 
   async function load() {
+    const mine = ++loadsStarted;
     let members = [];
     let after;
     let result;
@@ -257,7 +261,7 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
       members = members.concat(result.members);
       after = result.members_next;
     } while (after);
-    if (!alive) return;
+    if (!alive || mine !== loadsStarted) return;
     s.group = result.group;
     s.members = members;
     const known = chat.groups.get(gid);
@@ -476,7 +480,11 @@ export function settingsView(main, { conn, chat, dir, me, navigate }, gid) {
     } else if (frame.ev === 'group' && frame.group_id === gid) {
       const removedMe = frame.change.kind === 'members_removed' && frame.change.user_ids.includes(me.user_id);
       if (removedMe) fail({ code: 'not_member' });
-      else if (!s.group || frame.version > s.group.version) loadSoon();
+      // A change's version is written before its member documents, so a
+      // load that overlapped the change can hold its version without all
+      // of it; its event comes after every write: read again unless what
+      // we hold is newer.
+      else if (!s.group || frame.version >= s.group.version) loadSoon();
     }
   };
   const onState = (e) => {
