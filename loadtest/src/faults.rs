@@ -216,7 +216,9 @@ pub struct Outcome {
     pub rows: Vec<Row>,
     pub acked: usize,
     pub stored: usize,
-    pub stale_clients: usize,
+    /// The clients not caught up or not connected at the end, each with
+    /// what it lacked.
+    pub stale_clients: Vec<String>,
     /// Problems with the store itself (gaps, a `client_msg_id` twice).
     pub store_problems: Vec<String>,
 }
@@ -225,7 +227,7 @@ impl Outcome {
     /// True when nothing acknowledged was lost, nothing duplicated and
     /// every client caught up and recovered.
     pub fn passed(&self) -> bool {
-        self.stale_clients == 0
+        self.stale_clients.is_empty()
             && self.store_problems.is_empty()
             && self
                 .rows
@@ -255,13 +257,16 @@ impl Outcome {
              connected at the end{}.",
             self.acked,
             self.stored,
-            self.stale_clients,
+            self.stale_clients.len(),
             if self.store_problems.is_empty() {
                 String::new()
             } else {
                 format!("; store: {}", self.store_problems.join("; "))
             }
         );
+        for stale in &self.stale_clients {
+            let _ = writeln!(out, "- {stale}");
+        }
         out
     }
 }
@@ -541,7 +546,7 @@ fn judge(
         rows[window_of(*at).unwrap_or(0)].refused += 1;
     }
     // Each client: every seq once; a second copy counts where it arrived.
-    let mut stale_clients = 0;
+    let mut stale_clients = Vec::new();
     for (i, (received, connected)) in log.received.iter().zip(connected).enumerate() {
         let mut seen = HashSet::new();
         for (conv, seq, at) in received {
@@ -549,12 +554,25 @@ fn judge(
                 rows[window_of(*at).unwrap_or(0)].duplicates += 1;
             }
         }
-        let complete = convs.of(i).iter().all(|conv| {
-            let end = stored.get(*conv).map_or(0, |m| m.len() as u64);
-            (1..=end).all(|seq| seen.contains(&(*conv, seq)))
-        });
-        if !connected || !complete {
-            stale_clients += 1;
+        let mut lacks = Vec::new();
+        if !connected {
+            lacks.push("no connection".to_string());
+        }
+        for conv in convs.of(i) {
+            let end = stored.get(conv).map_or(0, |m| m.len() as u64);
+            let missing: Vec<u64> = (1..=end)
+                .filter(|seq| !seen.contains(&(conv, *seq)))
+                .collect();
+            if !missing.is_empty() {
+                lacks.push(format!(
+                    "{} of {end} seqs of {conv} missing (first {:?})",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ));
+            }
+        }
+        if !lacks.is_empty() {
+            stale_clients.push(format!("client {i}: {}", lacks.join(", ")));
         }
     }
     Outcome {
