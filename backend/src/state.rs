@@ -5,6 +5,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use crate::config::{redact_url, Config};
+use crate::delivery::KnownGateways;
 use crate::error::BackendError;
 use crate::redis::connect_redis;
 use crate::store::Store;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// JetStream on `nats`, for message events.
     pub jetstream: async_nats::jetstream::Context,
+    /// The gateway ids met in routes, whose liveness is read with them.
+    pub gateways: Arc<KnownGateways>,
 }
 
 impl AppState {
@@ -96,6 +99,7 @@ impl AppState {
             store,
             redis,
             nats,
+            gateways: Arc::default(),
         })
     }
 }

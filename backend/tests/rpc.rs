@@ -6,8 +6,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, Running};
+use common::{
+    config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, AnswerCutter, Running,
+};
 use futures::StreamExt as _;
+use oceanchat_backend::Config;
 use oceanchat_protocol::client::{Event, Op, Role};
 use oceanchat_protocol::internal::{decode_gateway_message, keys, subjects, GatewayCommand};
 use oceanchat_testkit::Stack;
@@ -370,7 +373,66 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
     watcher.flush().await.unwrap();
 
     let sent = ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    let expected = BTreeMap::from([
+        (subjects::gateway("gw-1"), both),
+        (subjects::gateway("gw-2"), vec![a.clone()]),
+    ]);
+    assert_eq!(
+        deliveries_of(&mut commands, &sent, &a, "to everyone").await,
+        expected
+    );
 
+    // The stale fields are gone, the live ones kept.
+    let left: Vec<String> = redis.hkeys(keys::routes(&b)).await.unwrap();
+    assert_eq!(left, vec![keys::route_field("gw-1", "run1", "s4", 4)]);
+    let left: Vec<String> = redis.hkeys(keys::routes(&a)).await.unwrap();
+    assert_eq!(left.len(), 3);
+
+    // A repeated send is not delivered again.
+    ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
+    let again = tokio::time::timeout(Duration::from_millis(500), commands.next()).await;
+    assert!(again.is_err(), "no delivery for a repeat");
+
+    // gw-2 restarts (a new run under the same id) and a reconnects to it.
+    // The backend has met gw-2 and reads its liveness together with the
+    // routes now: the new run gets the next message at once, and a's field
+    // of the old run is stale.
+    let _: () = redis
+        .set(keys::gateway_alive("gw-2"), "run2b")
+        .await
+        .unwrap();
+    let reconnected = keys::route_field("gw-2", "run2b", "s7", 7);
+    let _: () = redis
+        .hset(keys::routes(&a), &reconnected, "gw-2")
+        .await
+        .unwrap();
+    let sent = ok(rpc(nats, Some(&a), send_op(&conv, "d2", "after the restart")).await);
+    assert_eq!(
+        deliveries_of(&mut commands, &sent, &a, "after the restart").await,
+        expected
+    );
+    let mut left: Vec<String> = redis.hkeys(keys::routes(&a)).await.unwrap();
+    left.sort();
+    let mut live = vec![
+        keys::route_field("gw-1", "run1", "s1", 1),
+        keys::route_field("gw-1", "run1", "s2", 2),
+        reconnected,
+    ];
+    live.sort();
+    assert_eq!(left, live);
+}
+
+/// The deliveries of the sent message `sent` (from `from`, saying `body`)
+/// that reach the gateways' subjects within half a second: the users
+/// named to each gateway, which must get one command each.
+async fn deliveries_of(
+    commands: &mut async_nats::Subscriber,
+    sent: &serde_json::Value,
+    from: &str,
+    body: &str,
+) -> BTreeMap<String, Vec<String>> {
     let mut deliveries = BTreeMap::new();
     while let Ok(Some(message)) =
         tokio::time::timeout(Duration::from_millis(500), commands.next()).await
@@ -384,33 +446,11 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
         };
         assert_eq!(msg.seq, sent["seq"].as_u64().unwrap());
         assert_eq!(msg.msg_id, sent["msg_id"].as_str().unwrap());
-        assert_eq!(
-            (msg.from.as_str(), msg.body.as_str()),
-            (a.as_str(), "to everyone")
-        );
+        assert_eq!((msg.from.as_str(), msg.body.as_str()), (from, body));
         let earlier = deliveries.insert(message.subject.to_string(), users);
         assert!(earlier.is_none(), "one message per gateway");
     }
-    let mut both = vec![a.clone(), b.clone()];
-    both.sort();
-    assert_eq!(
-        deliveries,
-        BTreeMap::from([
-            (subjects::gateway("gw-1"), both),
-            (subjects::gateway("gw-2"), vec![a.clone()]),
-        ])
-    );
-
-    // The stale fields are gone, the live ones kept.
-    let left: Vec<String> = redis.hkeys(keys::routes(&b)).await.unwrap();
-    assert_eq!(left, vec![keys::route_field("gw-1", "run1", "s4", 4)]);
-    let left: Vec<String> = redis.hkeys(keys::routes(&a)).await.unwrap();
-    assert_eq!(left.len(), 3);
-
-    // A repeated send is not delivered again.
-    ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
-    let again = tokio::time::timeout(Duration::from_millis(500), commands.next()).await;
-    assert!(again.is_err(), "no delivery for a repeat");
+    deliveries
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ use oceanchat_protocol::metrics::{now_us, SENT_AT_HEADER};
 
 pub mod routes;
 
-pub use routes::{live_connections, online_by_gateway};
+pub use routes::{live_connections, online_by_gateway, KnownGateways};
 
 use crate::error::ServiceError;
 use crate::state::AppState;

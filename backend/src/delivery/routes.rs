@@ -2,13 +2,49 @@
 //! `oc:routes:<user>` in Redis. A field counts only while `oc:gw:<gateway>`
 //! names the gateway run (instance) that wrote it; the others are deleted
 //! on the way, so a crashed gateway's routes go away.
+//!
+//! The liveness keys of the gateways this process has met before are read
+//! in the same pipeline as the routes, so a delivery costs one Redis round
+//! trip; only a gateway id met for the first time costs a second.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use oceanchat_protocol::internal::keys;
 
 use crate::error::ServiceError;
 use crate::state::AppState;
+
+/// Most gateway ids remembered; past it the set starts again (gateway ids
+/// are a deployment's few names, so this only bounds a misconfiguration).
+const MAX_KNOWN_GATEWAYS: usize = 1024;
+
+/// The gateway ids met in routes so far (ids only: whether a gateway run is
+/// alive is read from Redis every time, never remembered).
+#[derive(Debug, Default)]
+pub struct KnownGateways(Mutex<BTreeSet<String>>);
+
+impl KnownGateways {
+    fn list(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn learn<'a>(&self, gateways: impl Iterator<Item = &'a String>) {
+        let mut known = self.lock();
+        for gateway in gateways {
+            if known.len() >= MAX_KNOWN_GATEWAYS {
+                known.clear();
+            }
+            known.insert(gateway.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// The online users among `users`, grouped by the gateway that holds
 /// their connections (a user on two gateways is under both). Routes of
@@ -22,41 +58,63 @@ pub async fn online_by_gateway(
         return Ok(online);
     }
     let mut redis = state.redis.clone();
+    let known = state.gateways.list();
     let mut pipe = redis::pipe();
     for user in users {
         pipe.hgetall(keys::routes(user));
     }
-    let routes: Vec<HashMap<String, String>> = pipe.query_async(&mut redis).await?;
+    if !known.is_empty() {
+        pipe.cmd("MGET").arg(alive_keys(known.iter()));
+    }
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut redis).await?;
+    // The run alive under each gateway id; a field of any other run
+    // (crashed, or restarted since) is stale.
+    let mut alive: HashMap<String, Option<String>> = HashMap::new();
+    let known_runs = if known.is_empty() {
+        None
+    } else {
+        replies.pop()
+    };
+    if let Some(runs) = known_runs {
+        let runs: Vec<Option<String>> =
+            redis::from_redis_value(runs).map_err(redis::RedisError::from)?;
+        alive.extend(known.into_iter().zip(runs));
+    }
+    let routes = replies
+        .into_iter()
+        .map(redis::from_redis_value::<HashMap<String, String>>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(redis::RedisError::from)?;
     let Routes {
         by_gateway,
         mut stale,
     } = group_by_gateway(users.iter().zip(routes));
 
-    if !by_gateway.is_empty() {
-        // The run alive under each gateway id; a field of any other run
-        // (crashed, or restarted since) is stale.
-        let gateways: Vec<&String> = by_gateway.keys().collect();
-        let alive: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(
-                gateways
-                    .iter()
-                    .map(|g| keys::gateway_alive(g))
-                    .collect::<Vec<_>>(),
-            )
+    let unknown: Vec<&String> = by_gateway
+        .keys()
+        .filter(|g| !alive.contains_key(*g))
+        .collect();
+    if !unknown.is_empty() {
+        let runs: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(alive_keys(unknown.iter().copied()))
             .query_async(&mut redis)
             .await?;
-        for (gateway, alive) in gateways.into_iter().zip(alive) {
-            let mut recipients = BTreeSet::new();
-            for (instance, conns) in &by_gateway[gateway] {
-                if alive.as_deref() == Some(instance.as_str()) {
-                    recipients.extend(conns.iter().map(|(user, _)| user.clone()));
-                } else {
-                    stale.extend(conns.iter().cloned());
-                }
+        state.gateways.learn(unknown.iter().copied());
+        alive.extend(unknown.into_iter().cloned().zip(runs));
+    }
+
+    for (gateway, instances) in &by_gateway {
+        let alive = alive.get(gateway).cloned().flatten();
+        let mut recipients = BTreeSet::new();
+        for (instance, conns) in instances {
+            if alive.as_deref() == Some(instance.as_str()) {
+                recipients.extend(conns.iter().map(|(user, _)| user.clone()));
+            } else {
+                stale.extend(conns.iter().cloned());
             }
-            if !recipients.is_empty() {
-                online.insert(gateway.clone(), recipients.into_iter().collect());
-            }
+        }
+        if !recipients.is_empty() {
+            online.insert(gateway.clone(), recipients.into_iter().collect());
         }
     }
 
@@ -96,6 +154,10 @@ pub async fn live_connections(
         .arg(keys::routes(user))
         .query_async(&mut redis)
         .await?)
+}
+
+fn alive_keys<'a>(gateways: impl Iterator<Item = &'a String>) -> Vec<String> {
+    gateways.map(|g| keys::gateway_alive(g)).collect()
 }
 
 /// One connection's route: its user and its field in the user's hash.
