@@ -486,6 +486,77 @@ async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_back() {
+    let stack = Stack::start();
+    let cutter = AnswerCutter::start(stack.mongo.port()).await;
+    let backend = Running::start(Config {
+        mongo_url: config(&stack).mongo_url.replace(
+            &format!(":{}/", stack.mongo.port()),
+            &format!(":{}/", cutter.port),
+        ),
+        ..config(&stack)
+    })
+    .await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "ka").await;
+    let b = user(&backend.http, "kb").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // b is online on gw-1.
+    let mut redis = backend.state.redis.clone();
+    let _: () = redis
+        .set(keys::gateway_alive("gw-1"), "run1")
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(
+            keys::routes(&b),
+            keys::route_field("gw-1", "run1", "s1", 1),
+            "gw-1",
+        )
+        .await
+        .unwrap();
+    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let first = ok(rpc(nats, Some(&a), send_op(&conv, "k1", "one")).await);
+    assert_eq!(
+        deliveries_of(&mut commands, &first, &a, "one").await.len(),
+        1
+    );
+
+    // The store keeps the next message, but its answer never arrives and
+    // the store cannot be asked: the sender hears `unavailable`.
+    cutter.cut_next_insert();
+    let reply = rpc(nats, Some(&a), send_op(&conv, "k2", "kept")).await;
+    assert_eq!(error_code(&reply), "unavailable", "{reply}");
+    cutter.heal();
+
+    // Once the store answers again, what it kept is delivered.
+    let delivered = tokio::time::timeout(Duration::from_secs(15), commands.next())
+        .await
+        .expect("the kept message is delivered once the store is back")
+        .unwrap();
+    let (_, frame) = decode_gateway_message(&delivered.payload).unwrap();
+    let Event::Msg(msg) = serde_json::from_slice(&frame).unwrap() else {
+        panic!("not a msg event");
+    };
+    assert_eq!((msg.seq, msg.body.as_str()), (2, "kept"));
+
+    // The sender's retry is answered from the store, and delivers nothing
+    // more.
+    let retried = ok(rpc(nats, Some(&a), send_op(&conv, "k2", "kept")).await);
+    assert_eq!(
+        (retried["seq"].as_u64(), retried["msg_id"].as_str()),
+        (Some(2), Some(msg.msg_id.as_str()))
+    );
+    let again = tokio::time::timeout(Duration::from_millis(500), commands.next()).await;
+    assert!(again.is_err(), "no second delivery");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stopping_unsubscribes_and_returns() {
     let stack = Stack::start();
     let backend = Running::start(config(&stack)).await;

@@ -32,6 +32,11 @@
 //!
 //! After delivery, the writer hands the batch to [`crate::events`], which
 //! publishes its message event to JetStream behind the send path.
+//!
+//! An insert that failed midway, when the store cannot be asked what it
+//! kept, fails its senders with `unavailable` and is looked up again in the
+//! background until the store answers; what it kept is delivered then
+//! ([`settle_later`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -62,6 +67,11 @@ use crate::store::{new_id, MessageDoc};
 /// ends. A count of attempts would fail it during the burst; a time
 /// budget fails it only under contention that never lets up.
 const CONTENTION_BUDGET: Duration = Duration::from_secs(5);
+
+/// How long, and how often, the documents of an insert with an unknown
+/// outcome are looked for once the store is back ([`settle_later`]).
+const SETTLE_FOR: Duration = Duration::from_secs(120);
+const SETTLE_EVERY: Duration = Duration::from_millis(500);
 
 /// The most sends stored by one `insert_many`. Inserts of 100 documents
 /// run at 7-12k documents/s on SecantusDB here, 15-20 times single inserts
@@ -359,7 +369,14 @@ async fn write_batch(
                         stored.extend(kept.into_iter().map(answer_new));
                         fail_all(lost, &error);
                     }
-                    Err(_) => fail_all(todo, &error),
+                    Err(_) => {
+                        // The store cannot say either: the senders hear
+                        // `unavailable` now, and what it kept is delivered
+                        // once it answers again.
+                        let docs = todo.iter().map(|w| w.doc.clone()).collect();
+                        fail_all(todo, &error);
+                        settle_later(state, sends, conv, docs);
+                    }
                 }
                 break;
             }
@@ -405,31 +422,83 @@ async fn write_batch(
             }
         }
     }
+    deliver_and_announce(state, sends, conv, stored).await;
+}
+
+/// Delivers stored messages live, then hands them to the message events
+/// (with `--message-events`): after the senders' replies and the live
+/// delivery, the event is at-least-once behind "stored" and never fails a
+/// send.
+async fn deliver_and_announce(state: &AppState, sends: &Sends, conv: &str, stored: Vec<Message>) {
+    if stored.is_empty() {
+        return;
+    }
     // Only with message events on: the batches are theirs alone.
     let mut batches = match &sends.events {
         Some(_) => events::Batch::runs(conv, &stored),
         None => Vec::new(),
     };
-    if !stored.is_empty() {
-        let delivering = Instant::now();
-        match delivery::deliver_messages(state, conv, stored).await {
-            Ok(Some(online)) => {
-                for batch in &mut batches {
-                    batch.online_at_delivery(&online);
-                }
+    let delivering = Instant::now();
+    match delivery::deliver_messages(state, conv, stored).await {
+        Ok(Some(online)) => {
+            for batch in &mut batches {
+                batch.online_at_delivery(&online);
             }
-            Ok(None) => {}
-            Err(error) => error.log("delivery"),
         }
-        METRICS.delivery.observe(delivering.elapsed());
+        Ok(None) => {}
+        Err(error) => error.log("delivery"),
     }
-    // After the senders' replies and the live delivery: the event is
-    // at-least-once behind "stored" and never fails a send.
+    METRICS.delivery.observe(delivering.elapsed());
     if let Some(events) = &sends.events {
         for batch in batches {
             events.publish(batch).await;
         }
     }
+}
+
+/// Looks, until the store answers, for the documents of an insert whose
+/// outcome is unknown (the connection failed midway and the store could
+/// not be asked), and delivers those it kept. Without it a message the
+/// store kept while its senders heard `unavailable` would reach its
+/// recipients only through a later gap: a retry with the same
+/// `client_msg_id` is answered from the store but delivers nothing.
+fn settle_later(state: &AppState, sends: &Sends, conv: &str, docs: Vec<MessageDoc>) {
+    let (state, sends, conv) = (state.clone(), sends.clone(), conv.to_string());
+    tokio::spawn(async move {
+        let seqs: Vec<i64> = docs.iter().map(|d| d.seq).collect();
+        let give_up = Instant::now() + SETTLE_FOR;
+        loop {
+            match state.store.msg_ids_at(&conv, &seqs).await {
+                Ok(ids) => {
+                    let kept: Vec<Message> = docs
+                        .into_iter()
+                        .filter(|d| ids.contains(&d.msg_id))
+                        .map(Message::from)
+                        .collect();
+                    if !kept.is_empty() {
+                        tracing::warn!(
+                            conv,
+                            stored = kept.len(),
+                            "an insert that failed midway was stored: delivering it"
+                        );
+                        deliver_and_announce(&state, &sends, &conv, kept).await;
+                    }
+                    return;
+                }
+                Err(error) if Instant::now() >= give_up => {
+                    tracing::error!(
+                        conv,
+                        %error,
+                        messages = docs.len(),
+                        "gave up asking the store whether an insert was stored; \
+                         a message it kept reaches its recipients through the next gap"
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(SETTLE_EVERY).await,
+            }
+        }
+    });
 }
 
 /// The msg ids among `sends` that the store holds, after a batch failed

@@ -165,3 +165,108 @@ pub fn dm_open_op(other: &str) -> Op {
         user_id: other.into(),
     }
 }
+
+/// A TCP proxy in front of a store that can lose an insert's answer: after
+/// [`AnswerCutter::cut_next_insert`], the next connection that carries an
+/// `insert` gets it through to the store, but the store's answer is dropped
+/// and the connection closed, and every new connection is refused until
+/// [`AnswerCutter::heal`]. The client cannot tell whether the insert was
+/// stored, and cannot ask.
+pub struct AnswerCutter {
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    task: JoinHandle<()>,
+}
+
+const PASS: u8 = 0;
+const CUT_NEXT_INSERT: u8 = 1;
+const REFUSE: u8 = 2;
+
+impl AnswerCutter {
+    pub async fn start(target_port: u16) -> AnswerCutter {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = std::sync::Arc::new(AtomicU8::new(PASS));
+        let shared = mode.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if shared.load(Ordering::SeqCst) == REFUSE {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(cutter_pipe(client, server, shared.clone()));
+            }
+        });
+        AnswerCutter { port, mode, task }
+    }
+
+    pub fn cut_next_insert(&self) {
+        self.mode
+            .store(CUT_NEXT_INSERT, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.mode.store(PASS, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for AnswerCutter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn cutter_pipe(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let carried_insert = AtomicBool::new(false);
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_in.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            // The command name is a BSON key, in plain bytes.
+            if mode.load(Ordering::SeqCst) == CUT_NEXT_INSERT
+                && buf[..n].windows(7).any(|w| w == b"insert\0")
+            {
+                carried_insert.store(true, Ordering::SeqCst);
+            }
+            if server_out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_in.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if carried_insert.load(Ordering::SeqCst) {
+                // The store answered the insert: drop the answer, close.
+                mode.store(REFUSE, Ordering::SeqCst);
+                return;
+            }
+            if client_out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+}
