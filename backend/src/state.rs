@@ -5,7 +5,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use crate::config::{redact_url, Config};
-use crate::delivery::KnownGateways;
+use crate::delivery::gateways::KnownGateways;
 use crate::error::BackendError;
 use crate::redis::connect_redis;
 use crate::store::Store;

@@ -18,9 +18,10 @@ use oceanchat_protocol::internal::{
 };
 use oceanchat_protocol::metrics::{now_us, SENT_AT_HEADER};
 
+pub mod gateways;
 pub mod routes;
 
-pub use routes::{live_connections, online_by_gateway, KnownGateways};
+pub use routes::{live_connections, online_by_gateway};
 
 use crate::error::ServiceError;
 use crate::state::AppState;

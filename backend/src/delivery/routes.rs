@@ -8,43 +8,11 @@
 //! trip; only a gateway id met for the first time costs a second.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 
 use oceanchat_protocol::internal::keys;
 
 use crate::error::ServiceError;
 use crate::state::AppState;
-
-/// Most gateway ids remembered; past it the set starts again (gateway ids
-/// are a deployment's few names, so this only bounds a misconfiguration).
-const MAX_KNOWN_GATEWAYS: usize = 1024;
-
-/// The gateway ids met in routes so far (ids only: whether a gateway run is
-/// alive is read from Redis every time, never remembered).
-#[derive(Debug, Default)]
-pub struct KnownGateways(Mutex<BTreeSet<String>>);
-
-impl KnownGateways {
-    fn list(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
-    }
-
-    fn learn<'a>(&self, gateways: impl Iterator<Item = &'a String>) {
-        let mut known = self.lock();
-        for gateway in gateways {
-            if known.len() >= MAX_KNOWN_GATEWAYS {
-                known.clear();
-            }
-            known.insert(gateway.clone());
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// The online users among `users`, grouped by the gateway that holds
 /// their connections (a user on two gateways is under both). Routes of
