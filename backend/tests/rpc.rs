@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use oceanchat_backend::Config;
 use oceanchat_protocol::client::{Event, Op, Role};
 use oceanchat_protocol::internal::{decode_gateway_message, keys, subjects, GatewayCommand};
-use oceanchat_testkit::Stack;
+use oceanchat_testkit::{Redis, Stack};
 use redis::AsyncCommands as _;
 
 fn sync_op(convs: &[(&str, u64)], limit: Option<u32>) -> Op {
@@ -554,6 +554,65 @@ async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_b
     );
     let again = tokio::time::timeout(Duration::from_millis(500), commands.next()).await;
     assert!(again.is_err(), "no second delivery");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_failed_while_redis_was_down_is_made_once_it_is_back() {
+    let mut stack = Stack::start();
+    // Routes survive the restart, as if the gateway had written them again.
+    stack.redis = Redis::start_persistent();
+    let backend = Running::start(config(&stack)).await;
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, "ra").await;
+    let b = user(&backend.http, "rb").await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut redis = backend.state.redis.clone();
+    let _: () = redis
+        .set(keys::gateway_alive("gw-1"), "run1")
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(
+            keys::routes(&b),
+            keys::route_field("gw-1", "run1", "s1", 1),
+            "gw-1",
+        )
+        .await
+        .unwrap();
+    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let first = ok(rpc(nats, Some(&a), send_op(&conv, "r1", "one")).await);
+    assert_eq!(
+        deliveries_of(&mut commands, &first, &a, "one").await.len(),
+        1
+    );
+
+    // Redis is down: the message is stored and acknowledged, but nobody
+    // can say where b is.
+    tokio::task::block_in_place(|| stack.redis.stop());
+    let sent = ok(rpc(nats, Some(&a), send_op(&conv, "r2", "while redis is down")).await);
+    assert_eq!(sent["seq"], 2);
+    let early = tokio::time::timeout(Duration::from_millis(300), commands.next()).await;
+    assert!(
+        early.is_err(),
+        "nothing to deliver to while the routes are unreadable"
+    );
+
+    // Redis is back and the delivery is made.
+    tokio::task::block_in_place(|| stack.redis.restart());
+    let delivered = tokio::time::timeout(Duration::from_secs(15), commands.next())
+        .await
+        .expect("the acknowledged message is delivered once Redis is back")
+        .unwrap();
+    let (_, frame) = decode_gateway_message(&delivered.payload).unwrap();
+    let Event::Msg(msg) = serde_json::from_slice(&frame).unwrap() else {
+        panic!("not a msg event");
+    };
+    assert_eq!((msg.seq, msg.body.as_str()), (2, "while redis is down"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

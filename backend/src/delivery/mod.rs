@@ -53,20 +53,30 @@ pub async fn publish(
     }
 }
 
-/// Sends stored messages of one conv, in the order given, to every online
-/// connection of every member (the senders' own included). For a direct
-/// conv, returns which of its two users were online: their routes were
-/// read for the delivery, and the message event needs them too.
-pub async fn deliver_messages(
+/// The `msg` event frames of stored messages, for [`deliver_frames`].
+pub fn msg_frames(messages: Vec<Message>) -> Vec<Vec<u8>> {
+    messages
+        .into_iter()
+        .map(|m| encode_event(&Event::Msg(m)))
+        .collect()
+}
+
+/// Sends the `msg` frames of one conv's stored messages ([`msg_frames`]),
+/// in the order given, to every online connection of every member (the
+/// senders' own included). For a direct conv, returns which of its two
+/// users were online: their routes were read for the delivery, and the
+/// message event needs them too. A failed delivery may be repeated with
+/// the same frames: a connection that got some of them drops the repeats
+/// by seq.
+pub async fn deliver_frames(
     state: &AppState,
     conv: &str,
-    messages: Vec<Message>,
+    frames: &[Vec<u8>],
 ) -> Result<Option<Vec<String>>, ServiceError> {
-    let frames = messages.into_iter().map(|m| encode_event(&Event::Msg(m)));
     if let Some(group_id) = group_id_of(conv) {
         let topic = topics::group(group_id);
         for frame in frames {
-            publish_topic(state, &topic, None, &frame).await?;
+            publish_topic(state, &topic, None, frame).await?;
         }
         return Ok(None);
     }
@@ -78,7 +88,7 @@ pub async fn deliver_messages(
                 users: users.clone(),
                 except: None,
             };
-            publish_command(state, gateway, &command, &frame).await?;
+            publish_command(state, gateway, &command, frame).await?;
         }
     }
     Ok(Some(online.into_values().flatten().collect()))

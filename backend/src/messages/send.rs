@@ -36,7 +36,8 @@
 //! An insert that failed midway, when the store cannot be asked what it
 //! kept, fails its senders with `unavailable` and is looked up again in the
 //! background until the store answers; what it kept is delivered then
-//! ([`settle_later`]).
+//! ([`settle_later`]). A delivery that failed (routes or bus unreachable)
+//! is repeated in the background ([`deliver_later`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -69,7 +70,8 @@ use crate::store::{new_id, MessageDoc};
 const CONTENTION_BUDGET: Duration = Duration::from_secs(5);
 
 /// How long, and how often, the documents of an insert with an unknown
-/// outcome are looked for once the store is back ([`settle_later`]).
+/// outcome are looked for once the store is back ([`settle_later`]), and
+/// a failed delivery is repeated ([`deliver_later`]).
 const SETTLE_FOR: Duration = Duration::from_secs(120);
 const SETTLE_EVERY: Duration = Duration::from_millis(500);
 
@@ -439,14 +441,18 @@ async fn deliver_and_announce(state: &AppState, sends: &Sends, conv: &str, store
         None => Vec::new(),
     };
     let delivering = Instant::now();
-    match delivery::deliver_messages(state, conv, stored).await {
+    let frames = delivery::msg_frames(stored);
+    match delivery::deliver_frames(state, conv, &frames).await {
         Ok(Some(online)) => {
             for batch in &mut batches {
                 batch.online_at_delivery(&online);
             }
         }
         Ok(None) => {}
-        Err(error) => error.log("delivery"),
+        Err(error) => {
+            error.log("delivery");
+            deliver_later(state, conv, frames);
+        }
     }
     METRICS.delivery.observe(delivering.elapsed());
     if let Some(events) = &sends.events {
@@ -454,6 +460,42 @@ async fn deliver_and_announce(state: &AppState, sends: &Sends, conv: &str, store
             events.publish(batch).await;
         }
     }
+}
+
+/// Repeats a delivery that failed (Redis could not give the routes, NATS
+/// did not take a publish) until it goes through. The messages are stored
+/// and their senders answered; without it their recipients would see them
+/// only through a later gap. Later messages of the conv are not held back
+/// meanwhile: a client that sees a seq past the next one syncs the gap.
+fn deliver_later(state: &AppState, conv: &str, frames: Vec<Vec<u8>>) {
+    let (state, conv) = (state.clone(), conv.to_string());
+    tokio::spawn(async move {
+        let give_up = Instant::now() + SETTLE_FOR;
+        for attempt in 1u32.. {
+            tokio::time::sleep(SETTLE_EVERY).await;
+            match delivery::deliver_frames(&state, &conv, &frames).await {
+                Ok(_) => {
+                    tracing::info!(
+                        conv,
+                        messages = frames.len(),
+                        attempt,
+                        "delivered on a later attempt"
+                    );
+                    return;
+                }
+                Err(error) if Instant::now() >= give_up => {
+                    tracing::error!(
+                        conv,
+                        %error,
+                        messages = frames.len(),
+                        "gave up delivering; the recipients get these messages through the next gap"
+                    );
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// Looks, until the store answers, for the documents of an insert whose
