@@ -134,7 +134,7 @@ pub enum Sent {
     /// Stored now, and handed to delivery.
     New(Message),
     /// The same `client_msg_id` was stored before: the first send's result,
-    /// nothing new stored or delivered.
+    /// nothing new stored; the stored message is delivered again.
     Repeat(SendResult),
 }
 
@@ -296,6 +296,7 @@ async fn write_batch(
     }
     let mut lost_races = 0u32;
     let mut stored = Vec::new();
+    let mut repeats = Vec::new();
     while !todo.is_empty() {
         let last = match *last_seq {
             Some(seq) => seq,
@@ -393,9 +394,9 @@ async fn write_batch(
         match first {
             Ok(Some(first)) => {
                 // A repeat: answered with the first send; costs no seq.
-                let _ = refused
-                    .answer
-                    .send(Ok(Sent::Repeat(result_of(&first.into()))));
+                let first = Message::from(first);
+                let _ = refused.answer.send(Ok(Sent::Repeat(result_of(&first))));
+                repeats.push(first);
             }
             Ok(None) => {
                 // The seq was taken elsewhere: reload, try it again.
@@ -422,6 +423,19 @@ async fn write_batch(
                 fail_all(todo, &error.into());
                 break;
             }
+        }
+    }
+    // A repeat is delivered again, before the new messages (lower seqs):
+    // its first delivery may have been lost with a backend that died
+    // between storing and delivering it, and a retry is then the only
+    // thing that brings it. Delivery is at least once; connections drop
+    // the copy by seq. A repeat of a send stored in this batch needs none.
+    repeats.retain(|r: &Message| !stored.iter().any(|m| m.msg_id == r.msg_id));
+    if !repeats.is_empty() {
+        let frames = delivery::msg_frames(repeats);
+        if let Err(error) = delivery::deliver_frames(state, conv, &frames).await {
+            error.log("delivery of a repeat");
+            deliver_later(state, conv, frames);
         }
     }
     deliver_and_announce(state, sends, conv, stored).await;
