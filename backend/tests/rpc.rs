@@ -428,6 +428,47 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
     assert_eq!(left, live);
 }
 
+/// Users `<prefix>a` and `<prefix>b` and their direct conv, b online on
+/// gw-1 (its route and gw-1's run written to Redis), a watcher of every
+/// gateway's subject, and a first message from a (client_msg_id
+/// `first_id`) seen delivered to gw-1. Returns a, the conv and the watcher.
+async fn dm_with_peer_online(
+    stack: &Stack,
+    backend: &Running,
+    prefix: &str,
+    first_id: &str,
+) -> (String, String, async_nats::Subscriber) {
+    let nats = &backend.state.nats;
+    let a = user(&backend.http, &format!("{prefix}a")).await;
+    let b = user(&backend.http, &format!("{prefix}b")).await;
+    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut redis = backend.state.redis.clone();
+    let _: () = redis
+        .set(keys::gateway_alive("gw-1"), "run1")
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(
+            keys::routes(&b),
+            keys::route_field("gw-1", "run1", "s1", 1),
+            "gw-1",
+        )
+        .await
+        .unwrap();
+    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let first = ok(rpc(nats, Some(&a), send_op(&conv, first_id, "one")).await);
+    assert_eq!(
+        deliveries_of(&mut commands, &first, &a, "one").await.len(),
+        1
+    );
+    (a, conv, commands)
+}
+
 /// The deliveries of the sent message `sent` (from `from`, saying `body`)
 /// that reach the gateways' subjects within half a second: the users
 /// named to each gateway, which must get one command each.
@@ -502,34 +543,7 @@ async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_b
     })
     .await;
     let nats = &backend.state.nats;
-    let a = user(&backend.http, "ka").await;
-    let b = user(&backend.http, "kb").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // b is online on gw-1.
-    let mut redis = backend.state.redis.clone();
-    let _: () = redis
-        .set(keys::gateway_alive("gw-1"), "run1")
-        .await
-        .unwrap();
-    let _: () = redis
-        .hset(
-            keys::routes(&b),
-            keys::route_field("gw-1", "run1", "s1", 1),
-            "gw-1",
-        )
-        .await
-        .unwrap();
-    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
-    watcher.flush().await.unwrap();
-    let first = ok(rpc(nats, Some(&a), send_op(&conv, "k1", "one")).await);
-    assert_eq!(
-        deliveries_of(&mut commands, &first, &a, "one").await.len(),
-        1
-    );
+    let (a, conv, mut commands) = dm_with_peer_online(&stack, &backend, "k", "k1").await;
 
     // The store keeps the next message, but its answer never arrives and
     // the store cannot be asked: the sender hears `unavailable`.
@@ -571,33 +585,7 @@ async fn a_delivery_that_failed_while_redis_was_down_is_made_once_it_is_back() {
     stack.redis = Redis::start_persistent();
     let backend = Running::start(config(&stack)).await;
     let nats = &backend.state.nats;
-    let a = user(&backend.http, "ra").await;
-    let b = user(&backend.http, "rb").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut redis = backend.state.redis.clone();
-    let _: () = redis
-        .set(keys::gateway_alive("gw-1"), "run1")
-        .await
-        .unwrap();
-    let _: () = redis
-        .hset(
-            keys::routes(&b),
-            keys::route_field("gw-1", "run1", "s1", 1),
-            "gw-1",
-        )
-        .await
-        .unwrap();
-    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
-    watcher.flush().await.unwrap();
-    let first = ok(rpc(nats, Some(&a), send_op(&conv, "r1", "one")).await);
-    assert_eq!(
-        deliveries_of(&mut commands, &first, &a, "one").await.len(),
-        1
-    );
+    let (a, conv, mut commands) = dm_with_peer_online(&stack, &backend, "r", "r1").await;
 
     // Redis is down: the message is stored and acknowledged, but nobody
     // can say where b is.
