@@ -516,8 +516,7 @@ fn deliver_later(state: &AppState, conv: &str, frames: Vec<Vec<u8>>) {
 /// outcome is unknown (the connection failed midway and the store could
 /// not be asked), and delivers those it kept. Without it a message the
 /// store kept while its senders heard `unavailable` would reach its
-/// recipients only through a later gap: a retry with the same
-/// `client_msg_id` is answered from the store but delivers nothing.
+/// recipients only through a later gap, or if its sender retried.
 fn settle_later(state: &AppState, sends: &Sends, conv: &str, docs: Vec<MessageDoc>) {
     let (state, sends, conv) = (state.clone(), sends.clone(), conv.to_string());
     tokio::spawn(async move {
