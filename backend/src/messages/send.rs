@@ -484,30 +484,18 @@ async fn deliver_and_announce(state: &AppState, sends: &Sends, conv: &str, store
 fn deliver_later(state: &AppState, conv: &str, frames: Vec<Vec<u8>>) {
     let (state, conv) = (state.clone(), conv.to_string());
     tokio::spawn(async move {
-        let give_up = Instant::now() + SETTLE_FOR;
-        for attempt in 1u32.. {
-            tokio::time::sleep(SETTLE_EVERY).await;
-            match delivery::deliver_frames(&state, &conv, &frames).await {
-                Ok(_) => {
-                    tracing::info!(
-                        conv,
-                        messages = frames.len(),
-                        attempt,
-                        "delivered on a later attempt"
-                    );
-                    return;
-                }
-                Err(error) if Instant::now() >= give_up => {
-                    tracing::error!(
-                        conv,
-                        %error,
-                        messages = frames.len(),
-                        "gave up delivering; the recipients get these messages through the next gap"
-                    );
-                    return;
-                }
-                Err(_) => {}
-            }
+        match until_answered(|| delivery::deliver_frames(&state, &conv, &frames)).await {
+            Ok(_) => tracing::info!(
+                conv,
+                messages = frames.len(),
+                "delivered on a later attempt"
+            ),
+            Err(error) => tracing::error!(
+                conv,
+                %error,
+                messages = frames.len(),
+                "gave up delivering; the recipients get these messages through the next gap"
+            ),
         }
     });
 }
@@ -521,39 +509,50 @@ fn settle_later(state: &AppState, sends: &Sends, conv: &str, docs: Vec<MessageDo
     let (state, sends, conv) = (state.clone(), sends.clone(), conv.to_string());
     tokio::spawn(async move {
         let seqs: Vec<i64> = docs.iter().map(|d| d.seq).collect();
-        let give_up = Instant::now() + SETTLE_FOR;
-        loop {
-            match state.store.msg_ids_at(&conv, &seqs).await {
-                Ok(ids) => {
-                    let kept: Vec<Message> = docs
-                        .into_iter()
-                        .filter(|d| ids.contains(&d.msg_id))
-                        .map(Message::from)
-                        .collect();
-                    if !kept.is_empty() {
-                        tracing::warn!(
-                            conv,
-                            stored = kept.len(),
-                            "an insert that failed midway was stored: delivering it"
-                        );
-                        deliver_and_announce(&state, &sends, &conv, kept).await;
-                    }
-                    return;
-                }
-                Err(error) if Instant::now() >= give_up => {
-                    tracing::error!(
+        match until_answered(|| async { Ok(state.store.msg_ids_at(&conv, &seqs).await?) }).await {
+            Ok(ids) => {
+                let kept: Vec<Message> = docs
+                    .into_iter()
+                    .filter(|d| ids.contains(&d.msg_id))
+                    .map(Message::from)
+                    .collect();
+                if !kept.is_empty() {
+                    tracing::warn!(
                         conv,
-                        %error,
-                        messages = docs.len(),
-                        "gave up asking the store whether an insert was stored; \
-                         a message it kept reaches its recipients through the next gap"
+                        stored = kept.len(),
+                        "an insert that failed midway was stored: delivering it"
                     );
-                    return;
+                    deliver_and_announce(&state, &sends, &conv, kept).await;
                 }
-                Err(_) => tokio::time::sleep(SETTLE_EVERY).await,
             }
+            Err(error) => tracing::error!(
+                conv,
+                %error,
+                messages = docs.len(),
+                "gave up asking the store whether an insert was stored; \
+                 a message it kept reaches its recipients through the next gap"
+            ),
         }
     });
+}
+
+/// Runs `attempt` every [`SETTLE_EVERY`], the first time after one wait
+/// (it has just failed), until it succeeds or [`SETTLE_FOR`] has passed;
+/// then the last error.
+async fn until_answered<T, F, Fut>(mut attempt: F) -> Result<T, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let give_up = Instant::now() + SETTLE_FOR;
+    loop {
+        tokio::time::sleep(SETTLE_EVERY).await;
+        match attempt().await {
+            Ok(answer) => return Ok(answer),
+            Err(error) if Instant::now() >= give_up => return Err(error),
+            Err(_) => {}
+        }
+    }
 }
 
 /// The msg ids among `sends` that the store holds, after a batch failed
