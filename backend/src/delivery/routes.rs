@@ -32,12 +32,12 @@ pub async fn online_by_gateway(
         pipe.hgetall(keys::routes(user));
     }
     if !known.is_empty() {
-        pipe.cmd("MGET").arg(alive_keys(known.iter()));
+        pipe.cmd("MGET").arg(known.values().collect::<Vec<_>>());
     }
     let mut replies: Vec<redis::Value> = pipe.query_async(&mut redis).await?;
     // The run alive under each gateway id; a field of any other run
     // (crashed, or restarted since) is stale.
-    let mut alive: HashMap<String, Option<String>> = HashMap::new();
+    let mut alive: HashMap<&str, Option<String>> = HashMap::new();
     let known_runs = if known.is_empty() {
         None
     } else {
@@ -46,7 +46,7 @@ pub async fn online_by_gateway(
     if let Some(runs) = known_runs {
         let runs: Vec<Option<String>> =
             redis::from_redis_value(runs).map_err(redis::RedisError::from)?;
-        alive.extend(known.into_iter().zip(runs));
+        alive.extend(known.keys().map(String::as_str).zip(runs));
     }
     let routes = replies
         .into_iter()
@@ -60,22 +60,23 @@ pub async fn online_by_gateway(
 
     let unknown: Vec<&String> = by_gateway
         .keys()
-        .filter(|g| !alive.contains_key(*g))
+        .filter(|g| !alive.contains_key(g.as_str()))
         .collect();
     if !unknown.is_empty() {
+        let alive_keys: Vec<String> = unknown.iter().map(|g| keys::gateway_alive(g)).collect();
         let runs: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(alive_keys(unknown.iter().copied()))
+            .arg(alive_keys)
             .query_async(&mut redis)
             .await?;
         state.gateways.learn(unknown.iter().copied());
-        alive.extend(unknown.into_iter().cloned().zip(runs));
+        alive.extend(unknown.into_iter().map(String::as_str).zip(runs));
     }
 
     for (gateway, instances) in &by_gateway {
-        let alive = alive.get(gateway).cloned().flatten();
+        let alive = alive.get(gateway.as_str()).and_then(Option::as_deref);
         let mut recipients = BTreeSet::new();
         for (instance, conns) in instances {
-            if alive.as_deref() == Some(instance.as_str()) {
+            if alive == Some(instance.as_str()) {
                 recipients.extend(conns.iter().map(|(user, _)| user.clone()));
             } else {
                 stale.extend(conns.iter().cloned());
@@ -122,10 +123,6 @@ pub async fn live_connections(
         .arg(keys::routes(user))
         .query_async(&mut redis)
         .await?)
-}
-
-fn alive_keys<'a>(gateways: impl Iterator<Item = &'a String>) -> Vec<String> {
-    gateways.map(|g| keys::gateway_alive(g)).collect()
 }
 
 /// One connection's route: its user and its field in the user's hash.
