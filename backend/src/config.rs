@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -26,6 +27,7 @@ pub const DEFAULT_MAX_SESSIONS_PER_USER: u64 = 50;
 pub const DEFAULT_EVENT_RETRY_MAX_MS: u64 = 5_000;
 pub const DEFAULT_EVENTS_DUPLICATE_WINDOW_S: u64 = 120;
 pub const DEFAULT_WORKER_THREADS: usize = 1;
+pub const DEFAULT_SEND_WAIT_MAX_MS: u64 = 1000;
 
 /// Login and registration throttling, from the flags below
 /// (docs/config.md); `auth::throttle` applies them.
@@ -202,9 +204,24 @@ pub struct Config {
     /// its own threads either way.
     #[arg(long, env = "OC_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
     pub worker_threads: usize,
+
+    /// How long a send may wait for its turn to be written, in
+    /// milliseconds, before it is refused with `unavailable` unwritten.
+    /// When the store cannot keep up, sends would otherwise queue until
+    /// clients time out (10 s at the gateway) while the store writes
+    /// messages nobody waits for; refused early, they are retried by
+    /// their clients and what is accepted keeps a bounded latency.
+    /// Default 1000; 0 never refuses.
+    #[arg(long, env = "OC_SEND_WAIT_MAX_MS", default_value_t = DEFAULT_SEND_WAIT_MAX_MS)]
+    pub send_wait_max_ms: u64,
 }
 
 impl Config {
+    /// How long a send may wait to be written; `None` without a limit.
+    pub fn send_wait_max(&self) -> Option<Duration> {
+        (self.send_wait_max_ms > 0).then(|| Duration::from_millis(self.send_wait_max_ms))
+    }
+
     /// The login and registration throttle's limits.
     /// How this backend makes the JetStream streams if they are missing.
     pub fn stream_settings(&self) -> crate::streams::StreamSettings {
@@ -274,6 +291,7 @@ impl Default for Config {
             metrics_token: None,
             member_cache_ttl_s: DEFAULT_MEMBER_CACHE_TTL_S,
             worker_threads: DEFAULT_WORKER_THREADS,
+            send_wait_max_ms: DEFAULT_SEND_WAIT_MAX_MS,
         }
     }
 }
@@ -305,6 +323,7 @@ impl fmt::Debug for Config {
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("member_cache_ttl_s", &self.member_cache_ttl_s)
             .field("worker_threads", &self.worker_threads)
+            .field("send_wait_max_ms", &self.send_wait_max_ms)
             .field(
                 "operator_token",
                 &self.operator_token.as_ref().map(|_| "***"),

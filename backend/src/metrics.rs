@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Inserts of messages into the store: each holds the batches of
     /// every conv that were ready.
     pub store_inserts: AtomicU64,
+    /// Sends refused unwritten because they waited too long for the
+    /// store (`--send-wait-max-ms`).
+    pub sends_overdue: AtomicU64,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -96,6 +99,11 @@ pub fn render() -> String {
             "oc_backend_store_inserts_total",
             "Inserts of messages into the store, each with the batches of every conv that were ready.",
             &m.store_inserts,
+        ),
+        (
+            "oc_backend_sends_overdue_total",
+            "Sends refused unwritten (unavailable) because they waited longer than --send-wait-max-ms for the store.",
+            &m.sends_overdue,
         ),
     ] {
         let value = value.load(Ordering::Relaxed);

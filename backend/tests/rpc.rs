@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, AnswerCutter, Running,
+    config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, Running, StoreProxy,
 };
 use futures::StreamExt as _;
 use oceanchat_backend::Config;
@@ -533,11 +533,11 @@ async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_back() {
     let stack = Stack::start();
-    let cutter = AnswerCutter::start(stack.mongo.port()).await;
+    let proxy = StoreProxy::start(stack.mongo.port()).await;
     let backend = Running::start(Config {
         mongo_url: config(&stack).mongo_url.replace(
             &format!(":{}/", stack.mongo.port()),
-            &format!(":{}/", cutter.port),
+            &format!(":{}/", proxy.port),
         ),
         ..config(&stack)
     })
@@ -547,10 +547,10 @@ async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_b
 
     // The store keeps the next message, but its answer never arrives and
     // the store cannot be asked: the sender hears `unavailable`.
-    cutter.cut_next_insert();
+    proxy.cut_next_insert();
     let reply = rpc(nats, Some(&a), send_op(&conv, "k2", "kept")).await;
     assert_eq!(error_code(&reply), "unavailable", "{reply}");
-    cutter.heal();
+    proxy.heal();
 
     // Once the store answers again, what it kept is delivered.
     let delivered = tokio::time::timeout(Duration::from_secs(15), commands.next())
@@ -576,6 +576,66 @@ async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_b
         1,
         "the retry delivers the stored message again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_that_wait_too_long_for_a_stalled_store_are_refused_unwritten() {
+    let stack = Stack::start();
+    let proxy = StoreProxy::start(stack.mongo.port()).await;
+    let backend = Running::start(Config {
+        mongo_url: config(&stack).mongo_url.replace(
+            &format!(":{}/", stack.mongo.port()),
+            &format!(":{}/", proxy.port),
+        ),
+        send_wait_max_ms: 300,
+        ..config(&stack)
+    })
+    .await;
+    let nats = &backend.state.nats;
+    let (a, conv, _commands) = dm_with_peer_online(&stack, &backend, "w", "w1").await;
+
+    // The store stalls on the next insert for longer than a send may
+    // wait; three sends queue behind it meanwhile.
+    proxy.hold_inserts();
+    let first = rpc(nats, Some(&a), send_op(&conv, "w2", "written"));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures::future::join_all(
+            (3..6).map(|i| rpc(nats, Some(&a), send_op(&conv, &format!("w{i}"), "queued"))),
+        )
+        .await
+    };
+    let heal = async {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        proxy.heal();
+    };
+    let (first, queued, ()) = tokio::join!(first, queued, heal);
+
+    // The stalled insert was written; the sends behind it are refused
+    // unwritten, saying why.
+    assert_eq!(ok(first)["seq"], 2);
+    for reply in &queued {
+        assert_eq!(error_code(reply), "unavailable", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("store is behind"), "{reply}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", backend.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The count is the process's, and other tests share this process.
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oc_backend_sends_overdue_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the metric is rendered");
+    assert!(counted >= 3, "the refusals are counted: {counted}");
+
+    // Nothing of them was stored: a retry takes the next seq, no gap.
+    let retried = ok(rpc(nats, Some(&a), send_op(&conv, "w4", "queued")).await);
+    assert_eq!(retried["seq"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

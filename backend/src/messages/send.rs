@@ -40,7 +40,7 @@
 //! is repeated in the background ([`deliver_later`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -290,10 +290,10 @@ async fn write_batch(
     batch: Vec<Waiting>,
 ) {
     let give_up = Instant::now() + CONTENTION_BUDGET;
-    let mut todo: VecDeque<Waiting> = batch.into();
-    for waiting in &todo {
+    for waiting in &batch {
         METRICS.send_queue.observe(waiting.since.elapsed());
     }
+    let mut todo: VecDeque<Waiting> = refuse_overdue(state, batch).into();
     let mut lost_races = 0u32;
     let mut stored = Vec::new();
     let mut repeats = Vec::new();
@@ -565,6 +565,56 @@ async fn stored_ids(
     // By the planned seqs, which the unique `(conv, seq)` index finds.
     let seqs: Vec<i64> = sends.iter().map(|w| w.doc.seq).collect();
     Ok(state.store.msg_ids_at(conv, &seqs).await?)
+}
+
+/// Refuses, unwritten, the sends of `batch` that waited longer than
+/// `--send-wait-max-ms` for their turn, and returns the others. The store
+/// is behind: its writes are queueing faster than they are made, and a
+/// send that waits on would be answered after its client gave up (and
+/// stored all the same). Refused now, it is retried by its client with
+/// the same `client_msg_id`, and the store writes what someone waits for.
+fn refuse_overdue(state: &AppState, batch: Vec<Waiting>) -> Vec<Waiting> {
+    let Some(max) = state.config.send_wait_max() else {
+        return batch;
+    };
+    let (late, on_time): (Vec<_>, Vec<_>) =
+        batch.into_iter().partition(|w| w.since.elapsed() > max);
+    if late.is_empty() {
+        return on_time;
+    }
+    let refused = late.len() as u64;
+    let total = METRICS.sends_overdue.fetch_add(refused, Ordering::Relaxed) + refused;
+    warn_overdue(total, max);
+    let error = ServiceError::refused(
+        ErrorCode::Unavailable,
+        format!(
+            "the store is behind: the send waited over {} ms to be written; retry later",
+            max.as_millis()
+        ),
+    );
+    for w in late {
+        let _ = w.answer.send(Err(copy_error(&error)));
+    }
+    on_time
+}
+
+/// Logs the sends refused as overdue, at most every ten seconds: under
+/// overload there are many a second, and the metric counts them all.
+fn warn_overdue(total: u64, max: Duration) {
+    static LAST_WARNED_S: AtomicU64 = AtomicU64::new(0);
+    let now_s = now_ms() / 1000;
+    let last = LAST_WARNED_S.load(Ordering::Relaxed);
+    if now_s >= last + 10
+        && LAST_WARNED_S
+            .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            refused_so_far = total,
+            wait_max_ms = max.as_millis() as u64,
+            "the store is behind: sends refused unwritten after waiting too long"
+        );
+    }
 }
 
 /// Answers a stored send; returns its message for delivery.

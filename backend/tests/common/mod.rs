@@ -166,13 +166,15 @@ pub fn dm_open_op(other: &str) -> Op {
     }
 }
 
-/// A TCP proxy in front of a store that can lose an insert's answer: after
-/// [`AnswerCutter::cut_next_insert`], the next connection that carries an
-/// `insert` gets it through to the store, but the store's answer is dropped
-/// and the connection closed, and every new connection is refused until
-/// [`AnswerCutter::heal`]. The client cannot tell whether the insert was
-/// stored, and cannot ask.
-pub struct AnswerCutter {
+/// A TCP proxy in front of a store that can misbehave on inserts.
+///
+/// After [`StoreProxy::cut_next_insert`], the next connection that carries
+/// an `insert` gets it through to the store, but the store's answer is
+/// dropped and the connection closed, and every new connection is refused
+/// until [`StoreProxy::heal`]: the client cannot tell whether the insert
+/// was stored, and cannot ask. After [`StoreProxy::hold_inserts`], inserts
+/// wait in the proxy until [`StoreProxy::heal`]: a stalled store.
+pub struct StoreProxy {
     pub port: u16,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     task: JoinHandle<()>,
@@ -181,9 +183,10 @@ pub struct AnswerCutter {
 const PASS: u8 = 0;
 const CUT_NEXT_INSERT: u8 = 1;
 const REFUSE: u8 = 2;
+const HOLD_INSERTS: u8 = 3;
 
-impl AnswerCutter {
-    pub async fn start(target_port: u16) -> AnswerCutter {
+impl StoreProxy {
+    pub async fn start(target_port: u16) -> StoreProxy {
         use std::sync::atomic::{AtomicU8, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -198,10 +201,10 @@ impl AnswerCutter {
                 else {
                     continue;
                 };
-                tokio::spawn(cutter_pipe(client, server, shared.clone()));
+                tokio::spawn(proxy_pipe(client, server, shared.clone()));
             }
         });
-        AnswerCutter { port, mode, task }
+        StoreProxy { port, mode, task }
     }
 
     pub fn cut_next_insert(&self) {
@@ -209,18 +212,23 @@ impl AnswerCutter {
             .store(CUT_NEXT_INSERT, std::sync::atomic::Ordering::SeqCst);
     }
 
+    pub fn hold_inserts(&self) {
+        self.mode
+            .store(HOLD_INSERTS, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
         self.mode.store(PASS, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
-impl Drop for AnswerCutter {
+impl Drop for StoreProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-async fn cutter_pipe(
+async fn proxy_pipe(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
@@ -238,10 +246,12 @@ async fn cutter_pipe(
                 return;
             }
             // The command name is a BSON key, in plain bytes.
-            if mode.load(Ordering::SeqCst) == CUT_NEXT_INSERT
-                && buf[..n].windows(7).any(|w| w == b"insert\0")
-            {
+            let insert = buf[..n].windows(7).any(|w| w == b"insert\0");
+            if insert && mode.load(Ordering::SeqCst) == CUT_NEXT_INSERT {
                 carried_insert.store(true, Ordering::SeqCst);
+            }
+            while insert && mode.load(Ordering::SeqCst) == HOLD_INSERTS {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if server_out.write_all(&buf[..n]).await.is_err() {
                 return;
