@@ -119,6 +119,7 @@ async fn core_main(setup: CoreSetup<ChatCore>) -> anyhow::Result<()> {
     let listener = cores::bind(setup.index, setup.listen)?;
     let chat = Chat::new(setup.mode.chat, setup.mode.bridge, setup.index);
     monoio::spawn(chat.clone().close_expired_forever());
+    monoio::spawn(chat.clone().close_unauthenticated_forever());
     let core = transport::Core::new(setup.index, Rc::new(setup.transport), chat);
     monoio::spawn(handle_commands(core.clone(), setup.mode.inbox));
     cores::serve_until_drained(listener, core, setup.grace).await;

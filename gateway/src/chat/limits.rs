@@ -4,6 +4,7 @@
 //! answers `rate_limited` when told no.
 
 use std::cell::Cell;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use oceanchat_protocol::client::Op;
@@ -57,35 +58,53 @@ impl Limited {
     }
 }
 
-/// A token bucket: full at `burst`, refilled at `per_second`.
-#[derive(Debug, Clone, Copy)]
+/// The instant times are counted from, once per process: the buckets keep
+/// seconds since it in an `f64` (exact to the microsecond for centuries),
+/// 8 bytes where an `Instant` and a token count took 24, on every
+/// connection.
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Seconds from this process's [`START`] to `now` (0 before it).
+pub fn seconds_since_start(now: Instant) -> f64 {
+    now.saturating_duration_since(*START).as_secs_f64()
+}
+
+/// The interval of a rate that never refills: longer than any process
+/// lives, short enough to add up without overflowing.
+const NEVER_S: f64 = 1e12;
+
+/// A token bucket (full at `burst`, refilled at `per_second`) kept as the
+/// time at which it is full again (the generic cell rate algorithm): a
+/// request takes one token's interval off it, and is admitted unless
+/// that would leave the bucket more than `burst` intervals short.
+/// The default is full.
+#[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    full_at: f64,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Bucket {
-        Bucket {
-            tokens: rate.burst,
-            at: now,
-        }
-    }
-
     fn try_take(&mut self, rate: Rate, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate.per_second;
-        self.tokens = (self.tokens + refill).min(rate.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
+        let now = seconds_since_start(now);
+        let interval = if rate.per_second > 0.0 {
+            1.0 / rate.per_second
         } else {
-            false
+            NEVER_S
+        };
+        let full_at = self.full_at.max(now) + interval;
+        // A tiny slack keeps a refill of exactly one interval admitted
+        // despite rounding.
+        if full_at - now > rate.burst * interval * (1.0 + 1e-9) {
+            return false;
         }
+        self.full_at = full_at;
+        true
     }
 }
 
-/// One connection's buckets and in-flight count.
+/// One connection's buckets and in-flight count; the default has full
+/// buckets.
+#[derive(Default)]
 pub struct ConnLimiter {
     sends: Cell<Bucket>,
     typing: Cell<Bucket>,
@@ -94,15 +113,6 @@ pub struct ConnLimiter {
 }
 
 impl ConnLimiter {
-    pub fn new(limits: &RateLimits, now: Instant) -> ConnLimiter {
-        ConnLimiter {
-            sends: Cell::new(Bucket::full(limits.sends, now)),
-            typing: Cell::new(Bucket::full(limits.typing, now)),
-            requests: Cell::new(Bucket::full(limits.requests, now)),
-            in_flight: Cell::new(0),
-        }
-    }
-
     /// Admits `op` or says which limit refuses it. An admitted request
     /// counts as in flight until [`done`](Self::done).
     pub fn admit(&self, limits: &RateLimits, op: &Op, now: Instant) -> Result<(), Limited> {
@@ -153,6 +163,12 @@ mod tests {
         }
     }
 
+    /// Now, with [`START`] taken before it (the buckets count from it).
+    fn started() -> Instant {
+        seconds_since_start(Instant::now());
+        Instant::now()
+    }
+
     fn send() -> Op {
         Op::Send {
             conv: "c".into(),
@@ -164,8 +180,8 @@ mod tests {
     #[test]
     fn a_burst_then_the_rate() {
         let l = limits();
-        let t0 = Instant::now();
-        let c = ConnLimiter::new(&l, t0);
+        let t0 = started();
+        let c = ConnLimiter::default();
         for _ in 0..3 {
             c.admit(&l, &send(), t0).unwrap();
             c.done();
@@ -187,8 +203,8 @@ mod tests {
     #[test]
     fn in_flight_is_capped_until_replies_come() {
         let l = limits();
-        let t0 = Instant::now();
-        let c = ConnLimiter::new(&l, t0);
+        let t0 = started();
+        let c = ConnLimiter::default();
         for _ in 0..4 {
             c.admit(&l, &Op::ConvList {}, t0).unwrap();
         }
@@ -198,10 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_of_zero_allows_the_burst_and_never_refills() {
+        let mut l = limits();
+        l.sends.per_second = 0.0;
+        let t0 = started();
+        let c = ConnLimiter::default();
+        for _ in 0..3 {
+            c.admit(&l, &send(), t0).unwrap();
+            c.done();
+        }
+        let later = t0 + Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(c.admit(&l, &send(), later), Err(Limited::Sends));
+    }
+
+    #[test]
     fn a_long_pause_refills_no_more_than_the_burst() {
         let l = limits();
-        let t0 = Instant::now();
-        let c = ConnLimiter::new(&l, t0);
+        let t0 = started();
+        let c = ConnLimiter::default();
         let later = t0 + Duration::from_secs(3600);
         for _ in 0..3 {
             c.admit(&l, &send(), later).unwrap();

@@ -6,11 +6,12 @@
 //! replies and events go.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +34,7 @@ pub use upstream::Upstream;
 
 /// Malformed frames tolerated per window before closing with 1008.
 const MALFORMED_LIMIT: u32 = 20;
-const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+const MALFORMED_WINDOW_S: u32 = 60;
 
 /// The answer when NATS does not confirm the topics a reply needs.
 const NOT_FOLLOWED: &str = "cannot follow this request's events now; retry";
@@ -83,6 +84,20 @@ struct Inner<U> {
     sessions: Table,
     /// Followers of each topic on this core.
     topics: Table,
+    auth_waits: AuthWaits,
+}
+
+/// Connections that have yet to authenticate, oldest first. Every one has
+/// the same timeout, so their deadlines come in order and one task per
+/// core ([`Chat::close_unauthenticated_forever`]) closes the late ones. A
+/// timer task per connection lived for the whole timeout, so during a
+/// burst of connects thousands of them counted in what each connection
+/// costs; an entry here is 24 bytes.
+#[derive(Default)]
+struct AuthWaits {
+    queue: RefCell<VecDeque<(Instant, Weak<ChatConn>)>>,
+    /// The closing task, parked while the queue is empty.
+    parked: Cell<Option<Waker>>,
 }
 
 /// The chat state of one connection.
@@ -92,10 +107,12 @@ struct ChatConn {
     conn: Rc<Conn>,
     auth: RefCell<Auth>,
     closed: Cell<bool>,
-    /// Malformed frames in the current window, and when it started.
-    malformed: Cell<(u32, Instant)>,
-    /// Topics this connection follows.
-    topics: RefCell<HashSet<Rc<str>>>,
+    /// Malformed frames in the current window, and when it started
+    /// (whole seconds since [`limits::seconds_since_start`]'s start).
+    malformed: Cell<(u32, u32)>,
+    /// Topics this connection follows: a few, so a list (24 bytes, and
+    /// nothing allocated while empty) rather than a set.
+    topics: RefCell<Vec<Rc<str>>>,
     limiter: ConnLimiter,
 }
 
@@ -127,6 +144,7 @@ impl<U: Upstream> Chat<U> {
                 users: RefCell::default(),
                 sessions: RefCell::default(),
                 topics: RefCell::default(),
+                auth_waits: AuthWaits::default(),
             }),
         }
     }
@@ -214,6 +232,47 @@ impl<U: Upstream> Chat<U> {
         }
     }
 
+    /// Closes with 4000 each connection that has not authenticated by its
+    /// deadline, for as long as the core runs (see [`AuthWaits`]).
+    pub async fn close_unauthenticated_forever(self) {
+        let waits = &self.inner.auth_waits;
+        loop {
+            let front = waits.queue.borrow().front().map(|(deadline, _)| *deadline);
+            let Some(deadline) = front else {
+                std::future::poll_fn(|cx| {
+                    if waits.queue.borrow().is_empty() {
+                        waits.parked.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await;
+                continue;
+            };
+            let now = Instant::now();
+            if deadline > now {
+                monoio::time::sleep(deadline - now).await;
+                continue;
+            }
+            let waiting = {
+                let mut queue = waits.queue.borrow_mut();
+                let waiting = queue.pop_front();
+                // A burst of connects grew it; give that back once drained.
+                if queue.capacity() > 1024 && queue.len() < queue.capacity() / 4 {
+                    let keep = queue.len() * 2;
+                    queue.shrink_to(keep);
+                }
+                waiting
+            };
+            if let Some(c) = waiting.and_then(|(_, c)| c.upgrade()) {
+                if !matches!(*c.auth.borrow(), Auth::Done(_)) {
+                    c.conn.close(CloseCode::NO_AUTH_IN_TIME, "no auth in time");
+                }
+            }
+        }
+    }
+
     /// Hands every authenticated local connection's route, and its
     /// `opened` event, to the bridge to be written again.
     pub fn restore_routes(&self) {
@@ -271,20 +330,19 @@ impl<U: Upstream> Handler for Chat<U> {
             conn: conn.clone(),
             auth: RefCell::new(Auth::Pending),
             closed: Cell::new(false),
-            malformed: Cell::new((0, Instant::now())),
+            malformed: Cell::new((0, 0)),
             topics: RefCell::default(),
-            limiter: ConnLimiter::new(&self.inner.config.limits, Instant::now()),
+            limiter: ConnLimiter::default(),
         });
-        let waiting = Rc::downgrade(&chat_conn);
-        let timeout = self.inner.config.auth_timeout;
-        monoio::spawn(async move {
-            monoio::time::sleep(timeout).await;
-            if let Some(c) = waiting.upgrade() {
-                if !matches!(*c.auth.borrow(), Auth::Done(_)) {
-                    c.conn.close(CloseCode::NO_AUTH_IN_TIME, "no auth in time");
-                }
-            }
-        });
+        let waits = &self.inner.auth_waits;
+        let deadline = Instant::now() + self.inner.config.auth_timeout;
+        waits
+            .queue
+            .borrow_mut()
+            .push_back((deadline, Rc::downgrade(&chat_conn)));
+        if let Some(task) = waits.parked.take() {
+            task.wake();
+        }
         Session(chat_conn)
     }
 
@@ -419,9 +477,10 @@ impl<U: Upstream> Chat<U> {
             id,
             &ErrorBody::new(ErrorCode::BadRequest, message),
         ));
+        let now_s = limits::seconds_since_start(Instant::now()) as u32;
         let (count, since) = c.malformed.get();
-        let (count, since) = if since.elapsed() > MALFORMED_WINDOW {
-            (1, Instant::now())
+        let (count, since) = if now_s.saturating_sub(since) > MALFORMED_WINDOW_S {
+            (1, now_s)
         } else {
             (count + 1, since)
         };
@@ -441,7 +500,7 @@ impl<U: Upstream> Chat<U> {
         let mine = c.topics.borrow();
         let new = topics
             .iter()
-            .filter(|t| is_watch(t) && !mine.contains(t.as_str()))
+            .filter(|t| is_watch(t) && !follows(&mine, t))
             .collect::<HashSet<_>>()
             .len();
         mine.iter().filter(|t| is_watch(t)).count() + new
@@ -473,7 +532,7 @@ impl<U: Upstream> Chat<U> {
             let mut table = self.inner.topics.borrow_mut();
             let mut mine = c.topics.borrow_mut();
             for topic in topics {
-                if mine.contains(topic.as_str()) {
+                if follows(&mine, &topic) {
                     continue;
                 }
                 let entry = table.entry(topic.as_str().into());
@@ -484,7 +543,7 @@ impl<U: Upstream> Chat<U> {
                     first_here.push(topic.clone());
                 }
                 followers.push(c.clone());
-                mine.insert(key);
+                mine.push(key);
                 added.push(topic);
             }
         }
@@ -500,7 +559,7 @@ impl<U: Upstream> Chat<U> {
         let id = c.conn.id();
         let mut last_here = Vec::new();
         for topic in &added {
-            c.topics.borrow_mut().remove(topic.as_str());
+            stop_following(&mut c.topics.borrow_mut(), topic);
             // Upstream holds no subscription to `first_here` any more.
             if remove_from(&self.inner.topics, topic, id) && !first_here.contains(topic) {
                 last_here.push(topic.clone());
@@ -523,7 +582,7 @@ impl<U: Upstream> Chat<U> {
         {
             let mut mine = c.topics.borrow_mut();
             for topic in topics {
-                if !mine.remove(topic.as_str()) {
+                if !stop_following(&mut mine, topic) {
                     continue;
                 }
                 if remove_from(&self.inner.topics, topic, id) {
@@ -631,6 +690,22 @@ impl<U: Upstream> Chat<U> {
             };
             c.conn.send_text(&with_id(Some(id), &reply_ok(&result)));
         });
+    }
+}
+
+/// Whether `topic` is among a connection's `followed`.
+fn follows(followed: &[Rc<str>], topic: &str) -> bool {
+    followed.iter().any(|t| &**t == topic)
+}
+
+/// Takes `topic` out of a connection's `followed`; false if absent.
+fn stop_following(followed: &mut Vec<Rc<str>>, topic: &str) -> bool {
+    match followed.iter().position(|t| &**t == topic) {
+        Some(i) => {
+            followed.swap_remove(i);
+            true
+        }
+        None => false,
     }
 }
 
