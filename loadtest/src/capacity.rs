@@ -210,11 +210,20 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
         idle.scenario.duration_s,
         load_note(&idle)
     );
+    // The load generator spreads connections evenly over its targets, so
+    // each gateway holds its share of them; the other processes serve
+    // every connection.
+    let gateways = idle
+        .targets
+        .iter()
+        .filter(|t| t.name.starts_with("gateway"))
+        .count()
+        .max(1);
     let _ = writeln!(
         o,
-        "| process | RSS bytes per connection | CPU µs per connection per second |"
+        "| process | RSS bytes per connection of the stack | RSS bytes per connection it holds | CPU µs per connection per second |"
     );
-    let _ = writeln!(o, "|---|---:|---:|");
+    let _ = writeln!(o, "|---|---:|---:|---:|");
     let mut mem_total = 0.0;
     let mut cpu_total = 0.0;
     let mut mem_gateways = 0.0;
@@ -230,18 +239,30 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
         if t.name.starts_with("gateway") {
             mem_gateways += bytes.max(0.0);
         }
-        let _ = writeln!(o, "| {} | {:.0} | {:.3} |", t.name, bytes, cpu_us);
+        let held = if t.name.starts_with("gateway") {
+            bytes * gateways as f64
+        } else {
+            bytes
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.0} | {:.3} |",
+            t.name, bytes, held, cpu_us
+        );
     }
     let _ = writeln!(
         o,
-        "| **all** | **{:.0}** | **{:.3}** |\n",
+        "| **all** | **{:.0}** | | **{:.3}** |\n",
         mem_total, cpu_total
     );
     let _ = writeln!(
         o,
         "Connect rate through the whole stack (tokens issued over HTTP beforehand, WebSocket \
          upgrade, `auth` with its route written to Redis), with the load generator on one core: \
-         {:.0} connections/s ({} failed). RSS differences are taken from the kernel's `VmRSS`; a \
+         {:.0} connections/s ({} failed). Each of the {gateways} gateways holds 1/{gateways} of the \
+         connections (the load generator spreads them evenly over its targets): what one gateway \
+         needs per connection it serves is the second column, what the stack needs per \
+         connection the first. RSS differences are taken from the kernel's `VmRSS`; a \
          process that frees memory keeps part of it, so small figures are noisy, and a negative one \
          (the process freed more than the connections took) counts as 0 in the sum.\n",
         idle.connect.rate_per_s, idle.connect.failed
