@@ -534,14 +534,7 @@ async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
 async fn a_message_stored_whose_answer_was_lost_is_delivered_once_the_store_is_back() {
     let stack = Stack::start();
     let proxy = StoreProxy::start(stack.mongo.port()).await;
-    let backend = Running::start(Config {
-        mongo_url: config(&stack).mongo_url.replace(
-            &format!(":{}/", stack.mongo.port()),
-            &format!(":{}/", proxy.port),
-        ),
-        ..config(&stack)
-    })
-    .await;
+    let backend = Running::start(proxy.config(&stack)).await;
     let nats = &backend.state.nats;
     let (a, conv, mut commands) = dm_with_peer_online(&stack, &backend, "k", "k1").await;
 
@@ -583,12 +576,8 @@ async fn sends_that_wait_too_long_for_a_stalled_store_are_refused_unwritten() {
     let stack = Stack::start();
     let proxy = StoreProxy::start(stack.mongo.port()).await;
     let backend = Running::start(Config {
-        mongo_url: config(&stack).mongo_url.replace(
-            &format!(":{}/", stack.mongo.port()),
-            &format!(":{}/", proxy.port),
-        ),
         send_wait_max_ms: 300,
-        ..config(&stack)
+        ..proxy.config(&stack)
     })
     .await;
     let nats = &backend.state.nats;

@@ -212,6 +212,19 @@ impl StoreProxy {
             .store(CUT_NEXT_INSERT, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The configuration of a backend on `stack` whose MongoDB is reached
+    /// through this proxy.
+    pub fn config(&self, stack: &Stack) -> Config {
+        let direct = config(stack);
+        Config {
+            mongo_url: direct.mongo_url.replace(
+                &format!(":{}/", stack.mongo.port()),
+                &format!(":{}/", self.port),
+            ),
+            ..direct
+        }
+    }
+
     pub fn hold_inserts(&self) {
         self.mode
             .store(HOLD_INSERTS, std::sync::atomic::Ordering::SeqCst);
