@@ -20,6 +20,10 @@ const TYPING_SEND_EVERY_MS = 3000;
 // wait this long before asking for a gap.
 const GAP_WAIT_MS = 400;
 const LIST_REFRESH_MS = 30000;
+// A send refused for now (busy server, rate limit) on a live connection
+// is tried again after this pause, doubling up to the second.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30000;
 
 export class Conv {
   constructor(conv, kind) {
@@ -353,42 +357,52 @@ export class Chat extends EventTarget {
   }
 
   async trySend(item) {
-    if (!this.outbox.includes(item) || item.state === 'failed') return;
-    if (!this.conn.isOpen) {
-      item.state = 'queued';
-      this.emit('messages', { conv: item.conv });
-      return;
-    }
-    item.state = 'sending';
-    this.emit('messages', { conv: item.conv });
-    try {
-      const reply = await this.conn.request('send', {
-        conv: item.conv,
-        client_msg_id: item.client_msg_id,
-        body: item.body,
-      });
-      this.addMessage({
-        conv: reply.conv,
-        seq: reply.seq,
-        msg_id: reply.msg_id,
-        from: this.me.user_id,
-        ts: reply.ts,
-        body: item.body,
-        client_msg_id: item.client_msg_id,
-      });
-      this.settleOutbox(item.client_msg_id);
-    } catch (e) {
-      if (TRANSIENT.has(e.code) || e.code === 'rate_limited') {
-        // Kept, and sent again with the same client_msg_id after the next
-        // reconnect: if the first one was stored, the server answers with
-        // it and stores nothing new.
+    for (let pause = RETRY_FIRST_MS; ; pause = Math.min(pause * 2, RETRY_MAX_MS)) {
+      if (!this.outbox.includes(item) || item.state === 'failed') return;
+      if (!this.conn.isOpen) {
         item.state = 'queued';
-      } else {
-        item.state = 'failed';
-        item.error = e.message || e.code;
+        this.emit('messages', { conv: item.conv });
+        return;
       }
-      this.saveOutbox();
+      item.state = 'sending';
       this.emit('messages', { conv: item.conv });
+      try {
+        const reply = await this.conn.request('send', {
+          conv: item.conv,
+          client_msg_id: item.client_msg_id,
+          body: item.body,
+        });
+        this.addMessage({
+          conv: reply.conv,
+          seq: reply.seq,
+          msg_id: reply.msg_id,
+          from: this.me.user_id,
+          ts: reply.ts,
+          body: item.body,
+          client_msg_id: item.client_msg_id,
+        });
+        this.settleOutbox(item.client_msg_id);
+        return;
+      } catch (e) {
+        if (!TRANSIENT.has(e.code) && e.code !== 'rate_limited') {
+          item.state = 'failed';
+          item.error = e.message || e.code;
+          this.saveOutbox();
+          this.emit('messages', { conv: item.conv });
+          return;
+        }
+        // Kept, and sent again with the same client_msg_id: if the first
+        // one was stored, the server answers with it and stores nothing
+        // new. Still connected (the server is busy, its store behind, or
+        // we sent too fast): after a pause that grows, holding back the
+        // messages typed after it so they keep their order. Disconnected:
+        // after the next reconnect.
+        item.state = this.conn.isOpen ? 'retrying' : 'queued';
+        this.saveOutbox();
+        this.emit('messages', { conv: item.conv });
+        if (!this.conn.isOpen) return;
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
     }
   }
 

@@ -302,6 +302,24 @@ async fn chat_between_two_browsers() {
     eprintln!("chat scenario: {took:?}");
 }
 
+/// The server refuses alice's sends for a while on a live connection, as
+/// when its store is behind; the page sends them again by itself, in
+/// order, and shows them once each, as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_refused_while_the_server_is_busy_are_sent_again_in_order() {
+    let _one = ONE_BROWSER.lock().await;
+    let world = web_world(1);
+    let mut run = Scenario::start("busy", &world, &[]);
+    if let Some((name, data)) = run.next_step().await {
+        assert_eq!(name, "check-conv", "{data}");
+        let alice = connect_as(&world, field(&data, "username"), 0).await;
+        let stored = stored_messages(&alice, field(&data, "conv")).await;
+        assert_shown_as_stored(&data, &stored);
+        run.reply(json!({"stored": stored.len()})).await;
+    }
+    run.assert_passed().await;
+}
+
 /// The seed's page: two admins open the same group's settings; the second
 /// is read-only with a banner naming the first until the first closes the
 /// page, then edits by itself. The server ends with X gone and Y an admin;

@@ -87,7 +87,8 @@ export function chatView(main, { conn, chat, dir, me }, conv) {
 
   function pendingItem(item) {
     const text = {
-      queued: 'Waiting for the connection…',
+      queued: 'Waiting to be sent…',
+      retrying: 'The server is busy; trying again…',
       sending: 'Sending…',
       failed: `Not sent: ${item.error || 'refused'}`,
     }[item.state];

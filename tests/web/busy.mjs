@@ -1,0 +1,79 @@
+// The server refuses sends for a while on a live connection (its store is
+// behind: `unavailable`, or too fast: `rate_limited`). A WebSocket route
+// answers alice's next sends itself with `unavailable`, as the backend
+// does when a send waited too long for the store, and lets the rest
+// through. The page keeps each refused message, says the server is busy,
+// and sends it again by itself, without a reconnect, holding back the
+// ones typed after it: bob sees all of them once, in the order typed, and
+// they are what the server stored.
+
+import {
+  check, log, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step, WAIT_MS,
+} from './lib.mjs';
+
+const REFUSED = 2;
+
+run('busy', async (browser) => {
+  const alice = await person(browser, 'alice');
+  const bob = await person(browser, 'bob');
+  const route = { refuse: 0, refused: 0, sockets: 0 };
+  await alice.context.routeWebSocket(/\/ws$/, (ws) => {
+    route.sockets += 1;
+    const server = ws.connectToServer();
+    ws.onMessage((text) => {
+      const request = JSON.parse(text);
+      if (request.op === 'send' && route.refuse > 0) {
+        route.refuse -= 1;
+        route.refused += 1;
+        ws.send(JSON.stringify({
+          id: request.id,
+          ok: false,
+          error: {
+            code: 'unavailable',
+            message: 'the store is behind: the send waited over 1000 ms to be written; retry later',
+          },
+        }));
+        return;
+      }
+      server.send(text);
+    });
+    server.onMessage((text) => ws.send(text));
+  });
+  await register(alice, 'alice', 'Alice');
+  await register(bob, 'bob', 'Bob');
+
+  await alice.page.click('#new-conv');
+  await alice.page.fill('#dm-username', 'bob');
+  await alice.page.click('#dm-open');
+  await alice.page.waitForSelector('#composer');
+  await sendMessage(alice.page, 'before the rush');
+  await seeMessage(alice.page, 'before the rush');
+  const bobConv = bob.page.locator('#conv-list a.conv');
+  await bobConv.waitFor({ timeout: WAIT_MS });
+  await bobConv.click();
+  await seeMessage(bob.page, 'before the rush');
+
+  // The store falls behind: the next sends are refused for now.
+  route.refuse = REFUSED;
+  const typed = ['one', 'two', 'three'];
+  for (const body of typed) await sendMessage(alice.page, body);
+  await alice.page.waitForSelector('#messages li.pending[data-pending="retrying"]', { timeout: WAIT_MS });
+  const note = await alice.page.textContent('#messages li.pending[data-pending="retrying"] .meta');
+  check(/busy/.test(note), `the page says the server is busy, got ${JSON.stringify(note)}`);
+  await screenshot(alice.page, 'busy-retrying');
+
+  // Sent again by the page itself, on the same connection.
+  for (const body of typed) await seeMessage(bob.page, body);
+  await alice.page.waitForSelector('#messages li.pending', { state: 'detached', timeout: WAIT_MS });
+  check(route.refused === REFUSED, `the route refused ${route.refused} sends`);
+  check(route.sockets === 1, `no reconnect was needed (${route.sockets} sockets)`);
+  const expected = ['before the rush', ...typed];
+  const shown = await shownMessages(bob.page);
+  check(JSON.stringify(shown) === JSON.stringify(expected), `bob saw each once, in order: ${JSON.stringify(shown)}`);
+  check(JSON.stringify(await shownMessages(alice.page)) === JSON.stringify(expected), 'alice sees them stored, in order');
+  log(`${route.refused} refusals, all sent again in order`);
+
+  const conv = decodeURIComponent(new URL(bob.page.url()).hash.replace('#/c/', ''));
+  await step('check-conv', { username: 'alice', conv, shown });
+  noProblems(alice, bob);
+});
