@@ -256,6 +256,18 @@ fn assert_shown_as_stored(data: &Value, stored: &[(u64, String)]) {
     assert_eq!(bodies, shown, "stored and shown messages differ");
 }
 
+/// Answers the scenario's `check-conv` step: what the page showed is what
+/// the server stored, once each, in order.
+async fn check_conv_when_asked(run: &mut Scenario, world: &World) {
+    if let Some((name, data)) = run.next_step().await {
+        assert_eq!(name, "check-conv", "{data}");
+        let conn = connect_as(world, field(&data, "username"), 0).await;
+        let stored = stored_messages(&conn, field(&data, "conv")).await;
+        assert_shown_as_stored(&data, &stored);
+        run.reply(json!({"stored": stored.len()})).await;
+    }
+}
+
 /// Every stored message of `conv`, oldest first, as `(seq, body)`.
 async fn stored_messages(conn: &Connection, conv: &str) -> Vec<(u64, String)> {
     let mut all = Vec::new();
@@ -290,14 +302,7 @@ async fn chat_between_two_browsers() {
     let _one = ONE_BROWSER.lock().await;
     let world = web_world(1);
     let mut run = Scenario::start("chat", &world, &[]);
-    if let Some((name, data)) = run.next_step().await {
-        assert_eq!(name, "check-conv", "{data}");
-        // What the pages showed is what the server stored, once each.
-        let alice = connect_as(&world, field(&data, "username"), 0).await;
-        let stored = stored_messages(&alice, field(&data, "conv")).await;
-        assert_shown_as_stored(&data, &stored);
-        run.reply(json!({"stored": stored.len()})).await;
-    }
+    check_conv_when_asked(&mut run, &world).await;
     let took = run.assert_passed().await;
     eprintln!("chat scenario: {took:?}");
 }
@@ -310,13 +315,7 @@ async fn sends_refused_while_the_server_is_busy_are_sent_again_in_order() {
     let _one = ONE_BROWSER.lock().await;
     let world = web_world(1);
     let mut run = Scenario::start("busy", &world, &[]);
-    if let Some((name, data)) = run.next_step().await {
-        assert_eq!(name, "check-conv", "{data}");
-        let alice = connect_as(&world, field(&data, "username"), 0).await;
-        let stored = stored_messages(&alice, field(&data, "conv")).await;
-        assert_shown_as_stored(&data, &stored);
-        run.reply(json!({"stored": stored.len()})).await;
-    }
+    check_conv_when_asked(&mut run, &world).await;
     run.assert_passed().await;
 }
 
