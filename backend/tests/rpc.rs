@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    config, dm_open_op, error_code, ok, rpc, rpc_raw, send_op, user, Running, StoreProxy,
+    config, dm_open_op, error_code, ok, open_dm, rpc, rpc_raw, send_op, user, Running, StoreProxy,
 };
 use futures::StreamExt as _;
 use oceanchat_backend::Config;
@@ -178,10 +178,7 @@ async fn send_is_idempotent_on_client_msg_id() {
     let nats = &backend.state.nats;
     let a = user(&backend.http, "ida").await;
     let b = user(&backend.http, "idb").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(nats, &a, &b).await;
 
     let first = ok(rpc(nats, Some(&a), send_op(&conv, "same", "one")).await);
     assert_eq!(first["seq"], 1);
@@ -217,10 +214,7 @@ async fn send_refuses_non_members_and_bad_input() {
     let a = user(&backend.http, "sa").await;
     let b = user(&backend.http, "sb").await;
     let c = user(&backend.http, "sc").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(nats, &a, &b).await;
 
     let cases = [
         (&c, send_op(&conv, "c1", "hi"), "not_member"),
@@ -263,14 +257,8 @@ async fn sync_pages_what_was_missed_and_refuses_non_members() {
     let a = user(&backend.http, "ya").await;
     let b = user(&backend.http, "yb").await;
     let c = user(&backend.http, "yc").await;
-    let ab = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ac = ok(rpc(nats, Some(&a), dm_open_op(&c)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ab = open_dm(nats, &a, &b).await;
+    let ac = open_dm(nats, &a, &c).await;
     for i in 1..=5 {
         ok(rpc(
             nats,
@@ -337,22 +325,13 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
     let nats = &backend.state.nats;
     let a = user(&backend.http, "da").await;
     let b = user(&backend.http, "db").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(nats, &a, &b).await;
 
     // a: two connections on gw-1 and one on gw-2; b: one on gw-1 and one
     // left behind by a crashed earlier run of gw-2; gw-3 is dead.
     let mut redis = backend.state.redis.clone();
-    let _: () = redis
-        .set(keys::gateway_alive("gw-1"), "run1")
-        .await
-        .unwrap();
-    let _: () = redis
-        .set(keys::gateway_alive("gw-2"), "run2")
-        .await
-        .unwrap();
+    mark_alive(&mut redis, "gw-1", "run1").await;
+    mark_alive(&mut redis, "gw-2", "run2").await;
     let routes = [
         (&a, keys::route_field("gw-1", "run1", "s1", 1), "gw-1"),
         (&a, keys::route_field("gw-1", "run1", "s2", 2), "gw-1"),
@@ -362,15 +341,9 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
         (&b, keys::route_field("gw-3", "run3", "s6", 6), "gw-3"),
     ];
     for (user, field, gateway) in &routes {
-        let _: () = redis
-            .hset(keys::routes(user), field, gateway)
-            .await
-            .unwrap();
+        put_route(&mut redis, user, field, gateway).await;
     }
-
-    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut commands = gateway_commands(&stack).await;
 
     let sent = ok(rpc(nats, Some(&a), send_op(&conv, "d1", "to everyone")).await);
     let mut both = vec![a.clone(), b.clone()];
@@ -428,6 +401,32 @@ async fn a_new_message_is_delivered_once_per_live_gateway() {
     assert_eq!(left, live);
 }
 
+/// Says in Redis that `gateway` runs as `run`.
+async fn mark_alive(redis: &mut redis::aio::ConnectionManager, gateway: &str, run: &str) {
+    let _: () = redis.set(keys::gateway_alive(gateway), run).await.unwrap();
+}
+
+/// Writes a route of `user`, as a gateway does when a connection logs in.
+async fn put_route(
+    redis: &mut redis::aio::ConnectionManager,
+    user: &str,
+    field: &str,
+    gateway: &str,
+) {
+    let _: () = redis
+        .hset(keys::routes(user), field, gateway)
+        .await
+        .unwrap();
+}
+
+/// A subscription to every command sent to the gateways (deliveries).
+async fn gateway_commands(stack: &Stack) -> async_nats::Subscriber {
+    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let commands = watcher.subscribe("oc.gw.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    commands
+}
+
 /// Users `<prefix>a` and `<prefix>b` and their direct conv, b online on
 /// gw-1 (its route and gw-1's run written to Redis), a watcher of every
 /// gateway's subject, and a first message from a (client_msg_id
@@ -441,26 +440,12 @@ async fn dm_with_peer_online(
     let nats = &backend.state.nats;
     let a = user(&backend.http, &format!("{prefix}a")).await;
     let b = user(&backend.http, &format!("{prefix}b")).await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(nats, &a, &b).await;
     let mut redis = backend.state.redis.clone();
-    let _: () = redis
-        .set(keys::gateway_alive("gw-1"), "run1")
-        .await
-        .unwrap();
-    let _: () = redis
-        .hset(
-            keys::routes(&b),
-            keys::route_field("gw-1", "run1", "s1", 1),
-            "gw-1",
-        )
-        .await
-        .unwrap();
-    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut commands = watcher.subscribe("oc.gw.>").await.unwrap();
-    watcher.flush().await.unwrap();
+    mark_alive(&mut redis, "gw-1", "run1").await;
+    let field = keys::route_field("gw-1", "run1", "s1", 1);
+    put_route(&mut redis, &b, &field, "gw-1").await;
+    let mut commands = gateway_commands(stack).await;
     let first = ok(rpc(nats, Some(&a), send_op(&conv, first_id, "one")).await);
     assert_eq!(
         deliveries_of(&mut commands, &first, &a, "one").await.len(),
@@ -505,10 +490,7 @@ async fn a_send_while_mongodb_is_down_is_unavailable_and_leaves_no_gap() {
     let nats = &backend.state.nats;
     let a = user(&backend.http, "ma").await;
     let b = user(&backend.http, "mb").await;
-    let conv = ok(rpc(nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(nats, &a, &b).await;
     assert_eq!(
         ok(rpc(nats, Some(&a), send_op(&conv, "m1", "one")).await)["seq"],
         1

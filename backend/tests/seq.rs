@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{config, dm_open_op, ok, rpc, send_op, user, Running};
+use common::{config, dm_open_op, ok, open_dm, rpc, send_op, user, Running};
 use futures::TryStreamExt as _;
 use mongodb::bson::doc;
 use oceanchat_backend::messages::{self, Sends, Sent};
@@ -35,10 +35,7 @@ async fn two_backends_sending_over_nats_store_each_seq_once() {
     let two = Running::start(config(&stack)).await;
     let a = user(&one.http, "qa").await;
     let b = user(&one.http, "qb").await;
-    let conv = ok(rpc(&one.state.nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(&one.state.nats, &a, &b).await;
 
     // 200 requests in flight at once; the queue group spreads them over
     // both instances, each sending from its own NATS client.
@@ -67,10 +64,7 @@ async fn two_instances_each_sending_100_at_once_store_1_to_200() {
     let two = Running::start(config(&stack)).await;
     let a = user(&one.http, "ra").await;
     let b = user(&one.http, "rb").await;
-    let conv = ok(rpc(&one.state.nats, Some(&a), dm_open_op(&b)).await)["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_dm(&one.state.nats, &a, &b).await;
 
     // Exactly 100 sends on each instance, all at once, so both instances'
     // in-memory last seq go stale against each other's inserts.

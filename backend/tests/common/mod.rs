@@ -146,6 +146,14 @@ pub fn error_code(reply: &Value) -> &str {
     reply["error"]["code"].as_str().unwrap()
 }
 
+/// The direct conv of `a` and `b`, opened by `a`.
+pub async fn open_dm(nats: &async_nats::Client, a: &str, b: &str) -> String {
+    ok(rpc(nats, Some(a), dm_open_op(b)).await)["conv"]
+        .as_str()
+        .expect("dm.open names its conv")
+        .to_string()
+}
+
 /// Asserts success and returns the reply.
 pub fn ok(reply: Value) -> Value {
     assert_eq!(reply["ok"], true, "expected success: {reply}");
