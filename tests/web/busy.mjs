@@ -8,7 +8,8 @@
 // they are what the server stored.
 
 import {
-  check, log, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step, WAIT_MS,
+  check, log, noProblems, openDm, person, register, run, screenshot, seeMessage, sendMessage, shownConv, shownMessages, step,
+  WAIT_MS,
 } from './lib.mjs';
 
 const REFUSED = 2;
@@ -42,10 +43,7 @@ run('busy', async (browser) => {
   await register(alice, 'alice', 'Alice');
   await register(bob, 'bob', 'Bob');
 
-  await alice.page.click('#new-conv');
-  await alice.page.fill('#dm-username', 'bob');
-  await alice.page.click('#dm-open');
-  await alice.page.waitForSelector('#composer');
+  await openDm(alice.page, 'bob');
   await sendMessage(alice.page, 'before the rush');
   await seeMessage(alice.page, 'before the rush');
   const bobConv = bob.page.locator('#conv-list a.conv');
@@ -73,7 +71,6 @@ run('busy', async (browser) => {
   check(JSON.stringify(await shownMessages(alice.page)) === JSON.stringify(expected), 'alice sees them stored, in order');
   log(`${route.refused} refusals, all sent again in order`);
 
-  const conv = decodeURIComponent(new URL(bob.page.url()).hash.replace('#/c/', ''));
-  await step('check-conv', { username: 'alice', conv, shown });
+  await step('check-conv', { username: 'alice', conv: shownConv(bob.page), shown });
   noProblems(alice, bob);
 });

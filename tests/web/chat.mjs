@@ -4,7 +4,7 @@
 // reload bob sees the history, older pages loading as he scrolls up.
 
 import {
-  check, log, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step, WAIT_MS,
+  check, log, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownConv, shownMessages, step, WAIT_MS,
 } from './lib.mjs';
 
 const NOTES = 40;
@@ -105,8 +105,7 @@ run('chat', async (browser) => {
   log(`bob scrolled back through all ${history.length} messages`);
 
   // What the pages show is what the server stored.
-  const conv = decodeURIComponent(new URL(bob.page.url()).hash.replace('#/c/', ''));
-  await step('check-conv', { username: 'alice', conv, shown: history });
+  await step('check-conv', { username: 'alice', conv: shownConv(bob.page), shown: history });
 
   // The narrow layout: one pane at a time.
   await alice.page.setViewportSize({ width: 360, height: 720 });

@@ -127,6 +127,19 @@ export async function seeMessage(page, body, timeout = WAIT_MS) {
   );
 }
 
+/** Opens the direct conversation with `username` from "New". */
+export async function openDm(page, username) {
+  await page.click('#new-conv');
+  await page.fill('#dm-username', username);
+  await page.click('#dm-open');
+  await page.waitForSelector('#composer');
+}
+
+/** The conv id of the conversation the page shows. */
+export function shownConv(page) {
+  return decodeURIComponent(new URL(page.url()).hash.replace('#/c/', ''));
+}
+
 export async function sendMessage(page, body) {
   await page.fill('#composer', body);
   await page.press('#composer', 'Enter');

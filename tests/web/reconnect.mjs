@@ -8,7 +8,7 @@
 // loses the reply to a send: the message is stored and shown once.
 
 import {
-  check, connected, log, login, noProblems, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step,
+  check, connected, log, login, noProblems, openDm, person, register, run, screenshot, seeMessage, sendMessage, shownMessages, step,
 } from './lib.mjs';
 
 const BOB_NAME = process.env.OC_BOB_NAME;
@@ -19,10 +19,7 @@ run('reconnect', async (browser) => {
   const aliceId = await register(alice, 'alice', 'Alice');
   const { page } = alice;
 
-  await page.click('#new-conv');
-  await page.fill('#dm-username', BOB_NAME);
-  await page.click('#dm-open');
-  await page.waitForSelector('#composer');
+  await openDm(page, BOB_NAME);
   await step('bob-joins', { alice_id: aliceId });
   await seeMessage(page, 'Hi from bob');
   await sendMessage(page, 'Hi bob, before the restart');
