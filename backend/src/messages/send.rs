@@ -290,10 +290,11 @@ async fn write_batch(
     batch: Vec<Waiting>,
 ) {
     let give_up = Instant::now() + CONTENTION_BUDGET;
+    let now = Instant::now();
     for waiting in &batch {
-        METRICS.send_queue.observe(waiting.since.elapsed());
+        METRICS.send_queue.observe(now - waiting.since);
     }
-    let mut todo: VecDeque<Waiting> = refuse_overdue(state, batch).into();
+    let mut todo: VecDeque<Waiting> = refuse_overdue(state, now, batch).into();
     let mut lost_races = 0u32;
     let mut stored = Vec::new();
     let mut repeats = Vec::new();
@@ -573,15 +574,16 @@ async fn stored_ids(
 /// send that waits on would be answered after its client gave up (and
 /// stored all the same). Refused now, it is retried by its client with
 /// the same `client_msg_id`, and the store writes what someone waits for.
-fn refuse_overdue(state: &AppState, batch: Vec<Waiting>) -> Vec<Waiting> {
+fn refuse_overdue(state: &AppState, now: Instant, batch: Vec<Waiting>) -> Vec<Waiting> {
     let Some(max) = state.config.send_wait_max() else {
         return batch;
     };
-    let (late, on_time): (Vec<_>, Vec<_>) =
-        batch.into_iter().partition(|w| w.since.elapsed() > max);
-    if late.is_empty() {
-        return on_time;
+    let late = |w: &Waiting| now - w.since > max;
+    // The usual case, on every batch: nothing late, nothing to move.
+    if !batch.iter().any(late) {
+        return batch;
     }
+    let (late, on_time): (Vec<_>, Vec<_>) = batch.into_iter().partition(late);
     let refused = late.len() as u64;
     let total = METRICS.sends_overdue.fetch_add(refused, Ordering::Relaxed) + refused;
     warn_overdue(total, max);
