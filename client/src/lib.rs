@@ -36,5 +36,5 @@ pub mod wire;
 pub mod ws;
 
 pub use http::{ApiError, HttpApi, RawResponse};
-pub use session::{Backoff, Session, SessionConfig};
+pub use session::{Backoff, Session, SessionConfig, SEND_ATTEMPT_TIMEOUT};
 pub use ws::{ClientError, CloseInfo, Connection};

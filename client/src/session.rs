@@ -14,8 +14,9 @@
 //! in the meantime, and those not followed yet are synced from the start.
 //!
 //! [`Session::send`] retries a send that got no answer (connection lost,
-//! timeout, `unavailable`) with the same `client_msg_id`, which the server
-//! stores at most once, until the patience given runs out.
+//! no reply within [`SEND_ATTEMPT_TIMEOUT`], `unavailable`) with the same
+//! `client_msg_id`, which the server stores at most once, until the
+//! patience given runs out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,16 @@ use crate::ws::{ClientError, Connection};
 
 /// How long the session waits for an event before checking its connection.
 const PUMP_WAIT: Duration = Duration::from_millis(500);
+
+/// How long one attempt of [`Session::send`] waits for its answer before
+/// the send goes out again. A request can be lost without an answer: the
+/// backend that took it stopped, perhaps after storing the message. The
+/// gateway says so only after its own timeout (10 s), and a retry is then
+/// the only thing that delivers the stored message. Above the backend's
+/// slowest answer under overload (its send budget plus an insert, about
+/// 3.5 s at p99 in docs/reliability.md), so a slow send is rarely sent twice;
+/// when it is, the server stores it once and answers both.
+pub const SEND_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Delays between reconnect attempts: doubling from `initial` up to `max`,
 /// each drawn at random between half and all of it ("equal jitter"), so
@@ -154,8 +165,9 @@ impl Session {
     }
 
     /// `send`, retried with the same `client_msg_id` while the answer is a
-    /// lost connection, a timeout or `unavailable`, for up to `patience`;
-    /// then the last error. Other refusals return at once.
+    /// lost connection, no reply within [`SEND_ATTEMPT_TIMEOUT`] or
+    /// `unavailable`, for up to `patience`; then the last error. Other
+    /// refusals return at once.
     pub async fn send(
         &self,
         conv: &str,
@@ -168,7 +180,10 @@ impl Session {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let result = match self.connection(left).await {
-                Some(conn) => conn.send(conv, client_msg_id, body).await,
+                Some(conn) => {
+                    let wait = SEND_ATTEMPT_TIMEOUT.min(left);
+                    conn.send_within(conv, client_msg_id, body, wait).await
+                }
                 None => Err(ClientError::Timeout {
                     what: "waiting for a connection".into(),
                     after: patience,

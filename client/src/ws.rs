@@ -258,6 +258,16 @@ impl Connection {
     /// Sends `op` and waits for its reply: the result fields of an `ok`
     /// reply, or [`ClientError::Server`] with the server's error.
     pub async fn request(&self, op: Op) -> Result<ReplyFields, ClientError> {
+        self.request_within(op, self.request_timeout).await
+    }
+
+    /// [`request`](Self::request), waiting at most `timeout` for the reply
+    /// instead of the connection's request timeout.
+    pub async fn request_within(
+        &self,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<ReplyFields, ClientError> {
         let name = op.name();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -274,12 +284,12 @@ impl Connection {
             self.forget(id);
             return Err(self.closed_error());
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Err(_) => {
                 self.forget(id);
                 Err(ClientError::Timeout {
                     what: format!("{name} (request {id})"),
-                    after: self.request_timeout,
+                    after: timeout,
                 })
             }
             // The reader dropped the sender: the connection ended.
@@ -291,8 +301,18 @@ impl Connection {
 
     /// [`request`](Self::request), with the result fields decoded as `T`.
     pub async fn request_as<T: DeserializeOwned>(&self, op: Op) -> Result<T, ClientError> {
+        self.request_as_within(op, self.request_timeout).await
+    }
+
+    /// [`request_within`](Self::request_within), with the result fields
+    /// decoded as `T`.
+    pub async fn request_as_within<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let name = op.name();
-        let fields = self.request(op).await?;
+        let fields = self.request_within(op, timeout).await?;
         serde_json::from_value(Value::Object(fields)).map_err(|e| ClientError::Decode {
             op: name,
             reason: e.to_string(),
@@ -337,12 +357,24 @@ impl Connection {
         client_msg_id: &str,
         body: &str,
     ) -> Result<SendResult, ClientError> {
-        self.request_as(Op::Send {
+        self.send_within(conv, client_msg_id, body, self.request_timeout)
+            .await
+    }
+
+    /// [`send`](Self::send), waiting at most `timeout` for the reply.
+    pub async fn send_within(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<SendResult, ClientError> {
+        let op = Op::Send {
             conv: conv.to_string(),
             client_msg_id: client_msg_id.to_string(),
             body: body.to_string(),
-        })
-        .await
+        };
+        self.request_as_within(op, timeout).await
     }
 
     /// `sync`: `convs` maps each conv to the last seq already seen.

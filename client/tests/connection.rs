@@ -1,11 +1,14 @@
 //! `Connection`'s plumbing against a scripted in-process WebSocket server:
 //! what the e2e tests cannot provoke on purpose (a server that closes with
-//! a request in flight, one that never answers, replies out of order).
+//! a request in flight, one that never answers, replies out of order), and
+//! `Session`'s retry of a send that got no answer.
 
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use oceanchat_client::{ClientError, Connection};
+use oceanchat_client::{
+    Backoff, ClientError, Connection, Session, SessionConfig, SEND_ATTEMPT_TIMEOUT,
+};
 use oceanchat_protocol::client::{decode_request, Event, Op};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -152,4 +155,52 @@ async fn a_refused_upgrade_reports_the_status() {
         Err(other) => panic!("expected Rejected, got {other}"),
         Ok(_) => panic!("expected Rejected, got a connection"),
     }
+}
+
+/// A send whose request was lost (the backend that took it stopped, maybe
+/// after storing it) is sent again after one attempt's wait, with the same
+/// `client_msg_id`, and the second answer is the send's result.
+#[tokio::test]
+async fn a_session_sends_again_a_send_left_unanswered() {
+    let (sends_tx, mut sends) = tokio::sync::mpsc::unbounded_channel();
+    let url = serve_one(|mut ws| async move {
+        let mut unanswered = 1;
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Text(text) = frame else { continue };
+            let request = decode_request(text.as_bytes()).unwrap();
+            let id = request.id;
+            let reply = match request.op {
+                Op::Auth { .. } => format!(
+                    r#"{{"id":{id},"ok":true,"user_id":"u","session_id":"s","gateway_id":"g","heartbeat_s":30}}"#
+                ),
+                Op::Send { client_msg_id, .. } => {
+                    sends_tx.send(client_msg_id).unwrap();
+                    if unanswered > 0 {
+                        unanswered -= 1;
+                        continue;
+                    }
+                    format!(r#"{{"id":{id},"ok":true,"conv":"c","seq":7,"msg_id":"m","ts":1}}"#)
+                }
+                _ => format!(r#"{{"id":{id},"ok":true}}"#),
+            };
+            ws.send(Message::text(reply)).await.unwrap();
+        }
+    })
+    .await;
+    let session = Session::connect(SessionConfig {
+        urls: vec![url],
+        token: "t".into(),
+        backoff: Backoff::default(),
+    })
+    .await
+    .unwrap();
+    // Shorter than a request's own timeout: only a send made again after
+    // one attempt's wait can be answered in time.
+    let patience = SEND_ATTEMPT_TIMEOUT * 2;
+    assert!(patience < oceanchat_client::ws::DEFAULT_REQUEST_TIMEOUT);
+    let sent = session.send("c", "cm-1", "hi", patience).await.unwrap();
+    assert_eq!(sent.seq, 7);
+    assert_eq!(sends.recv().await.unwrap(), "cm-1");
+    assert_eq!(sends.recv().await.unwrap(), "cm-1", "sent again, same id");
+    assert!(sends.try_recv().is_err(), "sent twice only");
 }

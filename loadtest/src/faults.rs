@@ -62,8 +62,11 @@ impl Plan {
 }
 
 /// What a client gets while a send has no answer: it retries with the
-/// same `client_msg_id` this long, then counts the send as refused.
-const SEND_PATIENCE: Duration = Duration::from_secs(3);
+/// same `client_msg_id` this long, then counts the send as refused. Past
+/// one unanswered attempt ([`oceanchat_client::SEND_ATTEMPT_TIMEOUT`]):
+/// a request lost with a killed backend is sent again, as a person's
+/// client would, and the message it may have stored is delivered then.
+const SEND_PATIENCE: Duration = Duration::from_secs(10);
 /// How long recovery may take before the run counts it as failed.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// How long a probe may take to reach everyone before another is sent:
