@@ -189,6 +189,7 @@ async fn logout_ends_the_session_and_closes_its_sockets() {
     assert_eq!(
         command,
         GatewayCommand::CloseSession {
+            user_id: session.user_id.clone(),
             session_id: session.session_id.clone(),
             code: 4001
         }

@@ -141,9 +141,11 @@ async fn handle_commands(core: Rc<transport::Core<Chat>>, mut inbox: mpsc::Recei
                     core.handler.deliver(&users, except, &frame);
                     core.metrics().delivery_handoff.observe(received.elapsed());
                 }
-                CoreCommand::CloseSession { session_id, code } => {
-                    core.handler.close_session(&session_id, code)
-                }
+                CoreCommand::CloseSession {
+                    user_id,
+                    session_id,
+                    code,
+                } => core.handler.close_session(&user_id, &session_id, code),
                 CoreCommand::Publish {
                     received,
                     topic,

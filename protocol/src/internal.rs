@@ -297,7 +297,15 @@ pub enum GatewayCommand {
         except: Option<ConnRef>,
     },
     /// Close every local connection of this login session with `code`.
-    CloseSession { session_id: String, code: u16 },
+    /// `user_id` is the session's user, whose connections a gateway looks
+    /// through; empty (from a backend older than the field) means every
+    /// connection.
+    CloseSession {
+        #[serde(default)]
+        user_id: String,
+        session_id: String,
+        code: u16,
+    },
     /// On a topic subject: write the attached frame to every local
     /// connection subscribed to the topic, except `except`.
     Publish {
@@ -372,6 +380,7 @@ mod tests {
     #[test]
     fn command_without_frame() {
         let cmd = GatewayCommand::CloseSession {
+            user_id: "u".into(),
             session_id: "s".into(),
             code: 4001,
         };

@@ -140,7 +140,7 @@ pub(crate) async fn login(
     let evicted = sessions::create(&mut state.redis, &token, &record, ttl_s, max_sessions).await?;
     for old in &evicted {
         tracing::info!(user_id = %old.user_id, session_id = %old.session_id, "oldest session ended: too many sessions");
-        close_session_sockets(&state, &old.session_id).await?;
+        close_session_sockets(&state, &old.user_id, &old.session_id).await?;
     }
     tracing::info!(user_id = %record.user_id, session_id = %record.session_id, "logged in");
     Ok(Json(LoginResponse {
@@ -161,7 +161,7 @@ pub(crate) async fn logout(
         .ok_or_else(ServiceError::unauthenticated)?;
     // The key is gone first, so no socket can authenticate with the token
     // after the gateways have closed the session's sockets.
-    close_session_sockets(&state, &record.session_id).await?;
+    close_session_sockets(&state, &record.user_id, &record.session_id).await?;
     tracing::info!(user_id = %record.user_id, session_id = %record.session_id, "logged out");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -169,8 +169,13 @@ pub(crate) async fn logout(
 /// Tells every gateway to close the sockets of a session that ended, with
 /// 4001. Retried a few times: the session is already gone from Redis, so a
 /// lost command would leave its sockets open until they reconnect.
-async fn close_session_sockets(state: &AppState, session_id: &str) -> Result<(), ServiceError> {
+async fn close_session_sockets(
+    state: &AppState,
+    user_id: &str,
+    session_id: &str,
+) -> Result<(), ServiceError> {
     let command = GatewayCommand::CloseSession {
+        user_id: user_id.to_string(),
         session_id: session_id.to_string(),
         code: CloseCode::UNAUTHENTICATED,
     };

@@ -20,8 +20,13 @@ pub enum CoreCommand {
         except: Option<u64>,
         frame: Bytes,
     },
-    /// Close every local connection of this login session.
-    CloseSession { session_id: Arc<str>, code: u16 },
+    /// Close every local connection of this login session (of this user;
+    /// an empty user id: of anyone).
+    CloseSession {
+        user_id: Arc<str>,
+        session_id: Arc<str>,
+        code: u16,
+    },
     /// Write `frame` to every local subscriber of `topic` except the
     /// connection `except`.
     Publish {

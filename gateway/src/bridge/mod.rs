@@ -529,12 +529,18 @@ async fn receive_commands(config: BridgeConfig, nats: async_nats::Client, cores:
                     .map(|c| c.conn_id),
                 frame: codec::text_frame(&event),
             },
-            Ok((GatewayCommand::CloseSession { session_id, code }, _)) => {
-                CoreCommand::CloseSession {
-                    session_id: session_id.into(),
+            Ok((
+                GatewayCommand::CloseSession {
+                    user_id,
+                    session_id,
                     code,
-                }
-            }
+                },
+                _,
+            )) => CoreCommand::CloseSession {
+                user_id: user_id.into(),
+                session_id: session_id.into(),
+                code,
+            },
             Ok((GatewayCommand::Subscribe { users, topics }, _)) => CoreCommand::Subscribe {
                 users: users.into(),
                 topics: topics.into(),

@@ -21,6 +21,7 @@ use oceanchat_protocol::client::{
 };
 use oceanchat_protocol::internal::{keys, topics, ConnEvent, RpcContext, RpcRequest, SessionInfo};
 use oceanchat_protocol::CloseCode;
+use smallvec::SmallVec;
 
 use crate::bridge::{Bridge, RpcReply};
 use crate::metrics::Metrics;
@@ -72,16 +73,21 @@ impl<U: Upstream> Clone for Chat<U> {
     }
 }
 
-/// Authenticated local connections by some key (user, session, topic).
-type Table = RefCell<HashMap<Rc<str>, Vec<Rc<ChatConn>>>>;
+/// Authenticated local connections by some key (user, topic). Most keys
+/// have one connection on a core (a user on one device, a small group's
+/// member): it is kept in the table's slot, with no allocation of its own.
+type Table = RefCell<HashMap<Rc<str>, Conns>>;
+type Conns = SmallVec<[Rc<ChatConn>; 1]>;
 
 struct Inner<U> {
     config: ChatConfig,
     upstream: U,
     /// This core's index, for the bridge's topic bookkeeping.
     core: u16,
+    /// A login session's connections are found through its user's: a
+    /// table by session cost each connection about 50 bytes more, for a
+    /// revocation now and then.
     users: Table,
-    sessions: Table,
     /// Followers of each topic on this core.
     topics: Table,
     auth_waits: AuthWaits,
@@ -141,7 +147,6 @@ impl<U: Upstream> Chat<U> {
                 upstream,
                 core,
                 users: RefCell::default(),
-                sessions: RefCell::default(),
                 topics: RefCell::default(),
                 auth_waits: AuthWaits::default(),
             }),
@@ -172,9 +177,27 @@ impl<U: Upstream> Chat<U> {
         }
     }
 
-    /// Closes every local connection of a login session.
-    pub fn close_session(&self, session_id: &str, code: u16) {
-        for c in self.conns_of(&self.inner.sessions, &[session_id]) {
+    /// Closes every local connection of `user_id`'s login session
+    /// `session_id`; with an empty `user_id`, looks through everyone's.
+    pub fn close_session(&self, user_id: &str, session_id: &str, code: u16) {
+        let of_session = |c: &Rc<ChatConn>| match &*c.auth.borrow() {
+            Auth::Done(identity) => &*identity.session_id == session_id,
+            _ => false,
+        };
+        let closing: Vec<Rc<ChatConn>> = if user_id.is_empty() {
+            let users = self.inner.users.borrow();
+            users
+                .values()
+                .flatten()
+                .filter(|c| of_session(c))
+                .cloned()
+                .collect()
+        } else {
+            let mut conns = self.conns_of(&self.inner.users, &[user_id]);
+            conns.retain(of_session);
+            conns
+        };
+        for c in closing {
             c.conn.close(code, "session revoked");
         }
     }
@@ -430,7 +453,6 @@ impl<U: Upstream> Chat<U> {
         self.unfollow(c, &followed);
         let id = c.conn.id();
         remove_from(&self.inner.users, &identity.user_id, id);
-        remove_from(&self.inner.sessions, &identity.session_id, id);
         let event = self.conn_event(c, &identity, false);
         let upstream = self.inner.upstream.clone();
         let user_id = identity.user_id.to_string();
@@ -663,15 +685,22 @@ impl<U: Upstream> Chat<U> {
                 );
                 return;
             }
-            for (table, key) in [
-                (&chat.inner.users, &mut identity.user_id),
-                (&chat.inner.sessions, &mut identity.session_id),
-            ] {
-                let mut table = table.borrow_mut();
-                let entry = table.entry(key.clone());
-                // The table's copy of the id, if it had one already.
-                *key = entry.key().clone();
-                entry.or_default().push(c.clone());
+            {
+                let mut users = chat.inner.users.borrow_mut();
+                let entry = users.entry(identity.user_id.clone());
+                // One copy of each id per core, however many connections
+                // share it: the table's user id, and a sibling's session id.
+                identity.user_id = entry.key().clone();
+                let siblings = entry.or_default();
+                if let Some(shared) = siblings.iter().find_map(|s| match &*s.auth.borrow() {
+                    Auth::Done(other) if other.session_id == identity.session_id => {
+                        Some(other.session_id.clone())
+                    }
+                    _ => None,
+                }) {
+                    identity.session_id = shared;
+                }
+                siblings.push(c.clone());
             }
             *c.auth.borrow_mut() = Auth::Done(identity.clone());
             if !chat.follow(&c, info.topics).await {

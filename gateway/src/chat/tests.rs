@@ -253,6 +253,62 @@ fn requests_before_auth_are_unauthenticated_and_bad_tokens_close_with_4001() {
     });
 }
 
+/// A signed-in reply for `user_id` in login session `session_id`.
+fn signed_in_session(user_id: &str, session_id: &str) -> RpcReply {
+    RpcReply {
+        body: Bytes::from(reply_ok(&SessionInfo {
+            user_id: user_id.into(),
+            session_id: session_id.into(),
+            topics: Vec::new(),
+            expires_at: 0,
+        })),
+        ..RpcReply::default()
+    }
+}
+
+#[test]
+fn closing_a_session_closes_its_connections_only() {
+    run(async {
+        let fake = Fake::default();
+        let chat = chat(&fake);
+        // u1 in sessions a (twice) and b; u2 in a session of its own.
+        let logins = [("u1", "a"), ("u1", "a"), ("u1", "b"), ("u2", "c")];
+        let mut conns = Vec::new();
+        for (i, (user, session_id)) in logins.into_iter().enumerate() {
+            let conn = Conn::detached(i as u64 + 1);
+            let session = chat.on_open(&conn);
+            fake.answer(signed_in_session(user, session_id));
+            chat.on_message(&session, text(AUTH));
+            settle().await;
+            conns.push((conn, session));
+        }
+        // The two connections of session a hold one copy of its id.
+        let session_id = |i: usize| match &*conns[i].1 .0.auth.borrow() {
+            super::Auth::Done(identity) => identity.session_id.clone(),
+            _ => panic!("connection {i} is signed in"),
+        };
+        assert!(Rc::ptr_eq(&session_id(0), &session_id(1)));
+        assert!(!Rc::ptr_eq(&session_id(0), &session_id(2)));
+        let closed = |conns: &[(Rc<Conn>, super::Session)]| -> Vec<bool> {
+            conns
+                .iter()
+                .map(|(c, _)| c.closed_with().is_some())
+                .collect()
+        };
+
+        chat.close_session("u1", "a", CloseCode::UNAUTHENTICATED);
+        assert_eq!(closed(&conns), [true, true, false, false]);
+        assert_eq!(conns[0].0.closed_with(), Some(CloseCode::UNAUTHENTICATED));
+        // Another user's session of the same id is not this one.
+        chat.close_session("u2", "b", CloseCode::UNAUTHENTICATED);
+        assert_eq!(closed(&conns), [true, true, false, false]);
+        // Without a user id (a backend older than the field): found all
+        // the same.
+        chat.close_session("", "c", CloseCode::UNAUTHENTICATED);
+        assert_eq!(closed(&conns), [true, true, false, true]);
+    });
+}
+
 #[test]
 fn a_refused_watch_is_unavailable_and_leaves_no_follower() {
     run(async {
@@ -335,4 +391,21 @@ fn parses_auth_replies() {
     let bad = reply_error(&ErrorBody::new(ErrorCode::Unauthenticated, "no"));
     assert_eq!(parse_session(&bad).unwrap_err(), ErrorCode::Unauthenticated);
     assert_eq!(parse_session(b"junk").unwrap_err(), ErrorCode::Internal);
+}
+
+#[test]
+fn a_table_slot_holds_one_connection_in_the_room_of_a_vec() {
+    use std::mem::size_of;
+    assert_eq!(
+        size_of::<super::Conns>(),
+        size_of::<Vec<Rc<super::ChatConn>>>()
+    );
+    let mut conns = super::Conns::new();
+    let fake = Fake::default();
+    let chat = chat(&fake);
+    let session = chat.on_open(&Conn::detached(1));
+    conns.push(session.0.clone());
+    assert!(!conns.spilled(), "one connection is kept inline");
+    conns.push(session.0.clone());
+    assert!(conns.spilled());
 }
