@@ -104,14 +104,17 @@ impl Fault {
     }
 }
 
-/// The running system.
+/// The running system. Its fields stop in the order they are declared
+/// (Rust drops them so): the front first and the stores last, as a
+/// deployment stops. Stores stopped first left each backend waiting out
+/// its drain with nothing to drain to, and killed after 5 s.
 struct System {
+    nginx: Nginx,
+    gateways: Vec<Gateway>,
+    backends: Vec<Backend>,
     stack: Stack,
     /// Running for the system's life; stopped when it is dropped.
     _nats_others: Vec<Nats>,
-    backends: Vec<Backend>,
-    gateways: Vec<Gateway>,
-    nginx: Nginx,
 }
 
 impl System {
