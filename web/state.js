@@ -24,6 +24,10 @@ const LIST_REFRESH_MS = 30000;
 // is tried again after this pause, doubling up to the second.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30000;
+// A send with no answer this long is sent again (same client_msg_id): the
+// backend that took it may have stopped after storing it, and the gateway
+// says so only after 10 s (docs/protocol.md).
+const SEND_ATTEMPT_MS = 4000;
 
 export class Conv {
   constructor(conv, kind) {
@@ -371,7 +375,7 @@ export class Chat extends EventTarget {
           conv: item.conv,
           client_msg_id: item.client_msg_id,
           body: item.body,
-        });
+        }, { timeoutMs: SEND_ATTEMPT_MS });
         this.addMessage({
           conv: reply.conv,
           seq: reply.seq,

@@ -309,7 +309,9 @@ async fn chat_between_two_browsers() {
 
 /// The server refuses alice's sends for a while on a live connection, as
 /// when its store is behind; the page sends them again by itself, in
-/// order, and shows them once each, as stored.
+/// order, and shows them once each, as stored. Then a stored send's reply
+/// and deliveries are lost; the page sends it again on its own, and bob
+/// gets it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_refused_while_the_server_is_busy_are_sent_again_in_order() {
     let _one = ONE_BROWSER.lock().await;

@@ -5,7 +5,11 @@
 // through. The page keeps each refused message, says the server is busy,
 // and sends it again by itself, without a reconnect, holding back the
 // ones typed after it: bob sees all of them once, in the order typed, and
-// they are what the server stored.
+// they are what the server stored. Then a send is stored but neither
+// answered nor delivered, as when the backend that took it stopped right
+// after storing it: the page sends it again after its own wait, the
+// server answers with the stored message and delivers it again, and bob
+// has it once.
 
 import {
   check, log, noProblems, openDm, person, register, run, screenshot, seeMessage, sendMessage, shownConv, shownMessages, step,
@@ -18,11 +22,35 @@ run('busy', async (browser) => {
   const alice = await person(browser, 'alice');
   const bob = await person(browser, 'bob');
   const route = { refuse: 0, refused: 0, sockets: 0 };
+  // The send whose first answer and first delivery are lost.
+  const lost = { next: false, id: null, clientMsgId: null, sentAgain: false, dropped: 0 };
+  // Drops what the stopped backend never sent: the first send's reply and
+  // its `msg` event, until the page sends it again.
+  const dropLost = (text) => {
+    if (!lost.clientMsgId || lost.sentAgain) return false;
+    const frame = JSON.parse(text);
+    const drop = (frame.id !== undefined && frame.id === lost.id)
+      || (frame.ev === 'msg' && frame.client_msg_id === lost.clientMsgId);
+    if (drop) lost.dropped += 1;
+    return drop;
+  };
+  await bob.context.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((text) => server.send(text));
+    server.onMessage((text) => dropLost(text) || ws.send(text));
+  });
   await alice.context.routeWebSocket(/\/ws$/, (ws) => {
     route.sockets += 1;
     const server = ws.connectToServer();
     ws.onMessage((text) => {
       const request = JSON.parse(text);
+      if (request.op === 'send' && lost.next) {
+        lost.next = false;
+        lost.id = request.id;
+        lost.clientMsgId = request.client_msg_id;
+      } else if (request.op === 'send' && request.client_msg_id === lost.clientMsgId) {
+        lost.sentAgain = true;
+      }
       if (request.op === 'send' && route.refuse > 0) {
         route.refuse -= 1;
         route.refused += 1;
@@ -38,7 +66,7 @@ run('busy', async (browser) => {
       }
       server.send(text);
     });
-    server.onMessage((text) => ws.send(text));
+    server.onMessage((text) => dropLost(text) || ws.send(text));
   });
   await register(alice, 'alice', 'Alice');
   await register(bob, 'bob', 'Bob');
@@ -71,6 +99,21 @@ run('busy', async (browser) => {
   check(JSON.stringify(await shownMessages(alice.page)) === JSON.stringify(expected), 'alice sees them stored, in order');
   log(`${route.refused} refusals, all sent again in order`);
 
-  await step('check-conv', { username: 'alice', conv: shownConv(bob.page), shown });
+  // Stored, but its answer and its deliveries are lost. Only the page's
+  // own retry brings it to bob, and sooner than the gateway's
+  // `unavailable` (after 10 s) would have.
+  lost.next = true;
+  await sendMessage(alice.page, 'answer lost');
+  await seeMessage(bob.page, 'answer lost', 10000);
+  await alice.page.waitForSelector('#messages li.pending', { state: 'detached', timeout: WAIT_MS });
+  check(lost.sentAgain, 'the page sent it again');
+  check(lost.dropped === 3, `its reply and both first deliveries were lost (${lost.dropped} frames)`);
+  check(route.sockets === 1, `still no reconnect (${route.sockets} sockets)`);
+  const all = [...expected, 'answer lost'];
+  const shownAfter = await shownMessages(bob.page);
+  check(JSON.stringify(shownAfter) === JSON.stringify(all), `bob has it once: ${JSON.stringify(shownAfter)}`);
+  check(JSON.stringify(await shownMessages(alice.page)) === JSON.stringify(all), 'alice sees it stored once');
+
+  await step('check-conv', { username: 'alice', conv: shownConv(bob.page), shown: shownAfter });
   noProblems(alice, bob);
 });
