@@ -24,12 +24,13 @@ run('busy', async (browser) => {
   const route = { refuse: 0, refused: 0, sockets: 0 };
   // The send whose first answer and first delivery are lost.
   const lost = { next: false, id: null, clientMsgId: null, sentAgain: false, dropped: 0 };
-  // Drops what the stopped backend never sent: the first send's reply and
-  // its `msg` event, until the page sends it again.
-  const dropLost = (text) => {
+  // Drops what the stopped backend never sent, until the page sends it
+  // again: the send's `msg` event, and on alice's socket (whose request
+  // ids these are) its reply.
+  const dropLost = (text, ownReplies) => {
     if (!lost.clientMsgId || lost.sentAgain) return false;
     const frame = JSON.parse(text);
-    const drop = (frame.id !== undefined && frame.id === lost.id)
+    const drop = (ownReplies && frame.id === lost.id)
       || (frame.ev === 'msg' && frame.client_msg_id === lost.clientMsgId);
     if (drop) lost.dropped += 1;
     return drop;
@@ -37,7 +38,7 @@ run('busy', async (browser) => {
   await bob.context.routeWebSocket(/\/ws$/, (ws) => {
     const server = ws.connectToServer();
     ws.onMessage((text) => server.send(text));
-    server.onMessage((text) => dropLost(text) || ws.send(text));
+    server.onMessage((text) => dropLost(text, false) || ws.send(text));
   });
   await alice.context.routeWebSocket(/\/ws$/, (ws) => {
     route.sockets += 1;
@@ -66,7 +67,7 @@ run('busy', async (browser) => {
       }
       server.send(text);
     });
-    server.onMessage((text) => dropLost(text) || ws.send(text));
+    server.onMessage((text) => dropLost(text, true) || ws.send(text));
   });
   await register(alice, 'alice', 'Alice');
   await register(bob, 'bob', 'Bob');
