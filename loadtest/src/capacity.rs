@@ -236,10 +236,8 @@ pub fn report(dir: &Path, command: &str, revision: &str) -> anyhow::Result<Strin
         mem_total += bytes.max(0.0);
         cpu_total += cpu_us;
         idle_cpu_by_name.insert(t.name.clone(), cpu_us);
-        if t.name.starts_with("gateway") {
-            mem_gateways += bytes.max(0.0);
-        }
         let held = if t.name.starts_with("gateway") {
+            mem_gateways += bytes.max(0.0);
             bytes * gateways as f64
         } else {
             bytes

@@ -289,8 +289,8 @@ async fn write_batch(
     last_seq: &mut Option<u64>,
     batch: Vec<Waiting>,
 ) {
-    let give_up = Instant::now() + CONTENTION_BUDGET;
     let now = Instant::now();
+    let give_up = now + CONTENTION_BUDGET;
     for waiting in &batch {
         METRICS.send_queue.observe(now - waiting.since);
     }
