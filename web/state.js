@@ -20,8 +20,9 @@ const TYPING_SEND_EVERY_MS = 3000;
 // wait this long before asking for a gap.
 const GAP_WAIT_MS = 400;
 const LIST_REFRESH_MS = 30000;
-// A send refused for now (busy server, rate limit) on a live connection
-// is tried again after this pause, doubling up to the second.
+// A send refused for now (busy server, rate limit) or left unanswered on
+// a live connection is tried again after this pause, doubling up to the
+// second.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30000;
 // A send with no answer this long is sent again (same client_msg_id): the
@@ -397,8 +398,9 @@ export class Chat extends EventTarget {
         }
         // Kept, and sent again with the same client_msg_id: if the first
         // one was stored, the server answers with it and stores nothing
-        // new. Still connected (the server is busy, its store behind, or
-        // we sent too fast): after a pause that grows, holding back the
+        // new. Still connected (the server is busy, its store behind, we
+        // sent too fast, or no answer came in SEND_ATTEMPT_MS): after a
+        // pause that grows, holding back the
         // messages typed after it so they keep their order. Disconnected:
         // after the next reconnect.
         item.state = this.conn.isOpen ? 'retrying' : 'queued';

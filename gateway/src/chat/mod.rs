@@ -85,8 +85,8 @@ struct Inner<U> {
     /// This core's index, for the bridge's topic bookkeeping.
     core: u16,
     /// A login session's connections are found through its user's: a
-    /// table by session cost each connection about 50 bytes more, for a
-    /// revocation now and then.
+    /// table by session cost a slot and a list per session (up to about
+    /// 100 bytes a connection), for a revocation now and then.
     users: Table,
     /// Followers of each topic on this core.
     topics: Table,
